@@ -1,0 +1,28 @@
+"""Gemma models: config, Flax NNX decoder, checkpoint conversion and loading."""
+
+from hs_jax.models.config import PRESETS, GemmaConfig, tiny_config
+from hs_jax.models.convert import (
+    CheckpointError,
+    config_from_hf,
+    init_params,
+    params_from_state_dict,
+    state_dict_from_params,
+)
+from hs_jax.models.gemma import Gemma, KVCache, abstract_model, from_params
+from hs_jax.models.safetensors_io import load_hf_dir
+
+__all__ = [
+    "PRESETS",
+    "CheckpointError",
+    "Gemma",
+    "GemmaConfig",
+    "KVCache",
+    "abstract_model",
+    "config_from_hf",
+    "from_params",
+    "init_params",
+    "load_hf_dir",
+    "params_from_state_dict",
+    "state_dict_from_params",
+    "tiny_config",
+]

@@ -1,0 +1,220 @@
+"""Gemma architecture description shared by the decoder, the converters and the loaders.
+
+One frozen (hashable) dataclass covers Gemma 1, Gemma 2 and Gemma 3 text models; it is a static
+attribute of the NNX module, so changing it recompiles and nothing else does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+FAMILIES = ("gemma", "gemma2", "gemma3")
+LAYER_TYPES = ("global", "local")
+
+
+@dataclasses.dataclass(frozen=True)
+class GemmaConfig:
+    """Shapes and numerics of one Gemma decoder.
+
+    Norm weights follow HF (stored without Gemma's "+1"). `query_pre_attn_scalar` sets the
+    attention scale to `query_pre_attn_scalar ** -0.5` (Gemma 1 uses head_dim). Local layers
+    attend to keys with `pos_q - pos_k < sliding_window` and use `rope_base_local`; global
+    layers use `rope_base_global` with positions divided by `rope_scale_global` (linear RoPE
+    scaling, as HF's "linear" rope type).
+    """
+
+    family: str
+    vocab_size: int
+    d_model: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    ffn_dim: int
+    rms_eps: float = 1e-6
+    query_pre_attn_scalar: float = 256.0
+    attn_logit_softcap: float | None = None
+    final_logit_softcap: float | None = None
+    use_qk_norm: bool = False
+    use_post_norms: bool = False
+    layer_types: tuple[str, ...] = ()
+    sliding_window: int | None = None
+    rope_base_global: float = 10_000.0
+    rope_base_local: float = 10_000.0
+    rope_scale_global: float = 1.0
+    param_dtype: str = "float32"
+
+    def __post_init__(self):
+        if self.family not in FAMILIES:
+            raise ValueError(f"unknown Gemma family {self.family!r}; expected one of {FAMILIES}")
+        if not self.layer_types:
+            object.__setattr__(self, "layer_types", ("global",) * self.n_layers)
+        object.__setattr__(self, "layer_types", tuple(self.layer_types))
+        if len(self.layer_types) != self.n_layers:
+            raise ValueError(
+                f"layer_types has {len(self.layer_types)} entries for {self.n_layers} layers"
+            )
+        bad = set(self.layer_types) - set(LAYER_TYPES)
+        if bad:
+            raise ValueError(f"unknown layer types {sorted(bad)}; expected {LAYER_TYPES}")
+        if "local" in self.layer_types and not self.sliding_window:
+            raise ValueError("local layers need a sliding_window")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads {self.n_heads} is not a multiple of n_kv_heads")
+        if self.param_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"param_dtype must be float32 or bfloat16, got {self.param_dtype!r}")
+
+    def replace(self, **changes) -> GemmaConfig:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def q_dim(self) -> int:
+        """Width of the concatenated query heads (n_heads * head_dim)."""
+        return self.n_heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        """Width of the concatenated key (or value) heads."""
+        return self.n_kv_heads * self.head_dim
+
+    @property
+    def embed_scale(self) -> float:
+        """Gemma multiplies token embeddings by sqrt(d_model)."""
+        return math.sqrt(self.d_model)
+
+    def is_local(self, layer: int) -> bool:
+        """Whether layer `layer` uses sliding-window attention."""
+        return self.layer_types[layer] == "local"
+
+    def num_params(self) -> int:
+        """Parameter count (tied embedding counted once)."""
+        d, f = self.d_model, self.ffn_dim
+        attn = d * (self.q_dim + 2 * self.kv_dim) + self.q_dim * d
+        norms = (4 if self.use_post_norms else 2) * d
+        norms += 2 * self.head_dim if self.use_qk_norm else 0
+        per_layer = attn + 3 * d * f + norms
+        return self.vocab_size * d + self.n_layers * per_layer + d
+
+
+def default_param_dtype() -> str:
+    """float32 on CPU (XLA CPU's bf16 matmuls are only worth it with care), bfloat16 elsewhere."""
+    import jax
+
+    return "float32" if jax.default_backend() == "cpu" else "bfloat16"
+
+
+def _pattern(n_layers: int, period: int) -> tuple[str, ...]:
+    """HF's layer pattern: every `period`-th layer (1-based) is global, the others local."""
+    return tuple("global" if (i + 1) % period == 0 else "local" for i in range(n_layers))
+
+
+def _gemma1(**kw) -> GemmaConfig:
+    return GemmaConfig(
+        family="gemma", vocab_size=256_000, head_dim=256, query_pre_attn_scalar=256.0, **kw
+    )
+
+
+def _gemma2(**kw) -> GemmaConfig:
+    n_layers = kw["n_layers"]
+    return GemmaConfig(
+        family="gemma2",
+        vocab_size=256_000,
+        head_dim=256,
+        query_pre_attn_scalar=256.0,
+        attn_logit_softcap=50.0,
+        final_logit_softcap=30.0,
+        use_post_norms=True,
+        layer_types=_pattern(n_layers, 2),
+        sliding_window=4096,
+        **kw,
+    )
+
+
+def _gemma3(**kw) -> GemmaConfig:
+    n_layers = kw["n_layers"]
+    kw.setdefault("vocab_size", 262_144)
+    return GemmaConfig(
+        family="gemma3",
+        head_dim=256,
+        query_pre_attn_scalar=256.0,
+        use_qk_norm=True,
+        use_post_norms=True,
+        layer_types=_pattern(n_layers, 6),
+        rope_base_global=1_000_000.0,
+        rope_base_local=10_000.0,
+        **kw,
+    )
+
+
+PRESETS: dict[str, GemmaConfig] = {
+    # Gemma 1: attention scale head_dim ** -0.5, no post norms, every layer global.
+    "gemma-2b": _gemma1(d_model=2048, n_layers=18, n_heads=8, n_kv_heads=1, ffn_dim=16_384),
+    "gemma-7b": _gemma1(d_model=3072, n_layers=28, n_heads=16, n_kv_heads=16, ffn_dim=24_576),
+    "gemma2-2b": _gemma2(d_model=2304, n_layers=26, n_heads=8, n_kv_heads=4, ffn_dim=9216),
+    "gemma2-9b": _gemma2(d_model=3584, n_layers=42, n_heads=16, n_kv_heads=8, ffn_dim=14_336),
+    "gemma3-270m": _gemma3(
+        d_model=640, n_layers=18, n_heads=4, n_kv_heads=1, ffn_dim=2048, sliding_window=512
+    ),
+    "gemma3-1b": _gemma3(
+        d_model=1152, n_layers=26, n_heads=4, n_kv_heads=1, ffn_dim=6912, sliding_window=512
+    ),
+    "gemma3-4b": _gemma3(
+        vocab_size=262_208,
+        d_model=2560,
+        n_layers=34,
+        n_heads=8,
+        n_kv_heads=4,
+        ffn_dim=10_240,
+        sliding_window=1024,
+        rope_scale_global=8.0,
+    ),
+}
+
+
+def tiny_config(family: str, *, param_dtype: str = "float32") -> GemmaConfig:
+    """A few-layer random-weight config for tests: small window so test prompts exceed it.
+
+    gemma2 alternates local/global; gemma3 uses a 2 local : 1 global pattern (4 layers: local,
+    local, global, local) so both layer kinds and both rope bases are exercised.
+    """
+    common = dict(
+        vocab_size=128,
+        d_model=32,
+        n_heads=4,
+        n_kv_heads=2,
+        head_dim=16,
+        ffn_dim=64,
+        param_dtype=param_dtype,
+    )
+    if family == "gemma":
+        return GemmaConfig(family="gemma", n_layers=2, query_pre_attn_scalar=16, **common)
+    if family == "gemma2":
+        return GemmaConfig(
+            family="gemma2",
+            n_layers=3,
+            query_pre_attn_scalar=24.0,
+            # Small caps so tanh is far from linear on random weights: the tests see it.
+            attn_logit_softcap=2.0,
+            final_logit_softcap=3.0,
+            use_post_norms=True,
+            layer_types=_pattern(3, 2),
+            sliding_window=8,
+            **common,
+        )
+    if family == "gemma3":
+        return GemmaConfig(
+            family="gemma3",
+            n_layers=4,
+            query_pre_attn_scalar=16.0,
+            use_qk_norm=True,
+            use_post_norms=True,
+            layer_types=_pattern(4, 3),
+            sliding_window=8,
+            rope_base_global=1_000_000.0,
+            rope_base_local=10_000.0,
+            rope_scale_global=2.0,
+            **common,
+        )
+    raise ValueError(f"unknown Gemma family {family!r}; expected one of {FAMILIES}")

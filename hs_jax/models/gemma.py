@@ -1,0 +1,327 @@
+"""Flax NNX Gemma decoder (Gemma 1, 2 and 3 text) with a KV cache and a per-row LoRA hook.
+
+The forward pass matches transformers' eager PyTorch models (same norms, rope, masks, soft caps).
+Positions are explicit: a token with position < 0 is padding; it is never attended to and its
+own output is garbage but finite. Prompts are left padded by the sampler, so positions of real
+tokens start at 0 in every row.
+
+Performance choices (CPU, see REFERENCE.md section 6): layers are an unrolled Python loop, the
+tied output head contracts the embedding's model axis directly (no transpose of the [V, D]
+table), and bfloat16 weights are multiplied with bfloat16 operands accumulating in float32
+(weights are upcast instead when there is a single row, where XLA CPU's bf16 path is slow).
+The residual stream, norms, softmax and logits are float32.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+from flax import nnx, struct
+from jax import lax
+
+from hs_jax.models.config import GemmaConfig
+
+# Finite stand-in for -inf: a fully masked row (a padding query) gets a uniform softmax instead
+# of NaN, and a partly masked row gives exactly zero weight to the masked keys.
+_MASK_VALUE = -1e30
+_INIT_STD = 0.02  # HF's initializer_range for Gemma
+
+
+@struct.dataclass
+class KVCache:
+    """Keys/values of every layer plus the position held by each slot (-1 = empty or padding)."""
+
+    k: tuple  # per layer [B, S, Kh, Dh]
+    v: tuple  # per layer [B, S, Kh, Dh]
+    pos: jax.Array  # [B, S] int32
+
+    @classmethod
+    def init(cls, config: GemmaConfig, batch: int, size: int, dtype=jnp.float32) -> KVCache:
+        """An empty cache of `size` slots per row."""
+        shape = (batch, size, config.n_kv_heads, config.head_dim)
+        zeros = tuple(jnp.zeros(shape, dtype) for _ in range(config.n_layers))
+        return cls(
+            k=zeros,
+            v=tuple(jnp.zeros(shape, dtype) for _ in range(config.n_layers)),
+            pos=jnp.full((batch, size), -1, jnp.int32),
+        )
+
+    @property
+    def size(self) -> int:
+        """Number of slots per row."""
+        return self.pos.shape[1]
+
+
+def _matmul(x: jax.Array, w: jax.Array, w_contract: int = 0) -> jax.Array:
+    """x [..., d] times w contracting w's axis `w_contract` (size d); float32 result."""
+    dims = (((x.ndim - 1,), (w_contract,)), ((), ()))
+    if w.dtype != jnp.float32:
+        rows = math.prod(x.shape[:-1])
+        if rows == 1:
+            w = w.astype(jnp.float32)
+        else:
+            x = x.astype(w.dtype)
+    else:
+        x = x.astype(jnp.float32)
+    return lax.dot_general(x, w, dims, preferred_element_type=jnp.float32)
+
+
+def _project(
+    x: jax.Array,
+    kernel: jax.Array,
+    lora_entry: Mapping[str, jax.Array] | None,
+    expert_ids: jax.Array | None,
+) -> jax.Array:
+    """y = x @ W + (x @ a[e]) @ b[e] with e = expert_ids[row]; LoRA scale is folded into b.
+
+    x [B, T, d_in], kernel [d_in, d_out], a [E, d_in, r], b [E, r, d_out] -> [B, T, d_out].
+    """
+    y = _matmul(x, kernel)
+    if lora_entry is None:
+        return y
+    if expert_ids is None:
+        raise ValueError("a LoRA stack was given without expert_ids")
+    a = jnp.take(lora_entry["a"], expert_ids, axis=0).astype(jnp.float32)  # [B, d_in, r]
+    b = jnp.take(lora_entry["b"], expert_ids, axis=0).astype(jnp.float32)  # [B, r, d_out]
+    xa = jnp.einsum("btd,bdr->btr", x.astype(jnp.float32), a)
+    return y + jnp.einsum("btr,bro->bto", xa, b)
+
+
+class Dense(nnx.Module):
+    """Bias-free linear layer, kernel [d_in, d_out] (the transpose of HF's weight)."""
+
+    def __init__(self, d_in: int, d_out: int, *, dtype, rngs: nnx.Rngs):
+        self.kernel = nnx.Param(_INIT_STD * jax.random.normal(rngs.params(), (d_in, d_out), dtype))
+
+    def __call__(self, x, lora_entry=None, expert_ids=None):
+        return _project(x, self.kernel[...], lora_entry, expert_ids)
+
+
+class RMSNorm(nnx.Module):
+    """Gemma RMSNorm: float32 statistics, multiplies by (1 + scale); scale is stored as HF does."""
+
+    def __init__(self, dim: int, eps: float, *, dtype):
+        self.scale = nnx.Param(jnp.zeros((dim,), dtype))
+        self.eps = eps
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x.astype(jnp.float32)
+        x = x * lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)
+        return x * (1.0 + self.scale[...].astype(jnp.float32))
+
+
+class Embedder(nnx.Module):
+    """Token embedding [V, D], also the tied output head."""
+
+    def __init__(self, vocab_size: int, d_model: int, *, dtype, rngs: nnx.Rngs):
+        self.embedding = nnx.Param(
+            _INIT_STD * jax.random.normal(rngs.params(), (vocab_size, d_model), dtype)
+        )
+
+    def encode(self, tokens: jax.Array) -> jax.Array:
+        """tokens [B, T] -> [B, T, D] float32, times sqrt(D) cast to the weight dtype (as HF)."""
+        table = self.embedding[...]
+        x = jnp.take(table, tokens, axis=0)
+        return (x * jnp.asarray(math.sqrt(table.shape[1]), table.dtype)).astype(jnp.float32)
+
+    def decode(self, x: jax.Array) -> jax.Array:
+        """x [B, T, D] -> logits [B, T, V] float32 (contracts the table's D axis, no transpose)."""
+        return _matmul(x, self.embedding[...], w_contract=1)
+
+
+def _rope_tables(
+    positions: jax.Array, head_dim: int, base: float, scale: float
+) -> tuple[jax.Array, jax.Array]:
+    """cos, sin [B, T, head_dim // 2] for HF's rotate-half RoPE; linear scaling divides angles."""
+    inv_freq = 1.0 / (base ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    inv_freq = inv_freq / scale
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, Dh/2]
+    return jnp.cos(angles), jnp.sin(angles)
+
+
+def _apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """x [B, T, heads, Dh]; rotates the two halves of the head dimension."""
+    x1, x2 = jnp.split(x, 2, axis=-1)
+    cos, sin = cos[:, :, None, :], sin[:, :, None, :]
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+
+def _softcap(x: jax.Array, cap: float | None) -> jax.Array:
+    return x if cap is None else jnp.tanh(x / cap) * cap
+
+
+class Attention(nnx.Module):
+    """Grouped-query attention with optional q/k norms, logit soft cap and KV cache."""
+
+    def __init__(self, config: GemmaConfig, *, dtype, rngs: nnx.Rngs):
+        c = config
+        self.q_proj = Dense(c.d_model, c.q_dim, dtype=dtype, rngs=rngs)
+        self.k_proj = Dense(c.d_model, c.kv_dim, dtype=dtype, rngs=rngs)
+        self.v_proj = Dense(c.d_model, c.kv_dim, dtype=dtype, rngs=rngs)
+        self.o_proj = Dense(c.q_dim, c.d_model, dtype=dtype, rngs=rngs)
+        if c.use_qk_norm:
+            self.q_norm = RMSNorm(c.head_dim, c.rms_eps, dtype=dtype)
+            self.k_norm = RMSNorm(c.head_dim, c.rms_eps, dtype=dtype)
+        self.config = config
+
+    def __call__(self, x, rope, mask, kv_cache, cache_index, lora, expert_ids):
+        """x [B, T, D]; mask [B, T, S] bool; kv_cache (k, v) [B, S, Kh, Dh] or None.
+
+        Returns (out [B, T, D], (k, v) as stored: the updated cache or this call's keys).
+        """
+        c = self.config
+        b, t, _ = x.shape
+        q = self.q_proj(x, lora.get("q_proj"), expert_ids).reshape(b, t, c.n_heads, c.head_dim)
+        k = self.k_proj(x, lora.get("k_proj"), expert_ids).reshape(b, t, c.n_kv_heads, c.head_dim)
+        v = self.v_proj(x, lora.get("v_proj"), expert_ids).reshape(b, t, c.n_kv_heads, c.head_dim)
+        if c.use_qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = _apply_rope(q, *rope), _apply_rope(k, *rope)
+        if kv_cache is not None:
+            k_cache, v_cache = kv_cache
+            start = (0, cache_index, 0, 0)
+            k = lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), start)
+            v = lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), start)
+        stored = (k, v)
+        groups = c.n_heads // c.n_kv_heads
+        q = q * jnp.float32(c.query_pre_attn_scalar**-0.5)
+        q = q.reshape(b, t, c.n_kv_heads, groups, c.head_dim)  # [B, T, Kh, G, Dh]
+        scores = jnp.einsum("btkgd,bskd->bkgts", q, k.astype(jnp.float32))  # [B, Kh, G, T, S]
+        scores = _softcap(scores, c.attn_logit_softcap)
+        scores = jnp.where(mask[:, None, None], scores, _MASK_VALUE)
+        probs = jax.nn.softmax(scores, axis=-1)
+        out = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(jnp.float32))
+        out = self.o_proj(out.reshape(b, t, c.q_dim), lora.get("o_proj"), expert_ids)
+        return out, stored
+
+
+class MLP(nnx.Module):
+    """Gated GELU (tanh approximation) feed-forward."""
+
+    def __init__(self, config: GemmaConfig, *, dtype, rngs: nnx.Rngs):
+        self.gate_proj = Dense(config.d_model, config.ffn_dim, dtype=dtype, rngs=rngs)
+        self.up_proj = Dense(config.d_model, config.ffn_dim, dtype=dtype, rngs=rngs)
+        self.down_proj = Dense(config.ffn_dim, config.d_model, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x, lora, expert_ids):
+        gate = self.gate_proj(x, lora.get("gate_proj"), expert_ids)
+        up = self.up_proj(x, lora.get("up_proj"), expert_ids)
+        h = jax.nn.gelu(gate, approximate=True) * up
+        return self.down_proj(h, lora.get("down_proj"), expert_ids)
+
+
+class Block(nnx.Module):
+    """One decoder layer. Gemma 1 has input_norm and pre_ffn_norm only (HF calls the latter
+    post_attention_layernorm); Gemma 2/3 add post_attn_norm and post_ffn_norm."""
+
+    def __init__(self, config: GemmaConfig, *, dtype, rngs: nnx.Rngs):
+        d, eps = config.d_model, config.rms_eps
+        self.input_norm = RMSNorm(d, eps, dtype=dtype)
+        self.attn = Attention(config, dtype=dtype, rngs=rngs)
+        self.pre_ffn_norm = RMSNorm(d, eps, dtype=dtype)
+        self.mlp = MLP(config, dtype=dtype, rngs=rngs)
+        if config.use_post_norms:
+            self.post_attn_norm = RMSNorm(d, eps, dtype=dtype)
+            self.post_ffn_norm = RMSNorm(d, eps, dtype=dtype)
+        self.use_post_norms = config.use_post_norms
+
+    def __call__(self, x, rope, mask, kv_cache, cache_index, lora, expert_ids):
+        h = self.input_norm(x)
+        h, stored = self.attn(h, rope, mask, kv_cache, cache_index, lora, expert_ids)
+        if self.use_post_norms:
+            h = self.post_attn_norm(h)
+        x = x + h
+        h = self.mlp(self.pre_ffn_norm(x), lora, expert_ids)
+        if self.use_post_norms:
+            h = self.post_ffn_norm(h)
+        return x + h, stored
+
+
+_NO_LORA: Mapping = {}
+
+
+class Gemma(nnx.Module):
+    """The decoder: embedder, `n_layers` blocks, final norm, tied head.
+
+    Call: model(tokens [B, T] int32, positions [B, T] int32, cache=None, *, cache_index=0,
+    lora=None, expert_ids=None, logits_at=None) -> (logits [B, T, V] float32, updated KVCache or
+    None); with `logits_at` [B, K] (indices into the call's T tokens) logits are [B, K, V].
+    With a cache, the T new keys/values (and their positions; -1 for padding) are written at
+    slots [cache_index, cache_index + T) and the queries attend over all slots; without one they
+    attend over the call's own tokens. A key is visible when pos_k >= 0, pos_k <= pos_q and,
+    on local layers, pos_q - pos_k < sliding_window. The caller keeps cache_index + T <= S
+    (dynamic_update_slice would clamp the start and overwrite live slots). `lora` is any object
+    whose `.layers[i]` is a dict proj name -> {'a': [E, d_in, r], 'b': [E, r, d_out]};
+    row b uses expert expert_ids[b].
+    """
+
+    def __init__(self, config: GemmaConfig, *, rngs: nnx.Rngs):
+        dtype = jnp.dtype(config.param_dtype)
+        self.config = config
+        self.embedder = Embedder(config.vocab_size, config.d_model, dtype=dtype, rngs=rngs)
+        self.layers = nnx.List(
+            [Block(config, dtype=dtype, rngs=rngs) for _ in range(config.n_layers)]
+        )
+        self.final_norm = RMSNorm(config.d_model, config.rms_eps, dtype=dtype)
+
+    def __call__(
+        self,
+        tokens: jax.Array,
+        positions: jax.Array,
+        cache: KVCache | None = None,
+        *,
+        cache_index: jax.Array | int = 0,
+        lora=None,
+        expert_ids: jax.Array | None = None,
+        logits_at: jax.Array | None = None,
+    ) -> tuple[jax.Array, KVCache | None]:
+        c = self.config
+        positions = jnp.where(positions < 0, -1, positions).astype(jnp.int32)  # [B, T]
+        if cache is None:
+            key_pos = positions  # [B, S=T]
+        else:
+            cache_index = jnp.asarray(cache_index, jnp.int32)
+            key_pos = lax.dynamic_update_slice(cache.pos, positions, (0, cache_index))
+        q_pos, k_pos = positions[:, :, None], key_pos[:, None, :]
+        masks = {"global": (k_pos >= 0) & (k_pos <= q_pos)}  # [B, T, S]
+        ropes = {
+            "global": _rope_tables(positions, c.head_dim, c.rope_base_global, c.rope_scale_global)
+        }
+        if "local" in c.layer_types:
+            masks["local"] = masks["global"] & (q_pos - k_pos < c.sliding_window)
+            ropes["local"] = _rope_tables(positions, c.head_dim, c.rope_base_local, 1.0)
+        if expert_ids is not None:
+            expert_ids = jnp.asarray(expert_ids, jnp.int32)
+
+        x = self.embedder.encode(tokens)  # [B, T, D]
+        new_k, new_v = [], []
+        for i, layer in enumerate(self.layers):
+            kind = c.layer_types[i]
+            layer_lora = _NO_LORA if lora is None else (lora.layers[i] or _NO_LORA)
+            kv = None if cache is None else (cache.k[i], cache.v[i])
+            x, (k, v) = layer(x, ropes[kind], masks[kind], kv, cache_index, layer_lora, expert_ids)
+            new_k.append(k)
+            new_v.append(v)
+        h = self.final_norm(x)  # [B, T, D]
+        if logits_at is not None:
+            # The tied 262k-word head is most of the model's cost: a prefill needs it only at
+            # the last prompt position, a fine-tuning loss only at answer tokens.
+            h = jnp.take_along_axis(h, jnp.asarray(logits_at, jnp.int32)[..., None], axis=1)
+        logits = _softcap(self.embedder.decode(h), c.final_logit_softcap)
+        if cache is None:
+            return logits, None
+        return logits, KVCache(k=tuple(new_k), v=tuple(new_v), pos=key_pos)
+
+
+def abstract_model(config: GemmaConfig) -> tuple[nnx.GraphDef, nnx.State]:
+    """(graphdef, params state of jax.ShapeDtypeStruct) without allocating any weights."""
+    return nnx.split(nnx.eval_shape(lambda: Gemma(config, rngs=nnx.Rngs(0))))
+
+
+def from_params(config: GemmaConfig, params: nnx.State) -> Gemma:
+    """Rebuild the module from a params state (e.g. one returned by a loader)."""
+    graphdef, _ = abstract_model(config)
+    return nnx.merge(graphdef, params)
