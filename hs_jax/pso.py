@@ -16,8 +16,9 @@ higher utility, the global worst only by a strictly lower one. A NaN or +-inf ut
 the worst possible (-inf): it can become the global worst but never a best.
 
 Use: ``state = init(x, key, cfg)``; then repeatedly evaluate ``state.x``, ``state = tell(state,
-utils)``, ``state = step(state, key, cfg)`` (or ``update`` = tell + step in one jitted call, which
-reads and writes every stack once instead of twice). All three are jitted with the state
+utils)``, ``state = step(state, key, cfg)`` (or ``update`` = tell + step in one jitted call: one
+dispatch instead of two; on XLA CPU each tensor still takes four passes, see bench/RESULTS.md).
+All three are jitted with the state
 donated, so the caller's previous state is invalid after the call and a stack of weights is
 updated in place; a config is a static argument, so each (config, tree shape) compiles once.
 
@@ -324,7 +325,7 @@ def step(state: PSOState, key: jax.Array, cfg: PSOConfig) -> PSOState:
 
 
 def update(state: PSOState, utils, key: jax.Array, cfg: PSOConfig) -> PSOState:
-    """``step(tell(state, utils), key, cfg)`` as one jitted call (one pass over the stacks)."""
+    """``step(tell(state, utils), key, cfg)`` as one jitted call (bitwise the same result)."""
     new, bad = _update_jit(state, _check_utils(state, utils), key, cfg)
     _raise_if_bad(bad)
     return new

@@ -1,0 +1,14 @@
+"""The paper's setting on the authors' mmlu file.
+
+  python -m launch.main --config=configs/mmlu.py:/path/to/data/eval --workdir=runs/mmlu \
+    --config.model.spec=/path/to/gemma-7b-it --config.experts.peft_dirs=/path/to/experts
+
+The argument after ':' is the folder holding the task files (default data/eval); the experts
+folder holds one PEFT adapter folder per expert (the paper's 10 Gemma-7B experts).
+"""
+
+from hs_jax.config import paper_config
+
+
+def get_config(arg=None):
+    return paper_config("mmlu", arg)

@@ -1,0 +1,311 @@
+"""A whole Heterogeneous Swarms search, from model files to results (`hs_jax.run`).
+
+Steps: load the base model and tokenizer; load the task (or generate it); build or load the
+expert pool; score every expert alone (the best-single baseline); run the search with the
+multi-LLM executor as its utility (checkpointed in `workdir/search`, resumed automatically);
+evaluate the best system on the test split; write `results.json`, `best_dag.png`, `curves.png`
+and the best system's experts as PEFT folders. The launcher and the Colab notebooks call this.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging as std_logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from hs_jax import config as config_lib
+from hs_jax import lora, plots, search, sharding, tasks
+from hs_jax.engine import Engine
+from hs_jax.experts import Example, SFTConfig, build_or_load_pool
+from hs_jax.graph import Dag
+from hs_jax.models import config as model_config
+from hs_jax.models.convert import init_params
+from hs_jax.models.loading import load_model
+from hs_jax.models.tokenizer import load_tokenizer
+from hs_jax.utility import SystemScorer
+
+SINGLE = Dag(1, (), 0)
+
+
+class _OnlyOrbaxWarnings(std_logging.Filter):
+    """orbax logs every step of every save at INFO; keep its warnings, drop the rest."""
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+
+
+def quiet_orbax() -> None:
+    for handler in (logging.get_absl_handler(), *std_logging.getLogger().handlers):
+        if not any(isinstance(f, _OnlyOrbaxWarnings) for f in handler.filters):
+            handler.addFilter(
+                _OnlyOrbaxWarnings()
+            )  # one expert alone: the best-single baseline as a one-node system
+
+
+def _spec(c: ml_collections.ConfigDict) -> tasks.TaskSpec:
+    if c.task.type:
+        spec = tasks.make_spec(c.task.name, c.task.type)
+    else:
+        spec = tasks.get_spec(c.task.name)
+    if c.task.max_new_tokens:
+        spec = dataclasses.replace(spec, max_new_tokens=c.task.max_new_tokens)
+    return spec
+
+
+def _gen_config(c: ml_collections.ConfigDict) -> tasks.GraphGenConfig:
+    return tasks.GraphGenConfig(
+        node_range=tuple(c.task.gen.node_range), types=tuple(c.task.gen.types)
+    )
+
+
+def load_items(c: ml_collections.ConfigDict, workdir: Path):
+    """(spec, dev items, test items, task file). Generated tasks are written into the workdir
+    first, so every run reads its items through the same validating loader."""
+    spec = _spec(c)
+    path = Path(c.task.path) if c.task.path else None
+    if path is None:
+        if c.task.name != "nlgraph_gen":
+            raise ValueError(f"config.task.path is empty: task {c.task.name!r} needs a data file")
+        path = workdir / "task.json"
+        if not path.exists():
+            tasks.write_dataset(
+                path, c.task.gen.n_dev, c.task.gen.n_test, seed=c.seed, config=_gen_config(c)
+            )
+    dev_limit, test_limit = c.task.dev_limit or None, c.task.test_limit or None
+    dev = tasks.load_task(path, "dev", spec=spec, limit=dev_limit, seed=c.seed)
+    test = tasks.load_task(path, "test", spec=spec, limit=test_limit, seed=c.seed)
+    return spec, dev, test, path
+
+
+def templates_for(c: ml_collections.ConfigDict) -> tasks.NodeTemplates:
+    return tasks.NodeTemplates(answer_prefix=c.task.answer_prefix, chat=c.task.chat_template)
+
+
+def load_base(c: ml_collections.ConfigDict):
+    """(GemmaConfig, params, tokenizer). 'tiny' is a random tiny Gemma 3 with the real
+    tokenizer's vocabulary (tests and smoke runs)."""
+    dtype = c.model.param_dtype or model_config.default_param_dtype()
+    tokenizer = load_tokenizer(c.model.tokenizer or _tokenizer_spec(c.model.spec))
+    if c.model.spec == "tiny":
+        cfg = model_config.tiny_config("gemma3", param_dtype=dtype).replace(
+            vocab_size=len(tokenizer)
+        )
+        return cfg, init_params(cfg, seed=c.seed), tokenizer
+    cfg, params = load_model(c.model.spec, param_dtype=dtype)
+    return cfg, params, tokenizer
+
+
+def _tokenizer_spec(model_spec: str) -> str:
+    return config_lib.PYPI_MODEL if model_spec == "tiny" else model_spec
+
+
+def _wrong_answer(gold: str, rng: np.random.Generator) -> str:
+    if gold in ("Yes", "No"):
+        return "No" if gold == "Yes" else "Yes"
+    return str(int(gold) + int(rng.integers(1, 4))) if gold.isdigit() else "I don't know"
+
+
+def _training_slices(c, spec, templates, dev, test) -> tuple[list[str], list[list[Example]]]:
+    """One generated training slice per expert: expert i learns question type i (the last
+    experts, if more than the types, learn a mix). Half of the examples show the expert
+    'previous responses' (right or wrong) so it also learns its middle/end-node role."""
+    if c.task.name != "nlgraph_gen":
+        raise ValueError(
+            "experts.source='train' builds pools only for the generated task (task.name="
+            "'nlgraph_gen'); for other tasks set experts.source='peft' and experts.peft_dirs"
+        )
+    types = list(c.task.gen.types)
+    names = [types[i] if i < len(types) else f"mixed_{i}" for i in range(c.experts.n)]
+    seen = {item.question for item in [*dev, *test]}
+    rng = np.random.default_rng(c.seed + 1)
+    slices = []
+    for i, name in enumerate(names):
+        gen = _gen_config(c)
+        if name in types:
+            gen = tasks.GraphGenConfig(node_range=gen.node_range, types=(name,))
+        seed = np.random.SeedSequence([c.seed, 17, i])
+        raw = tasks.generate_items(c.experts.train_examples, seed=seed, config=gen, exclude=seen)
+        examples = []
+        for k, item in enumerate(raw):
+            parents = []
+            if k % 2:
+                wrong = (
+                    "No" if item["answer"] == "Yes" else ("Yes" if item["answer"] == "No" else "0")
+                )
+                parents = [item["answer"] if rng.random() < 0.5 else wrong for _ in range(2)]
+            prompt = tasks.node_prompt(
+                item["question"], parents, is_end=bool(parents), templates=templates
+            )
+            examples.append(Example(prompt=prompt, answer=" " + item["answer"]))
+        slices.append(examples)
+    return names, slices
+
+
+def build_experts(c, workdir: Path, base_cfg, params, tokenizer, spec, dev, test) -> lora.LoraStack:
+    """The pool as one LoraStack (leading expert axis)."""
+    if c.experts.source == "peft":
+        dirs = [d for d in c.experts.peft_dirs.split(",") if d]
+        if len(dirs) == 1 and not os.path.exists(os.path.join(dirs[0], lora.ADAPTER_CONFIG)):
+            dirs = sorted(str(p.parent) for p in Path(dirs[0]).glob(f"*/{lora.ADAPTER_CONFIG}"))
+        if not dirs:
+            raise FileNotFoundError(f"no PEFT adapters found in {c.experts.peft_dirs!r}")
+        return lora.load_peft_pool(dirs, base_cfg)
+    if c.experts.source == "random":
+        return lora.init_lora_stack(
+            base_cfg, c.experts.n, c.experts.rank, c.experts.targets, jax.random.key(c.seed),
+            scheme="random", init_scale=c.experts.random_scale,
+        )  # fmt: skip
+    names, slices = _training_slices(c, spec, templates_for(c), dev, test)
+    sft = SFTConfig(
+        rank=c.experts.rank,
+        targets=tuple(c.experts.targets),
+        steps=c.experts.train_steps,
+        batch_per_expert=c.experts.batch_per_expert,
+        learning_rate=c.experts.learning_rate,
+        max_len=c.experts.max_len,
+        seed=c.seed,
+    )
+    pool_dir = c.experts.pool_dir or str(workdir / "experts")
+    return build_or_load_pool(
+        pool_dir, base_cfg, params, tokenizer, slices, names, sft,
+        base_model_name_or_path=c.model.spec,
+    )  # fmt: skip
+
+
+def _search_config(c: ml_collections.ConfigDict) -> search.SearchConfig:
+    d = c.search.to_dict()
+    d["seed"] = c.seed
+    return search.SearchConfig.from_dict(d)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
+    """Runs (or resumes) the search described by `config` in `workdir`; returns results.json."""
+    c = config
+    config_lib.check_config(c)
+    quiet_orbax()
+    if c.distributed:
+        jax.distributed.initialize()
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+
+    spec, dev, test, task_file = load_items(c, workdir)
+    logging.info(
+        "task %s: %d dev / %d test items from %s", spec.name, len(dev), len(test), task_file
+    )
+    base_cfg, params, tokenizer = load_base(c)
+    experts = build_experts(c, workdir, base_cfg, params, tokenizer, spec, dev, test)
+    names = list(experts.names) or [f"expert_{i}" for i in range(experts.n_experts)]
+    mesh = sharding.make_mesh(data=c.mesh.data, model=c.mesh.model)
+    engine = Engine(
+        base_cfg, params, tokenizer, experts=experts, mesh=mesh, max_batch=c.engine.max_batch,
+        max_prompt_len=c.engine.max_prompt_len,
+    )  # fmt: skip
+    scorer = SystemScorer(engine, spec, templates_for(c), max_batch=c.engine.max_batch)
+
+    # Best single expert, on the pool as loaded (before any weight step).
+    singles = [(SINGLE, (i,)) for i in range(experts.n_experts)]
+    single_dev = scorer.score(singles, experts, dev)
+    single_test = scorer.score(singles, experts, test)
+    best_single = int(np.argmax(single_dev))
+    logging.info("single experts dev utility: %s", np.round(single_dev, 3).tolist())
+
+    def test_scorer(dag, assignment, weights):
+        return float(scorer.score([(dag, assignment)], weights, test)[0])
+
+    result = search.run_search(
+        experts,
+        lambda systems, weights: scorer.score(systems, weights, dev),
+        _search_config(c),
+        workdir=str(workdir / "search"),
+        test_scorer=test_scorer,
+    )
+    best = result.best
+    summary = {
+        "task": spec.name,
+        "n_dev": len(dev),
+        "n_test": len(test),
+        "experts": names,
+        "best_system": {
+            "dag": best.dag.to_dict(),
+            "assignment": list(best.assignment),
+            "dev_utility": best.utility,
+            "test_utility": result.test_utility,
+            "iteration": best.iteration,
+        },
+        "best_single": {
+            "expert": best_single,
+            "name": names[best_single],
+            "dev_utility": float(single_dev[best_single]),
+            "test_utility": float(single_test[best_single]),
+        },
+        "single_experts": {
+            "dev": [float(u) for u in single_dev],
+            "test": [float(u) for u in single_test],
+        },
+        "iterations": result.iterations,
+        "stop_reason": result.stop_reason,
+        "cost": scorer.stats.as_dict(),
+        "seconds": time.perf_counter() - start,
+        "history": result.history,
+    }
+    _write_outputs(c, workdir, summary, best, names)
+    _print_summary(summary)
+    return summary
+
+
+def _curves(history) -> dict[str, dict[str, list[float]]]:
+    curves: dict[str, dict[str, list[float]]] = {}
+    for step, title in (("role", "role step"), ("weight", "weight step")):
+        stats: dict[str, list[float]] = {"best": [], "mean": [], "worst": []}
+        for record in history:
+            u = np.asarray(record[step].get("utilities", []), float) if record[step]["ran"] else []
+            u = u[np.isfinite(u)] if len(u) else u
+            for name, fn in (("best", np.max), ("mean", np.mean), ("worst", np.min)):
+                stats[name].append(float(fn(u)) if len(u) else float("nan"))
+        curves[title] = stats
+    return curves
+
+
+def _write_outputs(c, workdir: Path, summary, best, names) -> None:
+    with open(workdir / "results.json", "w") as f:
+        json.dump(summary, f, indent=1, default=float)
+    if c.outputs.plots:
+        plots.plot_dag(
+            best.dag, workdir / "best_dag.png", assignment=best.assignment, expert_names=names,
+            title=f"best system: dev {best.utility:.3f}",
+        )  # fmt: skip
+        plots.plot_curves(
+            _curves(summary["history"]),
+            workdir / "curves.png",
+            reference={"best single (dev)": summary["best_single"]["dev_utility"]},
+        )
+    if c.outputs.export_experts:
+        for expert in sorted(set(best.assignment)):
+            lora.export_peft_adapter(
+                best.weights, expert, workdir / "best_experts" / names[expert],
+                base_model_name_or_path=c.model.spec,
+            )  # fmt: skip
+    logging.info("results written to %s", workdir)
+
+
+def _print_summary(s: dict[str, Any]) -> None:
+    b, single = s["best_system"], s["best_single"]
+    test = "n/a" if b["test_utility"] is None else f"{b['test_utility']:.3f}"
+    print(
+        f"\n{s['task']}: {s['iterations']} iterations ({s['stop_reason']}), "
+        f"{s['seconds']:.0f} s\n"
+        f"{'':24s} {'dev':>7s} {'test':>7s}\n"
+        f"{'best single (' + single['name'] + ')':24s} {single['dev_utility']:7.3f} "
+        f"{single['test_utility']:7.3f}\n"
+        f"{'H-Swarms system':24s} {b['dev_utility']:7.3f} {test:>7s}\n"
+    )

@@ -1,0 +1,90 @@
+"""The launcher end to end on the tiny config, including a kill and a resume through it."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _launch(workdir, *extra, wait=True):
+    cmd = [
+        sys.executable, "-m", "launch.main", "--config=configs/tiny.py", f"--workdir={workdir}",
+        "--config.search.max_iterations=3", "--config.search.patience=3", *extra,
+    ]  # fmt: skip
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    if not wait:
+        return proc
+    out, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, out[-4000:]
+    return out
+
+
+def _comparable(results):
+    r = dict(results)
+    for volatile in ("seconds", "cost"):  # wall time; a resumed run generates less
+        r.pop(volatile)
+    return r
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("full")
+    out = _launch(workdir)
+    return workdir, out
+
+
+def test_launcher_writes_every_output(uninterrupted):
+    workdir, out = uninterrupted
+    results = json.loads((workdir / "results.json").read_text())
+    assert results["iterations"] == 3
+    assert len(results["history"]) == 3
+    best = results["best_system"]
+    assert len(best["assignment"]) == best["dag"]["n"] == 3
+    assert best["test_utility"] is not None
+    assert results["cost"]["generate_calls"] > 0
+    for picture in ("best_dag.png", "curves.png"):
+        assert (workdir / picture).read_bytes()[:4] == b"\x89PNG"
+    exported = sorted(p.name for p in (workdir / "best_experts").iterdir())
+    assert exported and all(
+        (workdir / "best_experts" / e / "adapter_config.json").exists() for e in exported
+    )
+    assert "H-Swarms system" in out and "best single" in out
+
+
+def test_killed_run_resumes_to_the_same_results(uninterrupted, tmp_path):
+    workdir, _ = uninterrupted
+    proc = _launch(tmp_path, wait=False)
+    deadline = time.time() + 900
+    # Kill as soon as the first iteration's checkpoint is complete (orbax renames it into place).
+    while not (tmp_path / "search" / "1").exists():
+        assert proc.poll() is None, proc.stdout.read()[-4000:]
+        assert time.time() < deadline
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "results.json").exists()
+    out = _launch(tmp_path)
+    assert "resumed" in out
+    resumed = json.loads((tmp_path / "results.json").read_text())
+    full = json.loads((workdir / "results.json").read_text())
+    assert _comparable(resumed) == _comparable(full)
+
+
+def test_bad_config_value_is_named(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "launch.main", "--config=configs/tiny.py",
+         f"--workdir={tmp_path}", "--config.experts.source=nonsense"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "config.experts.source='nonsense'" in proc.stderr
