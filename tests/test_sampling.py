@@ -1,0 +1,246 @@
+"""Sampler tests: host helpers, nucleus sampling, and the jitted decode loop against a plain
+forward pass of the model (no cache, each prompt alone)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from hs_jax import sampling
+from hs_jax.models import gemma
+from hs_jax.models.config import tiny_config
+
+CFG = tiny_config("gemma3")  # sliding window 8: the test prompts are longer
+
+
+def random_params(config, seed=0):
+    """Random weights (numpy, no per-op compiles) scaled so greedy continuations of the tiny
+    model vary instead of repeating one token."""
+    _, abstract = gemma.abstract_model(config)
+    rng = np.random.default_rng(seed)
+
+    def init(x):
+        z = rng.standard_normal(x.shape).astype(np.float32)
+        if len(x.shape) == 1:
+            return 0.5 * z
+        if x.shape[0] == config.vocab_size:
+            return 0.03 * z
+        return 4.0 * z / np.sqrt(x.shape[0])
+
+    return jax.tree.map(init, abstract)
+
+
+@jax.jit
+def _forward_no_cache(params, tokens, positions):
+    model = nnx.merge(gemma.abstract_model(CFG)[0], params)
+    return model(tokens, positions)[0]
+
+
+def reference_greedy(params, prompt, n_new, width=48):
+    """Greedy continuation by full forward passes without a cache (the sequence right padded to
+    one width, padding at position -1, so the causal rule hides it); also the prompt's last
+    logits."""
+    seq = list(prompt)
+    first_logits = None
+    for _ in range(n_new):
+        tokens = np.zeros((1, width), np.int32)
+        tokens[0, : len(seq)] = seq
+        positions = np.where(np.arange(width) < len(seq), np.arange(width), -1)[None]
+        logits = _forward_no_cache(params, tokens, positions)[0, len(seq) - 1]
+        if first_logits is None:
+            first_logits = np.asarray(logits)
+        seq.append(int(jnp.argmax(logits)))
+    return seq[len(prompt) :], first_logits
+
+
+def run(
+    sampler,
+    params,
+    prompts,
+    *,
+    n_new=10,
+    length=32,
+    rows=4,
+    stops=None,
+    lora=None,
+    ids=None,
+    greedy=True,
+    temperature=1.0,
+    top_p=1.0,
+    key=0,
+    seq=None,
+    eos_ids=(),
+):
+    tokens, lengths = sampling.left_pad(prompts, length, rows, sampler.pad_id)
+    stops = stops or [()] * rows
+    tables = sampling.build_stop_tables(
+        stops, rows, CFG.vocab_size, encode=lambda s: seq or [], eos_ids=eos_ids
+    )
+    ids = np.full((rows,), -1, np.int32) if ids is None else np.asarray(ids, np.int32)
+    out = sampler.generate_tokens(
+        params, lora, tokens, lengths, ids, np.arange(rows) < len(prompts),
+        tables.tokens, tables.seqs, tables.group, jnp.int32(n_new), jnp.float32(temperature),
+        jnp.float32(top_p), jax.random.key(key), max_new_bucket=16, greedy=greedy,
+        use_top_p=top_p < 1, return_logits=True,
+    )  # fmt: skip
+    return jax.tree.map(np.asarray, out)
+
+
+PROMPTS = [
+    [2, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20],  # 17 tokens > window 8
+    [2, 40, 41],
+    [2, 90, 3, 77, 12, 64, 33, 21, 100, 101, 9, 9, 4],
+]
+
+
+@pytest.fixture(scope="module")
+def params():
+    return random_params(CFG)
+
+
+def test_buckets_and_padding():
+    assert sampling.round_to_bucket(1, (32, 64)) == 32
+    assert sampling.round_to_bucket(33, (32, 64)) == 64
+    assert sampling.round_to_bucket(65, (32, 64)) == 128
+    assert sampling.batch_bucket(3, (1, 2, 4, 8), multiple_of=8) == 8
+    assert sampling.batch_bucket(9, (1, 2, 4, 8, 16), multiple_of=4) == 16
+    tokens, lengths = sampling.left_pad([[5, 6], [7]], 4, 3, pad_id=0)
+    np.testing.assert_array_equal(tokens, [[0, 0, 5, 6], [0, 0, 0, 7], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(lengths, [2, 1, 1])
+
+
+def test_long_prompt_policy():
+    with pytest.raises(ValueError, match="more than the allowed 3"):
+        sampling.fit_prompts([[1, 2, 3, 4]], 3, truncate="error")
+    assert sampling.fit_prompts([[1, 2, 3, 4], [5]], 3, truncate="left") == [[2, 3, 4], [5]]
+    with pytest.raises(ValueError, match="empty"):
+        sampling.fit_prompts([[]], 3)
+
+
+def test_stop_tables_and_truncation():
+    vocab = ["", "ab", "x\n", "b", "\n"]
+    t = sampling.build_stop_tables(
+        [("\n",), (), ("\n",), ("ab", "\n")], 4, 5, encode=lambda s: [1] if s == "ab" else [2, 4],
+        vocab_texts=vocab,
+    )  # fmt: skip
+    assert t.group[0] == t.group[2] != t.group[1] != t.group[3]
+    np.testing.assert_array_equal(t.tokens[t.group[0]], [0, 0, 1, 0, 1])
+    np.testing.assert_array_equal(t.tokens[t.group[1]], [0, 0, 0, 0, 0])
+    np.testing.assert_array_equal(t.tokens[t.group[3]], [0, 1, 1, 0, 1])
+    assert t.seqs.shape[0] == 4 and t.seqs.shape[-1] == 2  # groups and length -> powers of two
+    assert [2, 4] in t.seqs[t.group[0]].tolist()  # right aligned
+    assert sampling.truncate_at_stop("hello\nworld.", ["o", "\n"]) == ("hell", True)
+    assert sampling.truncate_at_stop("hello", ["z"]) == ("hello", False)
+
+
+def reference_nucleus(logits, p):
+    """Indices of the nucleus by the definition: most probable first, until mass >= p."""
+    probs = np.exp(logits - logits.max())
+    probs /= probs.sum()
+    order = np.argsort(-probs)
+    mass = np.cumsum(probs[order])
+    k = int(np.searchsorted(mass, p)) + 1
+    return set(order[: min(k, len(order))].tolist())
+
+
+def test_top_p_masks_exactly_the_nucleus():
+    logits = np.asarray(jax.random.normal(jax.random.key(3), (6, 50)) * 3, np.float32)
+    for p in (0.1, 0.5, 0.9):  # top_p = 1 skips the filter (use_top_p=False)
+        masked = np.asarray(sampling.top_p_logits(jnp.asarray(logits), jnp.float32(p)))
+        for row in range(6):
+            assert set(np.flatnonzero(np.isfinite(masked[row])).tolist()) == reference_nucleus(
+                logits[row], p
+            )
+            np.testing.assert_array_equal(
+                masked[row][np.isfinite(masked[row])], logits[row][np.isfinite(masked[row])]
+            )
+
+
+def test_top_p_sampling_reproducible_and_inside_nucleus():
+    logits = jnp.asarray(jax.random.normal(jax.random.key(4), (4, 40)) * 2)
+    nuclei = [reference_nucleus(np.asarray(logits[r]), 0.6) for r in range(4)]
+
+    def draw(seed):
+        return np.asarray(
+            sampling.choose_tokens(
+                logits, jax.random.key(seed), jnp.float32(1.0), jnp.float32(0.6), greedy=False,
+                use_top_p=True,
+            )
+        )  # fmt: skip
+
+    draws = np.stack([draw(s) for s in range(200)])  # [200, 4]
+    np.testing.assert_array_equal(draw(7), draws[7])
+    for r in range(4):
+        assert set(draws[:, r].tolist()) <= nuclei[r]
+        assert len(set(draws[:, r].tolist())) == len(nuclei[r]) or len(nuclei[r]) > 3
+
+
+def test_greedy_equals_plain_forward_and_no_retrace(params):
+    sampler = sampling.Sampler(CFG, pad_id=0)
+    out = run(sampler, params, PROMPTS)
+    for i, prompt in enumerate(PROMPTS):
+        want, want_logits = reference_greedy(params, prompt, 10)
+        np.testing.assert_array_equal(out["tokens"][i, :10], want)
+        assert out["num_tokens"][i] == 10
+        np.testing.assert_allclose(out["logits"][i], want_logits, rtol=1e-5, atol=1e-5)
+    assert (out["tokens"][:, 10:] == 0).all()
+    assert out["num_tokens"][3] == 0  # the padding row
+
+    traces = sampling.TRACES["generate_tokens"]
+    other = [[2, 50, 51, 52], [2, 7] * 9, [3, 4, 5]]
+    out2 = run(sampler, random_params(CFG, seed=1), other, n_new=12)
+    assert sampling.TRACES["generate_tokens"] == traces  # new prompts, same bucket, new weights
+    assert (out2["num_tokens"][:3] == 12).all()
+
+
+def test_eos_and_device_stop_sequences(params):
+    free = run(sampling.Sampler(CFG, pad_id=0), params, PROMPTS)
+    # EOS: a token that row 0 produces at step 3 ends that row there (and only rows that hit it).
+    eos = int(free["tokens"][0, 3])
+    out = run(sampling.Sampler(CFG, pad_id=0), params, PROMPTS, eos_ids=(eos,))
+    for i in range(3):
+        row = free["tokens"][i, :10].tolist()
+        n = row.index(eos) + 1 if eos in row else 10
+        assert out["num_tokens"][i] == n
+        np.testing.assert_array_equal(out["tokens"][i, :n], row[:n])
+        assert (out["tokens"][i, n:] == 0).all()
+    # A two-token stop sequence, right aligned, only for row 2.
+    seq = [int(t) for t in free["tokens"][2, 4:6]]
+    stops = [(), (), ("s",), ()]
+    out = run(sampling.Sampler(CFG, pad_id=0), params, PROMPTS, stops=stops, seq=seq)
+    row2 = free["tokens"][2, :10].tolist()
+    first = next(j for j in range(1, 10) if row2[j - 1 : j + 1] == seq)
+    assert out["num_tokens"][2] == first + 1
+    assert out["num_tokens"][0] == out["num_tokens"][1] == 10
+
+
+class StandInLora:
+    """Minimal LoRA stack (a pytree with `.layers`), as the model hook needs."""
+
+    def __init__(self, layers):
+        self.layers = layers
+
+
+jax.tree_util.register_pytree_node(
+    StandInLora, lambda s: ((s.layers,), None), lambda _, c: StandInLora(c[0])
+)
+
+
+def test_base_rows_in_a_lora_batch_equal_the_base_model(params):
+    d, r = CFG.d_model, 4
+    rng = np.random.default_rng(9)
+    lora = StandInLora(
+        tuple(
+            {"q_proj": {"a": rng.standard_normal((3, d, r), np.float32),
+                        "b": rng.standard_normal((3, r, CFG.q_dim), np.float32)}}
+            for _ in range(CFG.n_layers)
+        )
+    )  # fmt: skip
+    sampler = sampling.Sampler(CFG, pad_id=0)
+    base = run(sampler, params, PROMPTS)
+    mixed = run(sampler, params, PROMPTS, lora=lora, ids=[-1, 2, -1, 0])
+    for i in (0, 2):
+        np.testing.assert_array_equal(mixed["tokens"][i], base["tokens"][i])
+        np.testing.assert_allclose(mixed["logits"][i], base["logits"][i], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(mixed["logits"][1], base["logits"][1], atol=1e-3)
