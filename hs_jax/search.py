@@ -85,8 +85,11 @@ class SearchConfig:
     dropout_role / dropout_weight: d_r / d_w, probability of skipping that step in an iteration.
     prune_tau: threshold pruning of A before decoding (None = off); l1_lambda: L1 weight.
     adjacency_scale: the role swarm starts U(0, adjacency_scale) (paper: 1). G-decode's softmax
-    over entries in [0, 1] is nearly uniform, so a larger scale makes decoding follow the
-    matrices more closely (sharper distributions around each particle's preferred DAG).
+    over entries in [0, 1] is nearly uniform, so a larger scale makes the order and parent
+    choices follow the matrices more closely; not the end node, whose softmax over 1/out-degree
+    gets flatter as the scale grows (near uniform for U(0, s) rows at any s). With top_p=0 the
+    scale changes nothing (argmax decoding and the PSO moves are invariant to a common positive
+    scale, up to rounding).
     seed: drives everything. checkpoint_every / max_to_keep: checkpoint cadence (results do not
     depend on them).
     """

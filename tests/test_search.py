@@ -39,8 +39,21 @@ def test_role_step_concentrates_on_the_hidden_target_better_than_random_search()
     on near-target graphs (>= 4 of the 5 edges) than uniform random in-trees and than random
     U(0, 1) matrices decoded with the same G-decode, summed over several seeds (measured: 84
     vs 7 and 5), and its mean best overlap is within 0.75 of random search's (3.5 vs 3.8).
-    Hitting the exact target within 200 calls is rare for all three (0-1 of 10 seeds each), so
-    the exact hit rate is not a usable statistic at this budget.
+
+    What this test deliberately does NOT assert: that the role step finds the exact target more
+    often than random search. Measured (N=10, 200/400 calls, targets 1000+seed; random
+    in-trees hit with probability 1 - (1 - 1/7776)^B = 2.5% / 5.0% per seed, best overlap
+    3.5-3.6 / 3.8): no configuration from the paper's grid (phi_v, phi_p, phi_g, phi_w, lambda),
+    top_p in {0, 0.2, 0.4, 0.6, 0.8}, adjacency_scale in {1, 3, 10}, random starting velocity
+    or restarts beat it. Over 100 seeds the best one (top_p 0.8) matched random search (2-9
+    hits per 100 seeds at 200/400 calls, best overlap 3.5-3.8), because at top_p >= 0.6 and
+    entries of order 1 the decoded graph barely depends on the matrix (a matrix that encodes
+    the target in [0, 1] decodes to it with probability 0.03 at top_p 0.8; the end node's
+    softmax over 1/out-degree is near uniform at any scale). With low top_p or argmax the
+    decode follows the matrix but PSO has no mutation: positions stay affine combinations of
+    the 10 initial matrices, the swarm re-scores 25-80 distinct graphs in 400 calls and stalls
+    at overlap ~3 (worse than random). A one-edge local search on trees finds the target in
+    19/20 seeds within 200 calls, so the landscape is easy; the gap is the optimiser's.
     """
     n, n_graphs, iters, top_p = 6, 10, 20, 0.5
     experts = {"w": jnp.zeros((n, 1), jnp.float32)}
@@ -72,6 +85,30 @@ def test_role_step_concentrates_on_the_hidden_target_better_than_random_search()
             best[name].append(u.max())
     assert near["swarm"] >= 3 * max(near["random_trees"], near["random_matrices"], 5), near
     assert np.mean(best["swarm"]) >= np.mean(best["random_trees"]) - 0.75, best
+
+
+def test_role_swarm_global_best_is_the_best_decoded_graph():
+    """With argmax decoding (top_p=0) a matrix decodes to one graph, so the role swarm's
+    all-time global best position must decode to the run's best system with the same utility:
+    the swarm is told the objective of the graph it decoded, and the bookkeeping of PSO and of
+    the search agree (both keep the first of tied maxima)."""
+    n = 6
+    experts = {"w": jnp.zeros((n, 1), jnp.float32)}
+    for seed in range(3):
+        target = _uniform_in_tree(n, np.random.default_rng(1000 + seed))
+
+        def score(systems, weights, target=target):
+            return np.array([_overlap(d, target) for d, _ in systems], float)
+
+        cfg = search.SearchConfig(
+            max_iterations=15, patience=15, top_p=0.0, weight_step=False, seed=seed
+        )
+        result = search.run_search(experts, score, cfg, progress=False)
+        g = np.asarray(result.roles.g, np.float64)
+        assert graph.g_decode(g, np.random.default_rng(0), top_p=0.0) == result.best.dag
+        assert float(result.roles.g_util) == result.best.utility
+        scored = [u for h in result.history for u in h["role"]["utilities"]]
+        assert result.best.utility == max(scored)
 
 
 # ----------------------------------------------------------------------------- weight-step

@@ -9,11 +9,16 @@ from hs_jax.models.convert import (
     state_dict_from_params,
 )
 from hs_jax.models.gemma import Gemma, KVCache, abstract_model, from_params
+from hs_jax.models.gguf_io import PYPI_MODEL_NAME, GGUFError, pypi_gguf_path, read_gguf
+from hs_jax.models.loading import load_model
 from hs_jax.models.safetensors_io import load_hf_dir
+from hs_jax.models.tokenizer import load_tokenizer
 
 __all__ = [
     "PRESETS",
+    "PYPI_MODEL_NAME",
     "CheckpointError",
+    "GGUFError",
     "Gemma",
     "GemmaConfig",
     "KVCache",
@@ -22,7 +27,11 @@ __all__ = [
     "from_params",
     "init_params",
     "load_hf_dir",
+    "load_model",
+    "load_tokenizer",
     "params_from_state_dict",
+    "pypi_gguf_path",
+    "read_gguf",
     "state_dict_from_params",
     "tiny_config",
 ]
