@@ -11,17 +11,18 @@ from hs_jax.config import base_config
 def get_config(arg=None):
     c = base_config()
     c.task.name = "nlgraph_gen"
-    c.task.gen.n_dev = 16
-    c.task.gen.n_test = 48
-    c.task.gen.node_range = (5, 7)
-    c.task.max_new_tokens = 6  # answers are "Yes", "No" or a number
+    c.task.gen.n_dev = 12
+    c.task.gen.n_test = 36
+    c.task.gen.node_range = (4, 5)
+    c.task.max_new_tokens = 4  # answers are "Yes", "No" or a number
     c.task.answer_prefix = "Answer:"  # a base model answers after a cue
 
     c.experts.source = "train"
-    c.experts.n = 4  # connectivity, cycle, shortest_path, one mixed
-    c.experts.train_steps = 40
+    c.experts.n = 3  # one expert per question type: connectivity, cycle, shortest_path
+    c.experts.train_steps = 30
     c.experts.train_examples = 24
     c.experts.batch_per_expert = 2
+    c.experts.last_layers = 6  # adapt the top third: a cheaper backward pass on a CPU
 
     c.search.n_graphs = 4
     c.search.n_assignments = 4

@@ -22,5 +22,6 @@ def get_config(arg=None):
     c.search.max_iterations = 2
     c.search.patience = 2
     c.engine.max_batch = 16
+    c.engine.batch_buckets = (16,)
     c.outputs.export_experts = True
     return c

@@ -75,6 +75,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.experts.batch_per_expert = 2
     c.experts.learning_rate = 2e-3
     c.experts.max_len = 256
+    c.experts.last_layers = 0  # adapt only the last k layers when training (0 = all)
     c.experts.random_scale = 0.02  # 'random': std of the B factors
 
     c.search = ml_collections.ConfigDict()
@@ -98,6 +99,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.engine = ml_collections.ConfigDict()
     c.engine.max_batch = 64  # rows per generate call
     c.engine.max_prompt_len = 2048  # longer prompts are left-truncated (with a warning)
+    # Few batch shapes, few compilations: a chunk is padded up to the next of these sizes.
+    c.engine.batch_buckets = (8, 64)
+    # Persistent XLA cache: a resumed or repeated run skips compilation ('' = off).
+    c.engine.compilation_cache = "~/.cache/hs_jax/xla"
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1  # -1 = all devices not used by other axes
@@ -129,6 +134,8 @@ def check_config(c: ml_collections.ConfigDict) -> None:
             bad(f"task.{field}", c.task[field], "must be >= 0")
     if c.engine.max_batch < 1:
         bad("engine.max_batch", c.engine.max_batch, "must be >= 1")
+    if not c.engine.batch_buckets or max(c.engine.batch_buckets) < c.engine.max_batch:
+        bad("engine.batch_buckets", c.engine.batch_buckets, "the largest must be >= max_batch")
     if c.model.param_dtype not in ("", "float32", "bfloat16"):
         bad("model.param_dtype", c.model.param_dtype, "expected '', 'float32' or 'bfloat16'")
 

@@ -38,11 +38,16 @@ class SFTConfig:
     learning_rate: float = 2e-3
     max_len: int = 256
     seed: int = 0
+    # Adapt only the last k decoder layers (0 = all): the backward pass then stops at layer
+    # L - k, which makes a step up to ~2x cheaper on a CPU.
+    last_layers: int = 0
 
     def __post_init__(self):
         for name in ("rank", "steps", "batch_per_expert", "max_len"):
             if getattr(self, name) < 1:
                 raise ValueError(f"SFTConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.last_layers < 0:
+            raise ValueError(f"SFTConfig.last_layers must be >= 0, got {self.last_layers}")
         if not self.learning_rate > 0:
             raise ValueError(f"SFTConfig.learning_rate must be > 0, got {self.learning_rate}")
 
@@ -132,6 +137,11 @@ def train_pool(
     stack = lora.init_lora_stack(
         config, n, sft.rank, sft.targets, jax.random.key(sft.seed), scheme="peft", names=names
     )
+    if sft.last_layers:
+        first = max(0, config.n_layers - sft.last_layers)
+        stack = stack.replace(
+            layers=tuple({} if i < first else layer for i, layer in enumerate(stack.layers))
+        )
     data = encode_slices(tokenizer, slices, sft.max_len)
     optimizer = optax.adam(sft.learning_rate)
     opt_state = optimizer.init(stack)

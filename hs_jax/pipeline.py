@@ -173,6 +173,7 @@ def build_experts(c, workdir: Path, base_cfg, params, tokenizer, spec, dev, test
         learning_rate=c.experts.learning_rate,
         max_len=c.experts.max_len,
         seed=c.seed,
+        last_layers=c.experts.last_layers,
     )
     pool_dir = c.experts.pool_dir or str(workdir / "experts")
     return build_or_load_pool(
@@ -192,6 +193,11 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[s
     c = config
     config_lib.check_config(c)
     quiet_orbax()
+    if c.engine.compilation_cache:
+        jax.config.update(
+            "jax_compilation_cache_dir", os.path.expanduser(c.engine.compilation_cache)
+        )
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     if c.distributed:
         jax.distributed.initialize()
     workdir = Path(workdir)
@@ -208,7 +214,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[s
     mesh = sharding.make_mesh(data=c.mesh.data, model=c.mesh.model)
     engine = Engine(
         base_cfg, params, tokenizer, experts=experts, mesh=mesh, max_batch=c.engine.max_batch,
-        max_prompt_len=c.engine.max_prompt_len,
+        max_prompt_len=c.engine.max_prompt_len, batch_buckets=tuple(c.engine.batch_buckets),
     )  # fmt: skip
     scorer = SystemScorer(engine, spec, templates_for(c), max_batch=c.engine.max_batch)
 
@@ -219,15 +225,37 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[s
     best_single = int(np.argmax(single_dev))
     logging.info("single experts dev utility: %s", np.round(single_dev, 3).tolist())
 
-    def test_scorer(dag, assignment, weights):
-        return float(scorer.score([(dag, assignment)], weights, test)[0])
+    test_outputs = {}
 
+    def test_scorer(dag, assignment, weights):
+        utility = float(scorer.score([(dag, assignment)], weights, test)[0])
+        node_outputs = scorer.last_run.node_outputs[0]
+        test_outputs.update({str(node): outs for node, outs in sorted(node_outputs.items())})
+        return utility
+
+    costs = []
+
+    def log_cost(record):
+        # Cost of this iteration: the counters' change since the previous record.
+        now = scorer.stats.as_dict()
+        before = costs[-1]["total"] if costs else start_cost
+        delta = {k: now[k] - before[k] for k in now}
+        costs.append({"iteration": record["iteration"], **delta, "total": now})
+        logging.info(
+            "iteration %d cost: %d generate calls, %d rows generated (%d from cache), "
+            "%d prompt + %d generated tokens",
+            record["iteration"], delta["generate_calls"], delta["rows_generated"],
+            delta["cache_hits"], delta["prompt_tokens"], delta["generated_tokens"],
+        )  # fmt: skip
+
+    start_cost = scorer.stats.as_dict()
     result = search.run_search(
         experts,
         lambda systems, weights: scorer.score(systems, weights, dev),
         _search_config(c),
         workdir=str(workdir / "search"),
         test_scorer=test_scorer,
+        callbacks=[log_cost],
     )
     best = result.best
     summary = {
@@ -255,6 +283,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[s
         "iterations": result.iterations,
         "stop_reason": result.stop_reason,
         "cost": scorer.stats.as_dict(),
+        "cost_per_iteration": [{k: v for k, v in r.items() if k != "total"} for r in costs],
+        "best_system_test_outputs": test_outputs,
         "seconds": time.perf_counter() - start,
         "history": result.history,
     }

