@@ -1,4 +1,4 @@
-"""Install hs_jax: `pip install -e .` for the library, `pip install -e .[test]` for the test suite."""
+"""Install hs_jax: `pip install -e .` (library) or `pip install -e .[test]` (test suite)."""
 
 from setuptools import find_packages, setup
 
