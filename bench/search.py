@@ -31,11 +31,11 @@ from hs_jax.models.loading import load_model  # noqa: E402
 from hs_jax.models.tokenizer import load_tokenizer  # noqa: E402
 from hs_jax.utility import SystemScorer  # noqa: E402
 
-_N_EXPERTS = flags.DEFINE_integer("n_experts", 4, "Experts = graph nodes (demo: 4).")
+_N_EXPERTS = flags.DEFINE_integer("n_experts", 3, "Experts = graph nodes (demo: 3).")
 _N_GRAPHS = flags.DEFINE_integer("n_graphs", 4, "N, graphs of the role step (demo: 4).")
 _N_ASSIGN = flags.DEFINE_integer("n_assignments", 4, "M, JFK assignments (demo: 4).")
-_N_ITEMS = flags.DEFINE_integer("n_items", 16, "Dev items (demo: 16).")
-_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 6, "Generation budget per node (demo: 6).")
+_N_ITEMS = flags.DEFINE_integer("n_items", 12, "Dev items (demo: 12).")
+_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 4, "Generation budget per node (demo: 4).")
 _POOL = flags.DEFINE_string("pool_dir", "", "A trained PEFT pool (default: random LoRA experts).")
 _WRITE = flags.DEFINE_bool("write", True, "Write the section of bench/RESULTS.md.")
 
@@ -80,7 +80,7 @@ def main(argv):
     templates = tasks.NodeTemplates(answer_prefix="Answer:")
     scorer = SystemScorer(engine, spec, templates, max_batch=64)
     data = tasks.generate_dataset(
-        _N_ITEMS.value, 0, seed=0, config=tasks.GraphGenConfig(node_range=(5, 7))
+        _N_ITEMS.value, 0, seed=0, config=tasks.GraphGenConfig(node_range=(4, 5))
     )
     path = Path("/tmp/hs_bench_search_task.json")
     path.write_text(json.dumps(data))

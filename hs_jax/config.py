@@ -100,7 +100,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.engine.max_batch = 64  # rows per generate call
     c.engine.max_prompt_len = 2048  # longer prompts are left-truncated (with a warning)
     # Few batch shapes, few compilations: a chunk is padded up to the next of these sizes.
-    c.engine.batch_buckets = (8, 64)
+    c.engine.batch_buckets = (8, 16, 32, 64)
     # Persistent XLA cache: a resumed or repeated run skips compilation ('' = off).
     c.engine.compilation_cache = "~/.cache/hs_jax/xla"
 

@@ -15,6 +15,7 @@ have a leading expert axis.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -276,10 +277,7 @@ class Engine:
         key = jax.random.key(0) if key is None else key
         chunk = 0
         for params, lora, rows in self._groups(ids):
-            # Similar lengths together, so chunks pad little; results go back by row index.
-            rows = sorted(rows, key=lambda r: len(prompt_ids[r]))
-            for start in range(0, len(rows), self.max_batch):
-                part = rows[start : start + self.max_batch]
+            for part in self._chunks(rows, prompt_ids):
                 res = self._run(
                     params,
                     lora,
@@ -320,6 +318,31 @@ class Engine:
             finish_reasons=reasons,
             logits=logits,
         )
+
+    def _chunks(self, rows: list[int], prompt_ids: list[list[int]]):
+        """Rows split by length bucket, then into `max_batch` chunks: a short prompt is never
+        padded to a long neighbour's bucket (prefill cost grows with the padded length)."""
+        rows = sorted(rows, key=lambda r: len(prompt_ids[r]))
+        bucket = lambda r: sampling.round_to_bucket(len(prompt_ids[r]), self.length_buckets)
+        for _, same in itertools.groupby(rows, key=bucket):
+            same = list(same)
+            while same:
+                size = self._chunk_size(len(same))
+                yield same[:size]
+                same = same[size:]
+
+    def _chunk_size(self, n: int) -> int:
+        """Rows for the next call: all of them (up to max_batch) unless that pads the batch by
+        more than a quarter, then the largest batch bucket that fits (e.g. 40 rows: 32 + 8).
+        Prefill dominates short generations, so two tight calls beat one padded one."""
+        n = min(n, self.max_batch)
+        padded = min(sampling.batch_bucket(n, self.batch_buckets, self.n_data), self.max_batch)
+        if padded - n <= padded // 4:
+            return n
+        fitting = [
+            b for b in self.batch_buckets if b <= n and b % self.n_data == 0 and b <= self.max_batch
+        ]
+        return max(fitting) if fitting else n
 
     def _groups(self, ids: np.ndarray):
         """(params, lora stack or None, row indices) per device program to run."""

@@ -231,3 +231,33 @@ def test_sharded_equals_one_device(params, data, model):
     if model > 1:
         q = many.params["layers"][0]["attn"]["q_proj"]["kernel"]
         assert q.sharding.spec == jax.sharding.PartitionSpec(None, "model")
+
+
+def test_rows_are_chunked_by_length_bucket(params, monkeypatch):
+    """A short prompt never pays for a long neighbour's padding, and results keep their order."""
+    engine = Engine(CFG, params, TOK, length_buckets=(8, 32), new_token_buckets=(16,))
+    prompts = ["ab", "x" * 20, "cd", "y" * 25]
+    together = engine.generate(prompts, max_new_tokens=3)
+    seen = []
+    run = engine._run
+
+    def spy(params, lora, prompt_ids, *args, **kwargs):
+        seen.append(sorted(len(p) for p in prompt_ids))
+        return run(params, lora, prompt_ids, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "_run", spy)
+    again = engine.generate(prompts, max_new_tokens=3)
+    assert sorted(seen) == [[3, 3], [21, 26]]  # BOS + text: one call per length bucket
+    assert again.texts == together.texts
+    for prompt, text in zip(prompts, together.texts, strict=True):
+        assert engine.generate([prompt], max_new_tokens=3).texts == [text]
+
+
+def test_chunk_sizes_avoid_heavy_batch_padding(params):
+    engine = Engine(CFG, params, TOK, max_batch=64, batch_buckets=(8, 16, 32, 64))
+    assert engine._chunk_size(64) == 64
+    assert engine._chunk_size(100) == 64
+    assert engine._chunk_size(30) == 30  # pads to 32: cheap
+    assert engine._chunk_size(40) == 32  # 40 would pad to 64: run 32, then 8
+    assert engine._chunk_size(8) == 8
+    assert engine._chunk_size(3) == 3  # no smaller bucket: pad to 8
