@@ -137,7 +137,7 @@ def main(argv):
             "ready (system, node, item) rows with the (expert, prompt) cache; node-by-node = "
             "the authors' order, models in memory. Second of two runs (compiled), empty cache.",
             "",
-            "Command: `python bench/search.py`",
+            "Command: `" + " ".join(["python bench/search.py", *sys.argv[1:]]) + "`",
             "",
             f"Machine: {_common.machine_line('jax', 'numpy')}",
             "",
