@@ -42,12 +42,13 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common  # noqa: E402
 
 from hs_jax import pso  # noqa: E402
 
 PROJS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-START, END = "<!-- pso:start -->", "<!-- pso:end -->"
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
 # (d_model, n_layers, q out = heads * head_dim, k/v out, ffn) of the two models.
 SHAPES = {
@@ -369,19 +370,8 @@ def bench_shape(name, n, rank, repeats, disk_repeats, workdir, bandwidth, check)
 # ---------------------------------------------------------------- report
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def section(rows, bw, command, n, rank) -> str:
     lines = [
-        START,
         "## PSO weight step",
         "",
         "One PSO weight step (tell + step, every particle improving, so p is rewritten too) on "
@@ -400,7 +390,8 @@ def section(rows, bw, command, n, rank) -> str:
         f"Command: `{command}`",
         "",
         f"Machine: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; {os.cpu_count()} "
-        f"CPUs (nproc), {cpu_model()}, Python {platform.python_version()}, jax {jax.__version__} "
+        f"CPUs (nproc), {_common.cpu_model()}, Python {platform.python_version()}, "
+        f"jax {jax.__version__} "
         f"({jax.default_backend()}), numpy {np.__version__}. Load average at the end of the run: "
         + " / ".join(f"{x:.1f}" for x in os.getloadavg())
         + " (shared machine: other jobs compete for the 2 cores and the memory bus). Bandwidth: "
@@ -445,20 +436,8 @@ def section(rows, bw, command, n, rank) -> str:
         "implementation can be 100x faster than it; the 100x target only holds against the "
         "fsync'd row when the disk is slow. The authors' full cost (reloading the 7B base "
         "model and adapters per node) is not part of this weight-step benchmark.",
-        END,
     ]
     return "\n".join(lines)
-
-
-def write_section(text: str, path: Path = RESULTS) -> None:
-    """Replace this benchmark's marked section (or append it), keeping every other section."""
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    if START in old and END in old:
-        head, rest = old.split(START, 1)
-        new = head + text + rest.split(END, 1)[1]
-    else:
-        new = old.rstrip("\n") + "\n\n" + text + "\n"
-    path.write_text(new)
 
 
 def main(argv=None):
@@ -495,7 +474,7 @@ def main(argv=None):
     text = section(rows, bw, command, args.experts, args.rank)
     print(text)
     if not args.no_write:
-        write_section(text)
+        _common.write_section("pso", text)
 
 
 if __name__ == "__main__":
