@@ -309,6 +309,12 @@ class Sampler:
             expert_ids = None
         stop_len = stop_seqs.shape[-1]
 
+        def next_tokens(h, logits, key):
+            """Greedy decoding skips the [B, V] logits (vocabulary-major head, blocked argmax)."""
+            if greedy:
+                return model.greedy_tokens(h)
+            return choose_tokens(logits, key, temperature, top_p, greedy=False, use_top_p=use_top_p)
+
         def is_stop(tok, recent):
             """Row ends: EOS or a stop token, or the recent tokens end with a stop sequence."""
             hit = stop_tokens[stop_group, tok]
@@ -325,21 +331,13 @@ class Sampler:
         )
         cache = self._constrain_rows(cache)
         # The head runs at the last prompt slot only ([B, L, V] logits would be gigabytes).
-        logits, cache = model(
-            tokens,
-            positions,
-            cache,
-            cache_index=jnp.int32(0),
-            lora=lora,
-            expert_ids=expert_ids,
-            logits_at=jnp.full((batch, 1), length - 1, jnp.int32),
+        hidden, cache = model.hidden(
+            tokens, positions, cache, cache_index=jnp.int32(0), lora=lora, expert_ids=expert_ids
         )
-        last_logits = logits[:, -1, :].astype(jnp.float32)  # [B, V]
-
         key0, key = jax.random.split(key)
-        tok = choose_tokens(
-            last_logits, key0, temperature, top_p, greedy=greedy, use_top_p=use_top_p
-        )
+        last_hidden = hidden[:, -1, :]  # [B, D]
+        last_logits = model.logits(last_hidden) if (return_logits or not greedy) else None
+        tok = next_tokens(last_hidden, last_logits, key0)
         recent = jnp.full((batch, stop_len), -2, jnp.int32).at[:, -1].set(tok)
         out = jnp.full((batch, max_new_bucket), self.pad_id, jnp.int32).at[:, 0].set(tok)
         done = ~active | is_stop(tok, recent) | (max_new_tokens <= 1)
@@ -352,7 +350,7 @@ class Sampler:
         def body(carry):
             step, tok, cache, out, recent, done, num = carry
             pos = lengths + step - 1  # [B] position of the token fed now
-            logits, cache = model(
+            hidden, cache = model.hidden(
                 tok[:, None],
                 pos[:, None],
                 cache,
@@ -360,14 +358,9 @@ class Sampler:
                 lora=lora,
                 expert_ids=expert_ids,
             )
-            new = choose_tokens(
-                logits[:, -1, :].astype(jnp.float32),
-                jax.random.fold_in(key, step),
-                temperature,
-                top_p,
-                greedy=greedy,
-                use_top_p=use_top_p,
-            )
+            h = hidden[:, -1, :]
+            logits = None if greedy else model.logits(h)
+            new = next_tokens(h, logits, jax.random.fold_in(key, step))
             new = jnp.where(done, self.pad_id, new)
             out = jax.lax.dynamic_update_slice(out, new[:, None], (0, step))
             recent = jnp.concatenate([recent[:, 1:], new[:, None]], axis=1)

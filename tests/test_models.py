@@ -406,3 +406,23 @@ def test_logits_at_selects_positions():
     at = jnp.array([[11, 3], [0, 7]], jnp.int32)
     some, _ = model(tokens, positions, logits_at=at)
     np.testing.assert_allclose(some, jnp.take_along_axis(full, at[..., None], axis=1), rtol=1e-6)
+
+
+@pytest.mark.parametrize("vocab", [4096, 1000])
+@pytest.mark.parametrize("softcap", [None, 0.5])
+def test_greedy_head_equals_argmax_of_logits(vocab, softcap):
+    """The vocabulary-major head with the blocked argmax picks exactly argmax(logits), including
+    the first index on ties (duplicate table rows in different blocks, and a soft cap that
+    saturates several large logits to the same value)."""
+    from hs_jax.models.gemma import Embedder, _softcap
+
+    emb = Embedder(vocab, 16, dtype=jnp.float32, rngs=nnx.Rngs(0))
+    table = np.asarray(emb.embedding[...]).copy()
+    table[[vocab - 100, vocab // 2 + 3, 7]] = 5.0  # a three-way tie, in different blocks
+    emb.embedding[...] = jnp.asarray(table)
+    x = jax.random.normal(jax.random.key(1), (9, 16))
+    x = x.at[0].set(1.0)  # row 0: positive, so the tied rows hold its maximum
+    ours = emb.greedy(x, softcap)
+    ref = jnp.argmax(_softcap(emb.decode(x), softcap), axis=-1)
+    np.testing.assert_array_equal(ours, ref)
+    assert int(ours[0]) == 7

@@ -131,6 +131,38 @@ class Embedder(nnx.Module):
         """x [B, T, D] -> logits [B, T, V] float32 (contracts the table's D axis, no transpose)."""
         return _matmul(x, self.embedding[...], w_contract=1)
 
+    def greedy(self, x: jax.Array, softcap: float | None = None) -> jax.Array:
+        """x [B, D] -> the argmax token of each row's logits [B] int32 (first one on ties).
+
+        Same result as argmax(decode(x)), about 1.4-1.8x faster on XLA CPU (measured at 8-64
+        rows): the logits are computed vocabulary-major ([V, B], the table as the left operand,
+        which XLA CPU multiplies much faster than x @ table^T), and the argmax is taken in two
+        stages (max per block of `_ARGMAX_BLOCK` words, then the argmax inside the winning
+        block) because XLA CPU's variadic argmax reduction is ~15x slower than a plain max.
+        """
+        table = self.embedding[...]
+        if table.dtype != jnp.float32 and x.shape[0] > 1:
+            x = x.astype(table.dtype)
+        else:
+            table, x = table.astype(jnp.float32), x.astype(jnp.float32)
+        dims = (((1,), (1,)), ((), ()))
+        logits = lax.dot_general(table, x, dims, preferred_element_type=jnp.float32)  # [V, B]
+        logits = _softcap(logits, softcap)  # monotonic, kept so that ties match exactly
+        return _blocked_argmax(logits)
+
+
+_ARGMAX_BLOCK = 1024
+
+
+def _blocked_argmax(logits: jax.Array) -> jax.Array:
+    """logits [V, B] -> argmax over V per column [B] int32, the first index on ties."""
+    v, b = logits.shape
+    block = _ARGMAX_BLOCK if v % _ARGMAX_BLOCK == 0 else v
+    blocks = logits.reshape(v // block, block, b)
+    best_block = jnp.argmax(jnp.max(blocks, axis=1), axis=0)  # [B], first block with the max
+    inside = jnp.take_along_axis(blocks, best_block[None, None, :], axis=0)[0]  # [block, B]
+    return (best_block * block + jnp.argmax(inside, axis=0)).astype(jnp.int32)
+
 
 def _rope_tables(
     positions: jax.Array, head_dim: int, base: float, scale: float
@@ -151,6 +183,39 @@ def _apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 
 def _softcap(x: jax.Array, cap: float | None) -> jax.Array:
     return x if cap is None else jnp.tanh(x / cap) * cap
+
+
+def _attend(
+    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, softcap: float | None
+) -> jax.Array:
+    """Grouped-query attention core: q [B, T, H, Dh] (already scaled), k, v [B, S, Kh, Dh],
+    mask [B, T, S] bool -> [B, T, H, Dh] float32.
+
+    Written as explicit dot_generals whose operands XLA CPU can use in their stored layout: a
+    decoding step (T = 1) computes the scores key-major (keys [S, Dh] as the left operand, one
+    row per slot) because putting the keys on the right makes XLA transpose the whole cache
+    every step (measured 3.8x slower at 64 rows x 512 slots); prefill keeps the query-major form.
+    """
+    b, t, h, dh = q.shape
+    kh = k.shape[2]
+    g = h // kh
+    q = q.reshape(b, t, kh, g, dh)
+    masked = jnp.float32(_MASK_VALUE)
+    if t == 1:
+        q_cols = jnp.transpose(q[:, 0], (0, 1, 3, 2))  # [B, Kh, Dh, G]
+        scores = lax.dot_general(k, q_cols, (((3,), (2,)), ((0, 2), (0, 1))))  # [B, Kh, S, G]
+        scores = _softcap(scores, softcap)
+        scores = jnp.where(mask[:, 0, None, :, None], scores, masked)
+        probs = jax.nn.softmax(scores, axis=2)
+        probs = jnp.swapaxes(probs, 2, 3)  # [B, Kh, G, S]
+    else:
+        q_rows = jnp.transpose(q, (0, 2, 3, 1, 4)).reshape(b, kh, g * t, dh)  # [B, Kh, G*T, Dh]
+        scores = lax.dot_general(q_rows, k, (((3,), (3,)), ((0, 1), (0, 2))))  # [B, Kh, GT, S]
+        scores = _softcap(scores.reshape(b, kh, g, t, -1), softcap)
+        scores = jnp.where(mask[:, None, None], scores, masked)
+        probs = jax.nn.softmax(scores, axis=-1).reshape(b, kh, g * t, -1)
+    out = lax.dot_general(probs, v, (((3,), (1,)), ((0, 1), (0, 2))))  # [B, Kh, G*T, Dh]
+    return jnp.transpose(out.reshape(b, kh, g, t, dh), (0, 3, 1, 2, 4)).reshape(b, t, h, dh)
 
 
 class Attention(nnx.Module):
@@ -186,14 +251,8 @@ class Attention(nnx.Module):
             k = lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), start)
             v = lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), start)
         stored = (k, v)
-        groups = c.n_heads // c.n_kv_heads
         q = q * jnp.float32(c.query_pre_attn_scalar**-0.5)
-        q = q.reshape(b, t, c.n_kv_heads, groups, c.head_dim)  # [B, T, Kh, G, Dh]
-        scores = jnp.einsum("btkgd,bskd->bkgts", q, k.astype(jnp.float32))  # [B, Kh, G, T, S]
-        scores = _softcap(scores, c.attn_logit_softcap)
-        scores = jnp.where(mask[:, None, None], scores, _MASK_VALUE)
-        probs = jax.nn.softmax(scores, axis=-1)
-        out = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(jnp.float32))
+        out = _attend(q, k.astype(jnp.float32), v.astype(jnp.float32), mask, c.attn_logit_softcap)
         out = self.o_proj(out.reshape(b, t, c.q_dim), lora.get("o_proj"), expert_ids)
         return out, stored
 
@@ -249,6 +308,7 @@ class Gemma(nnx.Module):
     Call: model(tokens [B, T] int32, positions [B, T] int32, cache=None, *, cache_index=0,
     lora=None, expert_ids=None, logits_at=None) -> (logits [B, T, V] float32, updated KVCache or
     None); with `logits_at` [B, K] (indices into the call's T tokens) logits are [B, K, V].
+    `hidden` is the same pass without the head; `logits` and `greedy_tokens` are the head.
     With a cache, the T new keys/values (and their positions; -1 for padding) are written at
     slots [cache_index, cache_index + T) and the queries attend over all slots; without one they
     attend over the call's own tokens. A key is visible when pos_k >= 0, pos_k <= pos_q and,
@@ -278,6 +338,35 @@ class Gemma(nnx.Module):
         expert_ids: jax.Array | None = None,
         logits_at: jax.Array | None = None,
     ) -> tuple[jax.Array, KVCache | None]:
+        h, cache = self.hidden(
+            tokens, positions, cache, cache_index=cache_index, lora=lora, expert_ids=expert_ids
+        )
+        if logits_at is not None:
+            # The tied 262k-word head is most of the model's cost: a prefill needs it only at
+            # the last prompt position, a fine-tuning loss only at answer tokens.
+            h = jnp.take_along_axis(h, jnp.asarray(logits_at, jnp.int32)[..., None], axis=1)
+        return self.logits(h), cache
+
+    def logits(self, h: jax.Array) -> jax.Array:
+        """Final hidden states [..., D] -> logits [..., V] float32 (tied head, soft cap)."""
+        return _softcap(self.embedder.decode(h), self.config.final_logit_softcap)
+
+    def greedy_tokens(self, h: jax.Array) -> jax.Array:
+        """Final hidden states [B, D] -> argmax of each row's logits [B] int32, without
+        materialising [B, V] logits (see `Embedder.greedy`)."""
+        return self.embedder.greedy(h, self.config.final_logit_softcap)
+
+    def hidden(
+        self,
+        tokens: jax.Array,
+        positions: jax.Array,
+        cache: KVCache | None = None,
+        *,
+        cache_index: jax.Array | int = 0,
+        lora=None,
+        expert_ids: jax.Array | None = None,
+    ) -> tuple[jax.Array, KVCache | None]:
+        """The decoder without its head: (final-normed hidden states [B, T, D] float32, cache)."""
         c = self.config
         positions = jnp.where(positions < 0, -1, positions).astype(jnp.int32)  # [B, T]
         if cache is None:
@@ -306,14 +395,9 @@ class Gemma(nnx.Module):
             new_k.append(k)
             new_v.append(v)
         h = self.final_norm(x)  # [B, T, D]
-        if logits_at is not None:
-            # The tied 262k-word head is most of the model's cost: a prefill needs it only at
-            # the last prompt position, a fine-tuning loss only at answer tokens.
-            h = jnp.take_along_axis(h, jnp.asarray(logits_at, jnp.int32)[..., None], axis=1)
-        logits = _softcap(self.embedder.decode(h), c.final_logit_softcap)
         if cache is None:
-            return logits, None
-        return logits, KVCache(k=tuple(new_k), v=tuple(new_v), pos=key_pos)
+            return h, None
+        return h, KVCache(k=tuple(new_k), v=tuple(new_v), pos=key_pos)
 
 
 def abstract_model(config: GemmaConfig) -> tuple[nnx.GraphDef, nnx.State]:
