@@ -5,11 +5,14 @@ Positions are explicit: a token with position < 0 is padding; it is never attend
 own output is garbage but finite. Prompts are left padded by the sampler, so positions of real
 tokens start at 0 in every row.
 
-Performance choices (CPU, see REFERENCE.md section 6): layers are an unrolled Python loop, the
-tied output head contracts the embedding's model axis directly (no transpose of the [V, D]
-table), and bfloat16 weights are multiplied with bfloat16 operands accumulating in float32
-(weights are upcast instead when there is a single row, where XLA CPU's bf16 path is slow).
-The residual stream, norms, softmax and logits are float32.
+Performance choices (CPU, see REFERENCE.md section 6 and bench/RESULTS.md): layers are an
+unrolled Python loop; the tied output head contracts the embedding's model axis directly (no
+transpose of the [V, D] table), and greedy decoding uses a vocabulary-major head with a blocked
+argmax (`Embedder.greedy`); the KV cache is stored as [B * Kh, S, Dh] so that a decode step
+updates it in place and the attention dots read it as stored (`KVCache`, `_attend`); bfloat16
+weights are multiplied with bfloat16 operands accumulating in float32 (weights are upcast
+instead when there is a single row, where XLA CPU's bf16 path is slow). The residual stream,
+norms, softmax and logits are float32.
 """
 
 from __future__ import annotations
@@ -32,19 +35,25 @@ _INIT_STD = 0.02  # HF's initializer_range for Gemma
 
 @struct.dataclass
 class KVCache:
-    """Keys/values of every layer plus the position held by each slot (-1 = empty or padding)."""
+    """Keys/values of every layer plus the position held by each slot (-1 = empty or padding).
 
-    k: tuple  # per layer [B, S, Kh, Dh]
-    v: tuple  # per layer [B, S, Kh, Dh]
+    Keys and values are stored per (row, kv head) as [B * Kh, S, Dh], row-major over (b, kv
+    head): the attention dots then read the cache as stored. With a [B, S, Kh, Dh] layout the
+    dots need a reshaped view of the updated cache, XLA fuses a second copy of the update into
+    that view, and the whole cache is copied instead of updated in place in every decode step
+    (measured 4x slower per layer at 64 rows x 512 slots on CPU).
+    """
+
+    k: tuple  # per layer [B * Kh, S, Dh]
+    v: tuple  # per layer [B * Kh, S, Dh]
     pos: jax.Array  # [B, S] int32
 
     @classmethod
     def init(cls, config: GemmaConfig, batch: int, size: int, dtype=jnp.float32) -> KVCache:
         """An empty cache of `size` slots per row."""
-        shape = (batch, size, config.n_kv_heads, config.head_dim)
-        zeros = tuple(jnp.zeros(shape, dtype) for _ in range(config.n_layers))
+        shape = (batch * config.n_kv_heads, size, config.head_dim)
         return cls(
-            k=zeros,
+            k=tuple(jnp.zeros(shape, dtype) for _ in range(config.n_layers)),
             v=tuple(jnp.zeros(shape, dtype) for _ in range(config.n_layers)),
             pos=jnp.full((batch, size), -1, jnp.int32),
         )
@@ -185,36 +194,41 @@ def _softcap(x: jax.Array, cap: float | None) -> jax.Array:
     return x if cap is None else jnp.tanh(x / cap) * cap
 
 
+def _heads_major(x: jax.Array) -> jax.Array:
+    """[B, T, Kh, Dh] -> [B * Kh, T, Dh], the cache layout."""
+    b, t, kh, dh = x.shape
+    return jnp.swapaxes(x, 1, 2).reshape(b * kh, t, dh)
+
+
 def _attend(
     q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, softcap: float | None
 ) -> jax.Array:
-    """Grouped-query attention core: q [B, T, H, Dh] (already scaled), k, v [B, S, Kh, Dh],
-    mask [B, T, S] bool -> [B, T, H, Dh] float32.
+    """Grouped-query attention core: q [B, T, H, Dh] (already scaled), k, v [B * Kh, S, Dh]
+    float32, mask [B, T, S] bool -> [B, T, H, Dh] float32.
 
-    Written as explicit dot_generals whose operands XLA CPU can use in their stored layout: a
-    decoding step (T = 1) computes the scores key-major (keys [S, Dh] as the left operand, one
-    row per slot) because putting the keys on the right makes XLA transpose the whole cache
-    every step (measured 3.8x slower at 64 rows x 512 slots); prefill keeps the query-major form.
+    Every dot has one batch axis (row, kv head) and reads k and v as stored. A decoding step
+    (T = 1) computes the scores key-major, with the keys as the left operand: with the keys on
+    the right XLA CPU transposes the whole cache every step (measured 3.8x slower at 64 rows x
+    512 slots); prefill keeps the query-major form.
     """
     b, t, h, dh = q.shape
-    kh = k.shape[2]
+    kh = k.shape[0] // b
     g = h // kh
-    q = q.reshape(b, t, kh, g, dh)
+    q = jnp.transpose(q.reshape(b, t, kh, g, dh), (0, 2, 3, 1, 4)).reshape(b * kh, g * t, dh)
+    key_mask = jnp.broadcast_to(mask[:, None], (b, kh, t, mask.shape[-1]))
+    key_mask = key_mask.reshape(b * kh, t, -1)  # [BK, T, S]
     masked = jnp.float32(_MASK_VALUE)
     if t == 1:
-        q_cols = jnp.transpose(q[:, 0], (0, 1, 3, 2))  # [B, Kh, Dh, G]
-        scores = lax.dot_general(k, q_cols, (((3,), (2,)), ((0, 2), (0, 1))))  # [B, Kh, S, G]
+        scores = lax.dot_general(k, q, (((2,), (2,)), ((0,), (0,))))  # [BK, S, G]
         scores = _softcap(scores, softcap)
-        scores = jnp.where(mask[:, 0, None, :, None], scores, masked)
-        probs = jax.nn.softmax(scores, axis=2)
-        probs = jnp.swapaxes(probs, 2, 3)  # [B, Kh, G, S]
+        scores = jnp.where(key_mask[:, 0, :, None], scores, masked)
+        probs = jnp.swapaxes(jax.nn.softmax(scores, axis=1), 1, 2)  # [BK, G, S]
     else:
-        q_rows = jnp.transpose(q, (0, 2, 3, 1, 4)).reshape(b, kh, g * t, dh)  # [B, Kh, G*T, Dh]
-        scores = lax.dot_general(q_rows, k, (((3,), (3,)), ((0, 1), (0, 2))))  # [B, Kh, GT, S]
-        scores = _softcap(scores.reshape(b, kh, g, t, -1), softcap)
-        scores = jnp.where(mask[:, None, None], scores, masked)
-        probs = jax.nn.softmax(scores, axis=-1).reshape(b, kh, g * t, -1)
-    out = lax.dot_general(probs, v, (((3,), (1,)), ((0, 1), (0, 2))))  # [B, Kh, G*T, Dh]
+        scores = lax.dot_general(q, k, (((2,), (2,)), ((0,), (0,))))  # [BK, G*T, S]
+        scores = _softcap(scores.reshape(b * kh, g, t, -1), softcap)
+        scores = jnp.where(key_mask[:, None], scores, masked)
+        probs = jax.nn.softmax(scores, axis=-1).reshape(b * kh, g * t, -1)
+    out = lax.dot_general(probs, v, (((2,), (1,)), ((0,), (0,))))  # [BK, G*T, Dh]
     return jnp.transpose(out.reshape(b, kh, g, t, dh), (0, 3, 1, 2, 4)).reshape(b, t, h, dh)
 
 
@@ -233,7 +247,7 @@ class Attention(nnx.Module):
         self.config = config
 
     def __call__(self, x, rope, mask, kv_cache, cache_index, lora, expert_ids):
-        """x [B, T, D]; mask [B, T, S] bool; kv_cache (k, v) [B, S, Kh, Dh] or None.
+        """x [B, T, D]; mask [B, T, S] bool; kv_cache (k, v) [B * Kh, S, Dh] or None.
 
         Returns (out [B, T, D], (k, v) as stored: the updated cache or this call's keys).
         """
@@ -245,9 +259,10 @@ class Attention(nnx.Module):
         if c.use_qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = _apply_rope(q, *rope), _apply_rope(k, *rope)
+        k, v = _heads_major(k), _heads_major(v)  # [B * Kh, T, Dh]
         if kv_cache is not None:
             k_cache, v_cache = kv_cache
-            start = (0, cache_index, 0, 0)
+            start = (0, cache_index, 0)
             k = lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), start)
             v = lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), start)
         stored = (k, v)
