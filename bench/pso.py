@@ -421,7 +421,8 @@ def section(rows, bw, command, n, rank) -> str:
         "",
         "Reading the numbers. (1) Passes: the compiled HLO of `pso.update` has four fusions per "
         "tensor (personal-best select, velocity, position, NaN-check max-reduction): XLA's CPU "
-        "backend does not build multi-output loop fusions (no such option in this jaxlib), so "
+        "backend builds no multi-output loop fusion here (the `xla_cpu_use_multi_output_fusion` "
+        "flag exists but gave no measurable gain on the 270M shape), so "
         "an output that is also read by another output's computation gets its own pass, about "
         "11 stack-sized reads/writes where 6 are the floor; ~1.8x the floor is what that "
         "structure costs on an idle machine. Tried and not kept (no gain measured, CPU time "

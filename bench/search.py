@@ -32,8 +32,8 @@ from hs_jax.models.tokenizer import load_tokenizer  # noqa: E402
 from hs_jax.utility import SystemScorer  # noqa: E402
 
 _N_EXPERTS = flags.DEFINE_integer("n_experts", 3, "Experts = graph nodes (demo: 3).")
-_N_GRAPHS = flags.DEFINE_integer("n_graphs", 4, "N, graphs of the role step (demo: 4).")
-_N_ASSIGN = flags.DEFINE_integer("n_assignments", 4, "M, JFK assignments (demo: 4).")
+_N_GRAPHS = flags.DEFINE_integer("n_graphs", 5, "N, graphs of the role step (demo: 5).")
+_N_ASSIGN = flags.DEFINE_integer("n_assignments", 5, "M, JFK assignments (demo: 5).")
 _N_ITEMS = flags.DEFINE_integer("n_items", 12, "Dev items (demo: 12).")
 _NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 4, "Generation budget per node (demo: 4).")
 _POOL = flags.DEFINE_string("pool_dir", "", "A trained PEFT pool (default: random LoRA experts).")

@@ -34,7 +34,7 @@ from hs_jax.models.config import GemmaConfig
 # Steps of about 1.5x: a prompt pads by at most half its length (prefill cost follows the
 # padded length), and a new shape costs only seconds of compilation.
 DEFAULT_LENGTH_BUCKETS = (
-    32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096,
+    16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096,
 )  # fmt: skip
 DEFAULT_NEW_TOKEN_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048)
 DEFAULT_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
