@@ -234,9 +234,10 @@ def test_sharded_equals_one_device(params, data, model):
 
 
 def test_rows_are_chunked_by_length_bucket(params, monkeypatch):
-    """A short prompt never pays for a long neighbour's padding, and results keep their order."""
-    engine = Engine(CFG, params, TOK, length_buckets=(8, 32), new_token_buckets=(16,))
-    prompts = ["ab", "x" * 20, "cd", "y" * 25]
+    """With a short answer budget, a short prompt does not pay for a long neighbour's padding
+    (two calls), and results keep their order."""
+    engine = Engine(CFG, params, TOK, length_buckets=(8, 512), new_token_buckets=(16,))
+    prompts = ["ab", "x y " * 100, "cd", "y z " * 110]
     together = engine.generate(prompts, max_new_tokens=3)
     seen = []
     run = engine._run
@@ -247,7 +248,8 @@ def test_rows_are_chunked_by_length_bucket(params, monkeypatch):
 
     monkeypatch.setattr(engine, "_run", spy)
     again = engine.generate(prompts, max_new_tokens=3)
-    assert sorted(seen) == [[3, 3], [21, 26]]  # BOS + text: one call per length bucket
+    assert len(seen) == 2 and sorted(seen)[0] == [3, 3]  # BOS + text: one call per bucket
+    assert all(8 < n <= 512 for n in sorted(seen)[1])
     assert again.texts == together.texts
     for prompt, text in zip(prompts, together.texts, strict=True):
         assert engine.generate([prompt], max_new_tokens=3).texts == [text]
@@ -261,3 +263,15 @@ def test_chunk_sizes_avoid_heavy_batch_padding(params):
     assert engine._chunk_size(40) == 32  # 40 would pad to 64: run 32, then 8
     assert engine._chunk_size(8) == 8
     assert engine._chunk_size(3) == 3  # no smaller bucket: pad to 8
+
+
+def test_call_plan_merges_length_buckets_only_when_decoding_dominates(params):
+    """Short prompts of two length buckets share one call when many tokens are decoded (each
+    extra call pays every decode step again) but not for long prompts with a short answer."""
+    engine = Engine(CFG, params, TOK, max_batch=64, length_buckets=(16, 24, 256, 512))
+    short = [[1] * 12] * 32 + [[1] * 20] * 32  # buckets 16 and 24
+    long = [[1] * 200] * 32 + [[1] * 400] * 32  # buckets 256 and 512
+    rows = list(range(64))
+    assert [len(c) for c in engine._chunks(rows, short, 64)] == [64]
+    assert [len(c) for c in engine._chunks(rows, long, 4)] == [32, 32]
+    assert [len(c) for c in engine._chunks(rows, short, 1)] == [32, 32]
