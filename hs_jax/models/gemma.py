@@ -64,17 +64,21 @@ class KVCache:
         return self.pos.shape[1]
 
 
+def _operands(x: jax.Array, w: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Dtypes for x [..., d] times a weight: float32 weights take float32 activations; other
+    weights take activations of their dtype, except for a single row, where XLA CPU's bf16
+    path is slow and the weight is upcast instead."""
+    if w.dtype == jnp.float32:
+        return x.astype(jnp.float32), w
+    if math.prod(x.shape[:-1]) == 1:
+        return x, w.astype(jnp.float32)
+    return x.astype(w.dtype), w
+
+
 def _matmul(x: jax.Array, w: jax.Array, w_contract: int = 0) -> jax.Array:
     """x [..., d] times w contracting w's axis `w_contract` (size d); float32 result."""
     dims = (((x.ndim - 1,), (w_contract,)), ((), ()))
-    if w.dtype != jnp.float32:
-        rows = math.prod(x.shape[:-1])
-        if rows == 1:
-            w = w.astype(jnp.float32)
-        else:
-            x = x.astype(w.dtype)
-    else:
-        x = x.astype(jnp.float32)
+    x, w = _operands(x, w)
     return lax.dot_general(x, w, dims, preferred_element_type=jnp.float32)
 
 
@@ -149,11 +153,7 @@ class Embedder(nnx.Module):
         stages (max per block of `_ARGMAX_BLOCK` words, then the argmax inside the winning
         block) because XLA CPU's variadic argmax reduction is ~15x slower than a plain max.
         """
-        table = self.embedding[...]
-        if table.dtype != jnp.float32 and x.shape[0] > 1:
-            x = x.astype(table.dtype)
-        else:
-            table, x = table.astype(jnp.float32), x.astype(jnp.float32)
+        x, table = _operands(x, self.embedding[...])
         dims = (((1,), (1,)), ((), ()))
         logits = lax.dot_general(table, x, dims, preferred_element_type=jnp.float32)  # [V, B]
         logits = _softcap(logits, softcap)  # monotonic, kept so that ties match exactly
