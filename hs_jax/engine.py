@@ -14,7 +14,9 @@ have a leading expert axis.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import functools
 import itertools
 from collections.abc import Sequence
 from typing import Any
@@ -22,11 +24,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 from flax import nnx
 from jax.sharding import Mesh
 
 from hs_jax import sampling, sharding
-from hs_jax.models import gemma
+from hs_jax.models import gemma, screened_head
 from hs_jax.models.config import GemmaConfig
 
 
@@ -120,6 +123,11 @@ class Engine:
         step). Used only to plan calls: whether prompts of different length buckets share one.
         16 fits a 2-core CPU (measured: 64 vs 227 ms per step at 8 and 64 rows, float32);
         accelerators, memory-bound to larger batches, want more.
+      screen_head_min_rows: greedy calls of at least this many rows on a float32 model choose
+        tokens with the screened head (`screened_head`: bfloat16 candidates, float32
+        certificate, the same tokens); None turns it off. It costs a bfloat16 copy of the
+        embedding (half its size, built once per params) and pays off from about 8 rows (bench/
+        RESULTS.md, 'decode'); a single row's bfloat16 product is slow on XLA CPU.
     """
 
     def __init__(
@@ -139,6 +147,7 @@ class Engine:
         add_bos: bool = True,
         eos_ids: Sequence[int] | None = None,
         decode_step_rows: int = 16,
+        screen_head_min_rows: int | None = 8,
     ):
         if truncate not in ("left", "error"):
             raise ValueError(f"truncate must be 'left' or 'error', got {truncate!r}")
@@ -154,6 +163,10 @@ class Engine:
         self.truncate = truncate
         self.add_bos = add_bos
         self.decode_step_rows = decode_step_rows
+        self.screen_head_min_rows = screen_head_min_rows
+        self._head_screen = None
+        # Device calls run and screened calls rerun with the plain head (see screened_head).
+        self.stats: collections.Counter = collections.Counter()
         head = config.vocab_size * config.d_model
         self._prefill_weight = 1.0 - head / config.num_params()  # layers' share of the FLOPs
         pad = getattr(tokenizer, "pad_token_id", None)
@@ -176,6 +189,18 @@ class Engine:
         if self.mesh is None:
             return jax.device_put(params)
         return sharding.shard_params(params, self.mesh)
+
+    def _screen_for(self, params, rows: int, greedy: bool):
+        """The head screen of the base params for a greedy call of `rows` rows, or None."""
+        limit = self.screen_head_min_rows
+        if not greedy or limit is None or rows < limit or params is not self.params:
+            return None
+        table = self.params["embedder"]["embedding"][...]
+        if table.dtype != jnp.float32 or screened_head.block_for(self.config.vocab_size) is None:
+            return None
+        if self._head_screen is None:
+            self._head_screen = jax.jit(screened_head.make_head_screen)(table)
+        return self._head_screen
 
     def _place_experts(self, experts: Any) -> Any:
         if is_full_experts(experts):
@@ -435,7 +460,8 @@ class Engine:
         if self.mesh is not None:
             per_row = [jax.device_put(x, sharding.rows(self.mesh, x.ndim)) for x in per_row]
         tokens, lengths, ids, active, group = per_row
-        out = self.sampler.generate_tokens(
+        call = functools.partial(
+            self.sampler.generate_tokens,
             params,
             lora,
             tokens,
@@ -454,6 +480,17 @@ class Engine:
             use_top_p=(not greedy) and top_p < 1.0,
             return_logits=return_logits,
         )
+        screen = self._screen_for(params, rows, greedy)
+        out = call(head_screen=screen)
+        self.stats["calls"] += 1
+        self.stats["screened_calls"] += screen is not None
+        if screen is not None and not bool(out["certified"]):
+            # A near-tie the bfloat16 screen cannot settle: the plain head decides.
+            self.stats["screen_reruns"] += 1
+            logging.info("head screen: a token was not certified, rerunning the call (%d rows)", n)
+            out = call(head_screen=None)
+        out = dict(out)
+        del out["certified"]
         return {k: np.asarray(v)[:n] for k, v in out.items()}
 
 

@@ -26,7 +26,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from hs_jax.models import gemma
+from hs_jax.models import gemma, screened_head
 from hs_jax.models.config import GemmaConfig
 
 # Prompt-length buckets (tokens), new-token buckets and batch buckets: calls whose shapes round to
@@ -287,6 +287,7 @@ class Sampler:
         greedy: bool,
         use_top_p: bool,
         return_logits: bool,
+        head_screen: screened_head.HeadScreen | None = None,
     ) -> dict[str, jax.Array]:
         """Prefills the left-padded prompts and decodes until every row is done.
 
@@ -296,8 +297,11 @@ class Sampler:
         `build_stop_tables`); max_new_tokens: int32 scalar <= max_new_bucket.
 
         Returns tokens [B, max_new_bucket] (pad after a row ends), num_tokens [B] (generated
-        tokens including the one that ended the row), and logits [B, V] float32 at the last
-        prompt position when `return_logits`.
+        tokens including the one that ended the row), certified (scalar bool: False when a
+        screened head could not prove a token, the tokens are then incomplete and the call
+        must be rerun without the screen), and logits [B, V] float32 at the last prompt
+        position when `return_logits`. head_screen: a screen of the float32 head
+        (`screened_head.make_head_screen`) for greedy decoding, or None for the plain head.
         """
         TRACES["generate_tokens"] += 1
         graphdef, _ = gemma.abstract_model(self.config)
@@ -309,11 +313,17 @@ class Sampler:
             expert_ids = None
         stop_len = stop_seqs.shape[-1]
 
-        def next_tokens(h, logits, key):
-            """Greedy decoding skips the [B, V] logits (vocabulary-major head, blocked argmax)."""
+        def next_tokens(h, logits, key, rows_that_count):
+            """(tokens [B], certified scalar bool). Greedy decoding skips the [B, V] logits
+            (vocabulary-major head, blocked argmax); with a head screen a row whose token is
+            kept must hold a certificate, or the whole call is reported uncertified."""
+            if greedy and head_screen is not None:
+                tok, ok = model.screened_greedy_tokens(h, head_screen)
+                return tok, jnp.all(ok | ~rows_that_count)
             if greedy:
-                return model.greedy_tokens(h)
-            return choose_tokens(logits, key, temperature, top_p, greedy=False, use_top_p=use_top_p)
+                return model.greedy_tokens(h), jnp.bool_(True)
+            tok = choose_tokens(logits, key, temperature, top_p, greedy=False, use_top_p=use_top_p)
+            return tok, jnp.bool_(True)
 
         def is_stop(tok, recent):
             """Row ends: EOS or a stop token, or the recent tokens end with a stop sequence."""
@@ -337,18 +347,19 @@ class Sampler:
         key0, key = jax.random.split(key)
         last_hidden = hidden[:, -1, :]  # [B, D]
         last_logits = model.logits(last_hidden) if (return_logits or not greedy) else None
-        tok = next_tokens(last_hidden, last_logits, key0)
+        tok, certified = next_tokens(last_hidden, last_logits, key0, active)
         recent = jnp.full((batch, stop_len), -2, jnp.int32).at[:, -1].set(tok)
         out = jnp.full((batch, max_new_bucket), self.pad_id, jnp.int32).at[:, 0].set(tok)
         done = ~active | is_stop(tok, recent) | (max_new_tokens <= 1)
         num = active.astype(jnp.int32)
 
         def cond(carry):
-            step, _, _, _, _, done, _ = carry
-            return (step < max_new_tokens) & ~jnp.all(done)
+            step, _, _, _, _, done, _, certified = carry
+            # An uncertified token makes the caller rerun the call: stop at once.
+            return (step < max_new_tokens) & ~jnp.all(done) & certified
 
         def body(carry):
-            step, tok, cache, out, recent, done, num = carry
+            step, tok, cache, out, recent, done, num, certified = carry
             pos = lengths + step - 1  # [B] position of the token fed now
             hidden, cache = model.hidden(
                 tok[:, None],
@@ -360,17 +371,17 @@ class Sampler:
             )
             h = hidden[:, -1, :]
             logits = None if greedy else model.logits(h)
-            new = next_tokens(h, logits, jax.random.fold_in(key, step))
+            new, ok = next_tokens(h, logits, jax.random.fold_in(key, step), ~done)
             new = jnp.where(done, self.pad_id, new)
             out = jax.lax.dynamic_update_slice(out, new[:, None], (0, step))
             recent = jnp.concatenate([recent[:, 1:], new[:, None]], axis=1)
             num = num + (~done).astype(jnp.int32)
             done = done | is_stop(new, recent) | (step + 1 >= max_new_tokens)
-            return step + 1, new, cache, out, recent, done, num
+            return step + 1, new, cache, out, recent, done, num, certified & ok
 
-        carry = (jnp.int32(1), tok, cache, out, recent, done, num)
-        _, _, _, out, _, _, num = jax.lax.while_loop(cond, body, carry)
-        result = {"tokens": self._constrain_rows(out), "num_tokens": num}
+        carry = (jnp.int32(1), tok, cache, out, recent, done, num, certified)
+        _, _, _, out, _, _, num, certified = jax.lax.while_loop(cond, body, carry)
+        result = {"tokens": self._constrain_rows(out), "num_tokens": num, "certified": certified}
         if return_logits:
             result["logits"] = last_logits
         return result

@@ -500,6 +500,39 @@ def test_real_greedy_continuations_match_transformers(ours, our_params, hf_model
 
 
 @pytest.mark.slow
+def test_real_screened_head(ours, our_params, tokenizer):
+    """Real hidden states: the bfloat16 screen certifies nearly every row, a certified token is
+    the float32 argmax, and the engine's screened greedy tokens equal the plain model's."""
+    from hs_jax.engine import Engine
+    from hs_jax.models import screened_head
+    from hs_jax.models.gemma import from_params
+
+    config, _ = ours
+    model = from_params(config, our_params)
+    rows = tokenizer(PROMPTS, add_special_tokens=True)["input_ids"]
+    hidden = jnp.concatenate(
+        [model.hidden(jnp.asarray([r]), jnp.arange(len(r))[None])[0][0] for r in rows]
+    )  # every prompt position: [~70, D]
+    table = model.embedder.embedding[...]
+    screen = screened_head.make_head_screen(table)
+    tok, ok = jax.jit(lambda h: screened_head.screened_argmax(table, screen, h, lambda z: z))(
+        hidden
+    )
+    plain = np.asarray(model.greedy_tokens(hidden))
+    tok, ok = np.asarray(tok), np.asarray(ok)
+    assert ok.mean() >= 0.95, ok.mean()
+    np.testing.assert_array_equal(tok[ok], plain[ok])
+
+    steps = 32
+    engine = Engine(config, our_params, tokenizer, screen_head_min_rows=1)
+    got = engine.generate(PROMPTS, max_new_tokens=steps)
+    assert engine.stats["screened_calls"] == engine.stats["calls"] > 0
+    want = _greedy(config, our_params, rows, steps)
+    for b, row_tokens in enumerate(got.tokens):
+        np.testing.assert_array_equal(row_tokens, want[b, : len(row_tokens)])
+
+
+@pytest.mark.slow
 def test_load_model_by_pypi_name(gemma3_270m_gguf, ours):
     """The dispatcher resolves the PyPI name to the same file and the same config."""
     config, params = load_model(gguf_io.PYPI_MODEL_NAME, param_dtype="bfloat16")

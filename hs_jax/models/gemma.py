@@ -17,6 +17,7 @@ norms, softmax and logits are float32.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 
@@ -25,6 +26,7 @@ import jax.numpy as jnp
 from flax import nnx, struct
 from jax import lax
 
+from hs_jax.models import screened_head
 from hs_jax.models.config import GemmaConfig
 
 # Finite stand-in for -inf: a fully masked row (a padding query) gets a uniform softmax instead
@@ -153,11 +155,24 @@ class Embedder(nnx.Module):
         stages (max per block of `_ARGMAX_BLOCK` words, then the argmax inside the winning
         block) because XLA CPU's variadic argmax reduction is ~15x slower than a plain max.
         """
-        x, table = _operands(x, self.embedding[...])
-        dims = (((1,), (1,)), ((), ()))
-        logits = lax.dot_general(table, x, dims, preferred_element_type=jnp.float32)  # [V, B]
-        logits = _softcap(logits, softcap)  # monotonic, kept so that ties match exactly
-        return _blocked_argmax(logits)
+        return _greedy(self.embedding[...], x, softcap)
+
+    def screened_greedy(
+        self, x: jax.Array, screen: screened_head.HeadScreen, softcap: float | None = None
+    ) -> tuple[jax.Array, jax.Array]:
+        """(tokens [B], certified [B]): `greedy` from a bfloat16 screen of the float32 table;
+        a certified token equals `greedy`'s (see `screened_head`)."""
+        cap = functools.partial(_softcap, cap=softcap)
+        return screened_head.screened_argmax(self.embedding[...], screen, x, cap)
+
+
+def _greedy(table: jax.Array, x: jax.Array, softcap: float | None) -> jax.Array:
+    """The plain greedy head of `Embedder.greedy`."""
+    x, table = _operands(x, table)
+    dims = (((1,), (1,)), ((), ()))
+    logits = lax.dot_general(table, x, dims, preferred_element_type=jnp.float32)  # [V, B]
+    logits = _softcap(logits, softcap)  # monotonic, kept so that ties match exactly
+    return _blocked_argmax(logits)
 
 
 _ARGMAX_BLOCK = 1024
@@ -370,6 +385,12 @@ class Gemma(nnx.Module):
         """Final hidden states [B, D] -> argmax of each row's logits [B] int32, without
         materialising [B, V] logits (see `Embedder.greedy`)."""
         return self.embedder.greedy(h, self.config.final_logit_softcap)
+
+    def screened_greedy_tokens(
+        self, h: jax.Array, screen: screened_head.HeadScreen
+    ) -> tuple[jax.Array, jax.Array]:
+        """(`greedy_tokens` chosen through a head screen, certified [B] bool)."""
+        return self.embedder.screened_greedy(h, screen, self.config.final_logit_softcap)
 
     def hidden(
         self,

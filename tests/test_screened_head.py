@@ -1,0 +1,127 @@
+"""The screened greedy head against the plain float32 argmax (numpy float64 as the reference),
+its certificate on ties, near-ties and a saturating soft cap, and the engine's rerun path."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from test_engine import BUCKETS, PROMPTS, TOK, lora_stack
+from test_sampling import CFG, random_params
+
+from hs_jax.engine import Engine
+from hs_jax.models import gemma, screened_head
+
+V, D = 4096, 64
+
+
+def _table_and_rows(seed=0, rows=40, scale=30.0):
+    rng = np.random.default_rng(seed)
+    table = rng.standard_normal((V, D)).astype(np.float32) / np.sqrt(D)
+    x = (scale * rng.standard_normal((rows, D)) / np.sqrt(D)).astype(np.float32)
+    return table, x
+
+
+def _screened(table, x, cap=None):
+    screen = screened_head.make_head_screen(jnp.asarray(table))
+    fn = jax.jit(
+        lambda t, s, h: screened_head.screened_argmax(t, s, h, lambda z: gemma._softcap(z, cap))
+    )
+    tok, ok = fn(jnp.asarray(table), screen, jnp.asarray(x))
+    return np.asarray(tok), np.asarray(ok)
+
+
+def _reference(table, x, cap=None):
+    """First argmax of the float64 logits (soft cap applied in float64)."""
+    logits = x.astype(np.float64) @ table.astype(np.float64).T
+    if cap is not None:
+        logits = np.tanh(logits / cap) * cap
+    return np.argmax(logits, axis=1)
+
+
+@pytest.mark.parametrize("cap", [None, 30.0])
+def test_equals_float32_argmax(cap):
+    table, x = _table_and_rows()
+    tok, ok = _screened(table, x, cap)
+    assert ok.all()  # random rows have no near-ties at this scale
+    np.testing.assert_array_equal(tok, _reference(table, x, cap))
+    plain = jax.jit(lambda t, h: gemma._greedy(t, h, cap))(jnp.asarray(table), jnp.asarray(x))
+    np.testing.assert_array_equal(tok, np.asarray(plain))
+
+
+def test_exact_tie_picks_the_first_word():
+    table, x = _table_and_rows(rows=4)
+    # Words 3000 and 700 hold the same vector, far ahead of every other word for row 0.
+    table[700] = table[3000] = 3.0 * x[0] / np.linalg.norm(x[0]) ** 2 * 10.0
+    tok, ok = _screened(table, x)
+    assert ok[0] and tok[0] == 700
+    np.testing.assert_array_equal(tok, _reference(table, x))
+
+
+def test_near_ties_beyond_the_candidates_are_not_certified():
+    table, x = _table_and_rows(rows=3)
+    # 40 words (more than the 16 candidates) within bf16 rounding of the best for row 1.
+    rng = np.random.default_rng(1)
+    best = 5.0 * x[1] / np.linalg.norm(x[1])
+    for w in rng.choice(V, size=40, replace=False):
+        table[w] = best * (1 + 1e-6 * rng.standard_normal())
+    tok, ok = _screened(table, x)
+    assert not ok[1]
+    assert ok[0] and ok[2]
+    reference = _reference(table, x)
+    assert tok[0] == reference[0] and tok[2] == reference[2]
+
+
+def test_saturated_soft_cap_is_not_certified():
+    """tanh saturates in float32: many words share the capped maximum, so the first of them in
+    the whole vocabulary wins, which only the plain head can see."""
+    table, x = _table_and_rows(rows=2, scale=300.0)
+    tok, ok = _screened(table, x, cap=1e-3)
+    plain = np.asarray(jax.jit(lambda t, h: gemma._greedy(t, h, 1e-3))(table, x))
+    assert not ok.all()
+    np.testing.assert_array_equal(tok[ok], plain[ok])
+
+
+def test_block_sizes_and_bad_tables():
+    assert screened_head.block_for(262144) == 128
+    assert screened_head.block_for(128) == 4  # 32 blocks > 16 candidates
+    assert screened_head.block_for(16) is None
+    with pytest.raises(ValueError, match="float32"):
+        screened_head.make_head_screen(jnp.zeros((256, 8), jnp.bfloat16))
+    with pytest.raises(ValueError, match="too small"):
+        table = jnp.zeros((16, 8), jnp.float32)
+        screened_head.screened_argmax(
+            table, screened_head.make_head_screen(table), jnp.ones((1, 8)), lambda z: z
+        )
+
+
+@pytest.fixture(scope="module")
+def params():
+    return random_params(CFG)
+
+
+def test_engine_screened_equals_plain_and_reruns_uncertified_calls(params, monkeypatch):
+    stack = lora_stack()
+    prompts = PROMPTS * 2
+    ids = [i % 4 for i in range(len(prompts))]
+    plain = Engine(CFG, params, TOK, stack, screen_head_min_rows=None, **BUCKETS)
+    screened = Engine(CFG, params, TOK, stack, screen_head_min_rows=1, **BUCKETS)
+    want = plain.generate(prompts, ids, max_new_tokens=12)
+    got = screened.generate(prompts, ids, max_new_tokens=12)
+    for a, b in zip(got.tokens, want.tokens, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert screened.stats["screened_calls"] == screened.stats["calls"] > 0
+    assert screened.stats["screen_reruns"] == 0
+    assert plain.stats["screened_calls"] == 0
+    # A bound too wide to certify anything: every screened call is rerun with the plain head.
+    # Its own new-token bucket: no program compiled with the patched bound is reused elsewhere.
+    monkeypatch.setattr(screened_head, "_EPS_SCALE", 1e6)
+    rerun = Engine(
+        CFG, params, TOK, stack, screen_head_min_rows=1, **{**BUCKETS, "new_token_buckets": (12,)}
+    )
+    again = rerun.generate(prompts, ids, max_new_tokens=12)
+    assert rerun.stats["screen_reruns"] == rerun.stats["screened_calls"] > 0
+    for a, b in zip(again.tokens, want.tokens, strict=True):
+        np.testing.assert_array_equal(a, b)
+    # Sampling never uses the screen.
+    assert screened._screen_for(screened.params, 8, greedy=False) is None
+    assert screened._screen_for(screened.params, 8, greedy=True) is not None
