@@ -84,7 +84,7 @@ def head_rows(rng) -> list[dict]:
 def _head_loop(graphdef, screened: bool):
     """HEAD_STEPS greedy steps feeding each chosen token back (as a decode loop does), so the
     head runs inside a while loop as in the sampler; returns the tokens and whether every step
-    was certified."""
+    was certified (no step needed the plain head)."""
 
     def run(state, screen, h):
         emb = nnx.merge(graphdef, state)
@@ -93,8 +93,8 @@ def _head_loop(graphdef, screened: bool):
         def body(i, carry):
             h, toks, ok = carry
             if screened:
-                tok, cert = emb.screened_greedy(h, screen)
-                ok = ok & jnp.all(cert)
+                tok, used_plain = emb.screened_greedy(h, screen)
+                ok = ok & ~used_plain
             else:
                 tok = emb.greedy(h)
             h = jnp.tanh(h @ w) * 20.0 + emb.embedding[...][tok]
@@ -222,8 +222,8 @@ def main(argv):
             "'check' = identical tokens). Screened greedy head = the plain float32 head above vs "
             "`screened_head` (bfloat16 candidates, float32 certificate), both inside a jitted "
             f"loop of {HEAD_STEPS} steps that feeds each token back, as the sampler runs them; "
-            "'check' = identical tokens, and whether every step was certified (a call with an "
-            "uncertified step is rerun with the plain head). Attention core = one decode step of "
+            "'check' = identical tokens, and whether every step was certified (a step with an "
+            "uncertified row also runs the plain head). Attention core = one decode step of "
             "one layer "
             "(query-major einsums over [B, S, Kh, Dh] vs key-major dots over [B * Kh, S, Dh]). "
             "Cache loop = a jitted fori_loop of "

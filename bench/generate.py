@@ -148,6 +148,7 @@ class HsJaxWorker:
         """The timed call twice: the first compiles, compile time = first - second. (A shorter
         warm-up could compile other programs: the engine plans its calls per token budget.)"""
         engine = self._engine(lora)
+        engine.stats.clear()  # the stats 'run' returns cover this batch size's calls
         call = lambda: engine.generate(prompts, expert_ids, max_new_tokens=self.new_tokens)  # noqa: E731
         first, _ = _common.timed(call)
         again, _ = _common.timed(call)
@@ -164,6 +165,7 @@ class HsJaxWorker:
             "seconds": seconds,
             "tokens": [t.tolist() for t in res.tokens],
             "prompt_tokens": res.prompt_tokens,
+            "engine_stats": dict(engine.stats),  # since the warm-up of this batch size
         }
 
     def matmul(self, n: int = _MATMUL_N, repeats: int = 5, **_):
@@ -402,6 +404,8 @@ def run_benchmark(batches: list[int]) -> dict:
                     row["seconds"][k].append(res["seconds"])
                     row.setdefault("tokens", {})[k] = res["tokens"]
                     row.setdefault("prompt_tokens", {})[k] = res["prompt_tokens"]
+                    if "engine_stats" in res:
+                        row.setdefault("engine_stats", {})[k] = res["engine_stats"]
                 log(f"batch {batch} seconds {row['seconds']}")
             if batch == max(batches):
                 out["matmul"].append(workers["f32"].call("matmul"))
@@ -503,6 +507,22 @@ def report(res: dict, command: str) -> str:
         "attention each, no head); with it the batch-64 floor is "
         f"{floors[max(floors)][1]:.2f} s.",
     ]
+    screen = []
+    for batch, row in res["batches"].items():
+        st = row.get("engine_stats", {}).get("f32", {})
+        if st.get("screened_calls"):
+            screen.append(
+                f"batch {batch}: {st.get('head_fallback_steps', 0)} of {st['steps']} steps"
+            )
+    if screen:
+        lines += [
+            "",
+            "hs_jax float32 chooses greedy tokens of calls of 8 or more rows through the "
+            "screened head (`hs_jax/models/screened_head.py`: bfloat16 candidates, a float32 "
+            "certificate, the plain float32 head in any step where a row is not certified). "
+            "Steps that needed the plain head, over the warm-up and timed calls of each batch "
+            "size: " + "; ".join(screen) + ".",
+        ]
     if "hf" in next(iter(res["batches"].values()))["tokens"]:
         agree = []
         for batch, row in res["batches"].items():

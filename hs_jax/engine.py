@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import functools
 import itertools
 from collections.abc import Sequence
 from typing import Any
@@ -24,7 +23,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import logging
 from flax import nnx
 from jax.sharding import Mesh
 
@@ -165,7 +163,8 @@ class Engine:
         self.decode_step_rows = decode_step_rows
         self.screen_head_min_rows = screen_head_min_rows
         self._head_screen = None
-        # Device calls run and screened calls rerun with the plain head (see screened_head).
+        # Device calls, calls with the head screen, decode steps, and steps in which the screen
+        # certified no token and the plain head ran (see screened_head).
         self.stats: collections.Counter = collections.Counter()
         head = config.vocab_size * config.d_model
         self._prefill_weight = 1.0 - head / config.num_params()  # layers' share of the FLOPs
@@ -456,12 +455,12 @@ class Engine:
             vocab_texts=self.vocab_texts() if any_stop else None,
             eos_ids=self.eos_ids,
         )
+        screen = self._screen_for(params, rows, greedy)
         per_row = [tokens, lengths, ids, active, tables.group]
         if self.mesh is not None:
             per_row = [jax.device_put(x, sharding.rows(self.mesh, x.ndim)) for x in per_row]
         tokens, lengths, ids, active, group = per_row
-        call = functools.partial(
-            self.sampler.generate_tokens,
+        out = self.sampler.generate_tokens(
             params,
             lora,
             tokens,
@@ -479,18 +478,13 @@ class Engine:
             greedy=greedy,
             use_top_p=(not greedy) and top_p < 1.0,
             return_logits=return_logits,
+            head_screen=screen,
         )
-        screen = self._screen_for(params, rows, greedy)
-        out = call(head_screen=screen)
+        out = dict(out)
         self.stats["calls"] += 1
         self.stats["screened_calls"] += screen is not None
-        if screen is not None and not bool(out["certified"]):
-            # A near-tie the bfloat16 screen cannot settle: the plain head decides.
-            self.stats["screen_reruns"] += 1
-            logging.info("head screen: a token was not certified, rerunning the call (%d rows)", n)
-            out = call(head_screen=None)
-        out = dict(out)
-        del out["certified"]
+        self.stats["steps"] += int(np.max(np.asarray(out["num_tokens"]), initial=0))
+        self.stats["head_fallback_steps"] += int(out.pop("head_fallbacks"))
         return {k: np.asarray(v)[:n] for k, v in out.items()}
 
 

@@ -297,11 +297,10 @@ class Sampler:
         `build_stop_tables`); max_new_tokens: int32 scalar <= max_new_bucket.
 
         Returns tokens [B, max_new_bucket] (pad after a row ends), num_tokens [B] (generated
-        tokens including the one that ended the row), certified (scalar bool: False when a
-        screened head could not prove a token, the tokens are then incomplete and the call
-        must be rerun without the screen), and logits [B, V] float32 at the last prompt
-        position when `return_logits`. head_screen: a screen of the float32 head
-        (`screened_head.make_head_screen`) for greedy decoding, or None for the plain head.
+        tokens including the one that ended the row), head_fallbacks (int32 scalar: steps in
+        which the head screen certified no choice and the plain head ran), and logits [B, V]
+        float32 at the last prompt position when `return_logits`. head_screen: a screen of
+        the float32 head (`screened_head.make_head_screen`) for greedy decoding, or None.
         """
         TRACES["generate_tokens"] += 1
         graphdef, _ = gemma.abstract_model(self.config)
@@ -314,16 +313,15 @@ class Sampler:
         stop_len = stop_seqs.shape[-1]
 
         def next_tokens(h, logits, key, rows_that_count):
-            """(tokens [B], certified scalar bool). Greedy decoding skips the [B, V] logits
-            (vocabulary-major head, blocked argmax); with a head screen a row whose token is
-            kept must hold a certificate, or the whole call is reported uncertified."""
+            """(tokens [B], 1 if the screened head fell back to the plain one else 0). Greedy
+            decoding skips the [B, V] logits (vocabulary-major head, blocked argmax)."""
             if greedy and head_screen is not None:
-                tok, ok = model.screened_greedy_tokens(h, head_screen)
-                return tok, jnp.all(ok | ~rows_that_count)
+                tok, used_plain = model.screened_greedy_tokens(h, head_screen, rows_that_count)
+                return tok, used_plain.astype(jnp.int32)
             if greedy:
-                return model.greedy_tokens(h), jnp.bool_(True)
+                return model.greedy_tokens(h), jnp.int32(0)
             tok = choose_tokens(logits, key, temperature, top_p, greedy=False, use_top_p=use_top_p)
-            return tok, jnp.bool_(True)
+            return tok, jnp.int32(0)
 
         def is_stop(tok, recent):
             """Row ends: EOS or a stop token, or the recent tokens end with a stop sequence."""
@@ -347,19 +345,18 @@ class Sampler:
         key0, key = jax.random.split(key)
         last_hidden = hidden[:, -1, :]  # [B, D]
         last_logits = model.logits(last_hidden) if (return_logits or not greedy) else None
-        tok, certified = next_tokens(last_hidden, last_logits, key0, active)
+        tok, fallbacks = next_tokens(last_hidden, last_logits, key0, active)
         recent = jnp.full((batch, stop_len), -2, jnp.int32).at[:, -1].set(tok)
         out = jnp.full((batch, max_new_bucket), self.pad_id, jnp.int32).at[:, 0].set(tok)
         done = ~active | is_stop(tok, recent) | (max_new_tokens <= 1)
         num = active.astype(jnp.int32)
 
         def cond(carry):
-            step, _, _, _, _, done, _, certified = carry
-            # An uncertified token makes the caller rerun the call: stop at once.
-            return (step < max_new_tokens) & ~jnp.all(done) & certified
+            step, _, _, _, _, done, _, _ = carry
+            return (step < max_new_tokens) & ~jnp.all(done)
 
         def body(carry):
-            step, tok, cache, out, recent, done, num, certified = carry
+            step, tok, cache, out, recent, done, num, fallbacks = carry
             pos = lengths + step - 1  # [B] position of the token fed now
             hidden, cache = model.hidden(
                 tok[:, None],
@@ -371,17 +368,18 @@ class Sampler:
             )
             h = hidden[:, -1, :]
             logits = None if greedy else model.logits(h)
-            new, ok = next_tokens(h, logits, jax.random.fold_in(key, step), ~done)
+            new, fell_back = next_tokens(h, logits, jax.random.fold_in(key, step), ~done)
             new = jnp.where(done, self.pad_id, new)
             out = jax.lax.dynamic_update_slice(out, new[:, None], (0, step))
             recent = jnp.concatenate([recent[:, 1:], new[:, None]], axis=1)
             num = num + (~done).astype(jnp.int32)
             done = done | is_stop(new, recent) | (step + 1 >= max_new_tokens)
-            return step + 1, new, cache, out, recent, done, num, certified & ok
+            return step + 1, new, cache, out, recent, done, num, fallbacks + fell_back
 
-        carry = (jnp.int32(1), tok, cache, out, recent, done, num, certified)
-        _, _, _, out, _, _, num, certified = jax.lax.while_loop(cond, body, carry)
-        result = {"tokens": self._constrain_rows(out), "num_tokens": num, "certified": certified}
+        carry = (jnp.int32(1), tok, cache, out, recent, done, num, fallbacks)
+        _, _, _, out, _, _, num, fallbacks = jax.lax.while_loop(cond, body, carry)
+        result = {"tokens": self._constrain_rows(out), "num_tokens": num}
+        result["head_fallbacks"] = fallbacks
         if return_logits:
             result["logits"] = last_logits
         return result

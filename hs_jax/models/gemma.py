@@ -158,12 +158,20 @@ class Embedder(nnx.Module):
         return _greedy(self.embedding[...], x, softcap)
 
     def screened_greedy(
-        self, x: jax.Array, screen: screened_head.HeadScreen, softcap: float | None = None
+        self,
+        x: jax.Array,
+        screen: screened_head.HeadScreen,
+        softcap: float | None = None,
+        rows_that_count: jax.Array | None = None,
     ) -> tuple[jax.Array, jax.Array]:
-        """(tokens [B], certified [B]): `greedy` from a bfloat16 screen of the float32 table;
-        a certified token equals `greedy`'s (see `screened_head`)."""
+        """(tokens [B], used_plain): `greedy`'s tokens, chosen from a bfloat16 screen of the
+        float32 table with a certificate, or by `greedy` itself when a row that counts has none
+        (see `screened_head`)."""
         cap = functools.partial(_softcap, cap=softcap)
-        return screened_head.screened_argmax(self.embedding[...], screen, x, cap)
+        plain = functools.partial(_greedy, softcap=softcap)
+        return screened_head.screened_or_plain_argmax(
+            self.embedding[...], screen, x, cap, plain, rows_that_count
+        )
 
 
 def _greedy(table: jax.Array, x: jax.Array, softcap: float | None) -> jax.Array:
@@ -387,10 +395,14 @@ class Gemma(nnx.Module):
         return self.embedder.greedy(h, self.config.final_logit_softcap)
 
     def screened_greedy_tokens(
-        self, h: jax.Array, screen: screened_head.HeadScreen
+        self,
+        h: jax.Array,
+        screen: screened_head.HeadScreen,
+        rows_that_count: jax.Array | None = None,
     ) -> tuple[jax.Array, jax.Array]:
-        """(`greedy_tokens` chosen through a head screen, certified [B] bool)."""
-        return self.embedder.screened_greedy(h, screen, self.config.final_logit_softcap)
+        """(`greedy_tokens` chosen through a head screen, used_plain scalar bool)."""
+        cap = self.config.final_logit_softcap
+        return self.embedder.screened_greedy(h, screen, cap, rows_that_count)
 
     def hidden(
         self,
