@@ -21,6 +21,17 @@ def _table_and_rows(seed=0, rows=40, scale=30.0):
     return table, x
 
 
+def _near_tie_rows():
+    """Three rows; for row 1, 40 words (more than the 16 candidates) lie within bf16 rounding
+    of the best."""
+    table, x = _table_and_rows(rows=3)
+    rng = np.random.default_rng(1)
+    best = 5.0 * x[1] / np.linalg.norm(x[1])
+    for w in rng.choice(V, size=40, replace=False):
+        table[w] = best * (1 + 1e-6 * rng.standard_normal())
+    return table, x
+
+
 def _screened(table, x, cap=None):
     screen = screened_head.make_head_screen(jnp.asarray(table))
     fn = jax.jit(
@@ -58,12 +69,7 @@ def test_exact_tie_picks_the_first_word():
 
 
 def test_near_ties_beyond_the_candidates_are_not_certified():
-    table, x = _table_and_rows(rows=3)
-    # 40 words (more than the 16 candidates) within bf16 rounding of the best for row 1.
-    rng = np.random.default_rng(1)
-    best = 5.0 * x[1] / np.linalg.norm(x[1])
-    for w in rng.choice(V, size=40, replace=False):
-        table[w] = best * (1 + 1e-6 * rng.standard_normal())
+    table, x = _near_tie_rows()
     tok, ok = _screened(table, x)
     assert not ok[1]
     assert ok[0] and ok[2]
@@ -116,11 +122,7 @@ def test_error_bound_holds():
 
 
 def test_uncertified_rows_fall_back_to_the_plain_head():
-    table, x = _table_and_rows(rows=3)
-    rng = np.random.default_rng(1)
-    best = 5.0 * x[1] / np.linalg.norm(x[1])
-    for w in rng.choice(V, size=40, replace=False):
-        table[w] = best * (1 + 1e-6 * rng.standard_normal())
+    table, x = _near_tie_rows()
     screen = screened_head.make_head_screen(jnp.asarray(table))
 
     def run(rows_that_count):
