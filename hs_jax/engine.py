@@ -125,7 +125,7 @@ class Engine:
         tokens with the screened head (`screened_head`: bfloat16 candidates, float32
         certificate, the same tokens); None turns it off. It costs a bfloat16 copy of the
         embedding (half its size, built once per params). Measured on a 2-core CPU: the head
-        alone is 1.76x faster at 64 rows, 1.29x at 16, even at 8 (bench/decode.py); whole
+        alone is 1.76x faster at 64 rows, 1.29x at 16, 0.99x at 8 (bench/decode.py); whole
         calls at 8 rows ran 4.1 vs 4.8 s; a single row's bfloat16 product is slow on XLA CPU.
     """
 
