@@ -1,6 +1,6 @@
 """The default demo: the real Gemma 3 270M (PyPI package, no hub), a pool of LoRA experts
 fine-tuned on the built-in NLGraph-style task (one question type each), a small search, and a
-held-out generated test split. About 20 minutes on a 2-core CPU, pool building included.
+held-out generated test split. About 7 minutes on an idle 2-core CPU, pool building included.
 
   python -m launch.main --config=configs/demo.py --workdir=runs/demo
 """

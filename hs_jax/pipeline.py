@@ -33,7 +33,7 @@ from hs_jax.models.loading import load_model
 from hs_jax.models.tokenizer import load_tokenizer
 from hs_jax.utility import SystemScorer
 
-SINGLE = Dag(1, (), 0)
+SINGLE = Dag(1, (), 0)  # one expert alone: the best-single baseline as a one-node system
 
 
 class _OnlyOrbaxWarnings(std_logging.Filter):
@@ -46,9 +46,7 @@ class _OnlyOrbaxWarnings(std_logging.Filter):
 def quiet_orbax() -> None:
     for handler in (logging.get_absl_handler(), *std_logging.getLogger().handlers):
         if not any(isinstance(f, _OnlyOrbaxWarnings) for f in handler.filters):
-            handler.addFilter(
-                _OnlyOrbaxWarnings()
-            )  # one expert alone: the best-single baseline as a one-node system
+            handler.addFilter(_OnlyOrbaxWarnings())
 
 
 def _spec(c: ml_collections.ConfigDict) -> tasks.TaskSpec:
@@ -330,12 +328,18 @@ def _write_outputs(c, workdir: Path, summary, best, names) -> None:
 
 def _print_summary(s: dict[str, Any]) -> None:
     b, single = s["best_system"], s["best_single"]
-    test = "n/a" if b["test_utility"] is None else f"{b['test_utility']:.3f}"
+
+    def cell(u: float | None) -> str:
+        return "n/a" if u is None else f"{u:.3f}"
+
+    rows = [
+        (f"best single ({single['name']})", single["dev_utility"], single["test_utility"]),
+        ("H-Swarms system", b["dev_utility"], b["test_utility"]),
+    ]
+    width = max(len(label) for label, _, _ in rows)
+    lines = [f"{'':{width}s} {'dev':>7s} {'test':>7s}"]
+    lines += [f"{label:{width}s} {cell(dev):>7s} {cell(test):>7s}" for label, dev, test in rows]
     print(
         f"\n{s['task']}: {s['iterations']} iterations ({s['stop_reason']}), "
-        f"{s['seconds']:.0f} s\n"
-        f"{'':24s} {'dev':>7s} {'test':>7s}\n"
-        f"{'best single (' + single['name'] + ')':24s} {single['dev_utility']:7.3f} "
-        f"{single['test_utility']:7.3f}\n"
-        f"{'H-Swarms system':24s} {b['dev_utility']:7.3f} {test:>7s}\n"
+        f"{s['seconds']:.0f} s\n" + "\n".join(lines) + "\n"
     )

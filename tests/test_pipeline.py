@@ -93,3 +93,26 @@ def test_bad_config_value_is_named(tmp_path):
     )  # fmt: skip
     assert proc.returncode != 0
     assert "config.experts.source='nonsense'" in proc.stderr
+
+
+def test_summary_table_aligns_long_expert_names(capsys):
+    from hs_jax.pipeline import _print_summary
+
+    _print_summary(
+        {
+            "task": "t",
+            "iterations": 3,
+            "stop_reason": "patience",
+            "seconds": 1.0,
+            "best_system": {"dev_utility": 0.5, "test_utility": None},
+            "best_single": {
+                "name": "a_rather_long_expert",
+                "dev_utility": 1 / 3,
+                "test_utility": 0.25,
+            },
+        }
+    )
+    header, single, system = capsys.readouterr().out.strip().splitlines()[-3:]
+    assert single.split()[-2:] == ["0.333", "0.250"] and system.split()[-2:] == ["0.500", "n/a"]
+    # Every row's columns end where the header's do.
+    assert len(header) == len(single) == len(system)
