@@ -41,6 +41,8 @@ PyTree = Any
 
 STATE = "state"
 META = "meta"
+# Where `hs_jax.run` keeps the search checkpoints inside a run's workdir.
+SEARCH_SUBDIR = "search"
 FORMAT_VERSION = 1
 
 
@@ -315,11 +317,16 @@ def _read_meta(workdir: str, step: int | None) -> tuple[int, dict]:
         manager.close()
 
 
+def _has_step_dirs(path: str) -> bool:
+    return any(name.isdigit() for name in os.listdir(path))
+
+
 def summarize_checkpoint(path: str | os.PathLike, step: int | None = None) -> dict[str, Any]:
     """Summary of a search checkpoint, read from its JSON item only (no model, no arrays).
 
-    ``path``: a workdir (latest readable step unless ``step``) or one step directory
-    (``workdir/<step>``). Returns iteration, whether the search finished and why, the best
+    ``path``: a search workdir (latest readable step unless ``step``), one step directory in it
+    (``workdir/<step>``), or the workdir of a whole run (``hs_jax.run``), whose checkpoints are
+    in its ``search/`` folder. Returns iteration, whether the search finished and why, the best
     system (utility, iteration, DAG as JSON, assignment), a per-iteration table of utilities,
     and the saved identity (config).
     """
@@ -327,6 +334,11 @@ def summarize_checkpoint(path: str | os.PathLike, step: int | None = None) -> di
     base = os.path.basename(path.rstrip(os.sep))
     if step is None and base.isdigit() and os.path.isdir(os.path.join(path, META)):
         path, step = os.path.dirname(path), int(base)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"no checkpoint in {path}: no such directory")
+    nested = os.path.join(path, SEARCH_SUBDIR)
+    if not _has_step_dirs(path) and os.path.isdir(nested):
+        path = nested  # a run's workdir (`hs_jax.run`): its checkpoints are one level down
     step, meta = _read_meta(path, step)
     history = meta.get("history", [])
     rows = []

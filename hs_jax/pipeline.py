@@ -22,8 +22,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from hs_jax import checkpointing, lora, plots, search, sharding, tasks
 from hs_jax import config as config_lib
-from hs_jax import lora, plots, search, sharding, tasks
 from hs_jax.engine import Engine
 from hs_jax.experts import Example, SFTConfig, build_or_load_pool
 from hs_jax.graph import Dag
@@ -251,7 +251,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[s
         experts,
         lambda systems, weights: scorer.score(systems, weights, dev),
         _search_config(c),
-        workdir=str(workdir / "search"),
+        workdir=str(workdir / checkpointing.SEARCH_SUBDIR),
         test_scorer=test_scorer,
         callbacks=[log_cost],
     )

@@ -1,15 +1,21 @@
 """Print the summary of a swarm-search checkpoint (no model needed).
 
 python -m launch.inspect_checkpoint --workdir /path/to/workdir [--step 7] [--json]
+
+--workdir is a run's workdir (the one given to launch.main), its search/ folder, or one step
+directory in it.
 """
 
 import json
+import sys
 
 from absl import app, flags, logging
 
-from hs_jax.checkpointing import summarize_checkpoint
+from hs_jax.checkpointing import NoUsableCheckpointError, summarize_checkpoint
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "search workdir or one step directory in it")
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "run workdir, its search/ folder, or one step directory in it"
+)
 _STEP = flags.DEFINE_integer("step", None, "checkpoint step (default: latest readable)")
 _JSON = flags.DEFINE_bool("json", False, "print the summary as JSON")
 flags.mark_flag_as_required("workdir")
@@ -43,7 +49,10 @@ def main(argv):
     del argv
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every file access at INFO
-    summary = summarize_checkpoint(_WORKDIR.value, _STEP.value)
+    try:
+        summary = summarize_checkpoint(_WORKDIR.value, _STEP.value)
+    except (FileNotFoundError, NoUsableCheckpointError) as e:
+        sys.exit(f"inspect_checkpoint: {e}")  # the reason, without a traceback; exit status 1
     print(json.dumps(summary, indent=1) if _JSON.value else format_summary(summary))
 
 

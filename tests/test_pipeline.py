@@ -66,6 +66,32 @@ def test_launcher_writes_every_output(uninterrupted):
     assert "H-Swarms system" in out and "best single" in out
 
 
+def _inspect(workdir):
+    return subprocess.run(
+        [sys.executable, "-m", "launch.inspect_checkpoint", f"--workdir={workdir}", "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_inspect_reads_a_run_workdir_and_names_a_missing_one(uninterrupted, tmp_path):
+    """The checkpoint CLI takes the workdir given to the launcher (checkpoints in search/) and
+    says plainly, without a traceback, when a directory holds none."""
+    workdir, _ = uninterrupted
+    done = _inspect(workdir)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads(done.stdout)
+    results = json.loads((workdir / "results.json").read_text())
+    assert summary["workdir"] == str(workdir / "search") and summary["finished"]
+    assert summary["best_utility"] == pytest.approx(results["best_system"]["dev_utility"])
+    for missing in (tmp_path / "nowhere", tmp_path):
+        failed = _inspect(missing)
+        assert failed.returncode == 1
+        assert f"no checkpoint in {missing}" in failed.stderr
+        assert "Traceback" not in failed.stderr
+
+
 def test_killed_run_resumes_to_the_same_results(uninterrupted, tmp_path):
     workdir, _ = uninterrupted
     proc = _launch(tmp_path, wait=False)
