@@ -29,7 +29,7 @@ from hs_jax.experts import Example, SFTConfig, build_or_load_pool
 from hs_jax.graph import Dag
 from hs_jax.models import config as model_config
 from hs_jax.models.convert import init_params
-from hs_jax.models.loading import load_model
+from hs_jax.models.loading import load_model, resolve_model_path
 from hs_jax.models.tokenizer import load_tokenizer
 from hs_jax.utility import SystemScorer
 
@@ -92,6 +92,8 @@ def load_base(c: ml_collections.ConfigDict):
     """(GemmaConfig, params, tokenizer). 'tiny' is a random tiny Gemma 3 with the real
     tokenizer's vocabulary (tests and smoke runs)."""
     dtype = c.model.param_dtype or model_config.default_param_dtype()
+    if c.model.spec != "tiny":
+        resolve_model_path(c.model.spec)  # a missing model is named as such, not as a tokenizer
     tokenizer = load_tokenizer(c.model.tokenizer or _tokenizer_spec(c.model.spec))
     if c.model.spec == "tiny":
         cfg = model_config.tiny_config("gemma3", param_dtype=dtype).replace(
@@ -181,15 +183,21 @@ def build_experts(c, workdir: Path, base_cfg, params, tokenizer, spec, dev, test
 
 
 def _search_config(c: ml_collections.ConfigDict) -> search.SearchConfig:
+    """The search's config; a bad value fails here, naming config.search, before any model is
+    loaded or expert trained."""
     d = c.search.to_dict()
     d["seed"] = c.seed
-    return search.SearchConfig.from_dict(d)
+    try:
+        return search.SearchConfig.from_dict(d)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"config.search: {e}") from e
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
     """Runs (or resumes) the search described by `config` in `workdir`; returns results.json."""
     c = config
     config_lib.check_config(c)
+    search_config = _search_config(c)
     quiet_orbax()
     if c.engine.compilation_cache:
         jax.config.update(
@@ -250,7 +258,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[s
     result = search.run_search(
         experts,
         lambda systems, weights: scorer.score(systems, weights, dev),
-        _search_config(c),
+        search_config,
         workdir=str(workdir / checkpointing.SEARCH_SUBDIR),
         test_scorer=test_scorer,
         callbacks=[log_cost],

@@ -121,6 +121,33 @@ def test_bad_config_value_is_named(tmp_path):
     assert "config.experts.source='nonsense'" in proc.stderr
 
 
+def _tiny_config():
+    import runpy
+
+    return runpy.run_path(str(ROOT / "configs" / "tiny.py"))["get_config"]()
+
+
+def test_bad_search_value_fails_before_any_work(tmp_path):
+    """A bad search value is named before the model loads or the pool is trained: nothing is
+    written into the workdir."""
+    import hs_jax
+
+    config = _tiny_config()
+    config.search.n_graphs = 0
+    with pytest.raises(ValueError, match=r"config\.search: n_graphs"):
+        hs_jax.run(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+
+
+def test_missing_model_is_named_as_a_model(tmp_path):
+    import hs_jax
+
+    config = _tiny_config()
+    config.model.spec = str(tmp_path / "gone.gguf")
+    with pytest.raises(FileNotFoundError, match=r"model .*gone\.gguf.* is neither"):
+        hs_jax.run(config, tmp_path / "run")
+
+
 def test_summary_table_aligns_long_expert_names(capsys):
     from hs_jax.pipeline import _print_summary
 
