@@ -13,6 +13,7 @@ import importlib
 
 _EXPORTS = {
     "run": "hs_jax.pipeline",
+    "make_pool": "hs_jax.pipeline",
     "base_config": "hs_jax.config",
     "Dag": "hs_jax.graph",
     "g_decode": "hs_jax.graph",

@@ -150,6 +150,17 @@ def _training_slices(c, spec, templates, dev, test) -> tuple[list[str], list[lis
     return names, slices
 
 
+def expert_names(experts: lora.LoraStack) -> list[str]:
+    """One label per expert: the pool's folder names, or expert_<i> for unnamed experts."""
+    return list(experts.names) or [f"expert_{i}" for i in range(experts.n_experts)]
+
+
+def pool_dir_of(c: ml_collections.ConfigDict, workdir: Path) -> Path:
+    """Where a trained (or exported random) pool lives: config.experts.pool_dir, else
+    workdir/experts."""
+    return Path(c.experts.pool_dir) if c.experts.pool_dir else workdir / "experts"
+
+
 def build_experts(c, workdir: Path, base_cfg, params, tokenizer, spec, dev, test) -> lora.LoraStack:
     """The pool as one LoraStack (leading expert axis)."""
     if c.experts.source == "peft":
@@ -175,11 +186,41 @@ def build_experts(c, workdir: Path, base_cfg, params, tokenizer, spec, dev, test
         seed=c.seed,
         last_layers=c.experts.last_layers,
     )
-    pool_dir = c.experts.pool_dir or str(workdir / "experts")
     return build_or_load_pool(
-        pool_dir, base_cfg, params, tokenizer, slices, names, sft,
+        pool_dir_of(c, workdir), base_cfg, params, tokenizer, slices, names, sft,
         base_model_name_or_path=c.model.spec,
     )  # fmt: skip
+
+
+def make_pool(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[str]:
+    """Builds the expert pool of `config` as PEFT folders, without a search; returns them.
+
+    source='train' fine-tunes the pool (skipped when its folders already exist, as in `run`);
+    source='random' exports random experts (smoke tests). The folders go to
+    config.experts.pool_dir, else workdir/experts; a later `run` with the same workdir or
+    pool_dir loads them instead of training, and any run can take them with
+    experts.source='peft', experts.peft_dirs=<that folder>.
+    """
+    c = config
+    config_lib.check_config(c)
+    if c.experts.source == "peft":
+        raise ValueError(
+            "config.experts.source='peft': the pool already exists as PEFT folders "
+            f"({c.experts.peft_dirs!r}); make_pool builds 'train' or 'random' pools"
+        )
+    quiet_orbax()
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    spec, dev, test, _ = load_items(c, workdir)
+    base_cfg, params, tokenizer = load_base(c)
+    experts = build_experts(c, workdir, base_cfg, params, tokenizer, spec, dev, test)
+    names = expert_names(experts)
+    folders = [str(pool_dir_of(c, workdir) / name) for name in names]
+    for i, folder in enumerate(folders):
+        if not os.path.exists(os.path.join(folder, lora.ADAPTER_WEIGHTS)):
+            lora.export_peft_adapter(experts, i, folder, base_model_name_or_path=c.model.spec)
+    logging.info("expert pool: %s", ", ".join(folders))
+    return folders
 
 
 def _search_config(c: ml_collections.ConfigDict) -> search.SearchConfig:
@@ -216,7 +257,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[s
     )
     base_cfg, params, tokenizer = load_base(c)
     experts = build_experts(c, workdir, base_cfg, params, tokenizer, spec, dev, test)
-    names = list(experts.names) or [f"expert_{i}" for i in range(experts.n_experts)]
+    names = expert_names(experts)
     mesh = sharding.make_mesh(data=c.mesh.data, model=c.mesh.model)
     engine = Engine(
         base_cfg, params, tokenizer, experts=experts, mesh=mesh, max_batch=c.engine.max_batch,

@@ -148,6 +148,38 @@ def test_missing_model_is_named_as_a_model(tmp_path):
         hs_jax.run(config, tmp_path / "run")
 
 
+def test_make_pool_writes_peft_folders_that_load_back_to_the_pool(tmp_path):
+    """launch.make_experts' library call: the pool as PEFT folders that import back to the same
+    stack, kept as they are by a second call; a PEFT-sourced config has nothing to build."""
+    import jax
+    import numpy as np
+
+    import hs_jax
+    from hs_jax import lora
+    from hs_jax.pipeline import load_base
+
+    config = _tiny_config()
+    folders = hs_jax.make_pool(config, tmp_path)
+    assert folders == [str(tmp_path / "experts" / f"expert_{i}") for i in range(3)]
+    base_cfg, _, _ = load_base(config)
+    loaded = lora.load_peft_pool(folders, base_cfg)
+    made = lora.init_lora_stack(
+        base_cfg, 3, config.experts.rank, config.experts.targets, jax.random.key(config.seed),
+        scheme="random", init_scale=config.experts.random_scale,
+    )  # fmt: skip
+    for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(made), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+    weights = tmp_path / "experts" / "expert_0" / lora.ADAPTER_WEIGHTS
+    before = weights.stat().st_mtime_ns
+    assert hs_jax.make_pool(config, tmp_path) == folders
+    assert weights.stat().st_mtime_ns == before
+
+    config.experts.source = "peft"
+    config.experts.peft_dirs = str(tmp_path / "experts")
+    with pytest.raises(ValueError, match="already exists as PEFT folders"):
+        hs_jax.make_pool(config, tmp_path)
+
+
 def test_summary_table_aligns_long_expert_names(capsys):
     from hs_jax.pipeline import _print_summary
 
