@@ -38,6 +38,8 @@ setup(
             "torch==2.13.0",
             "accelerate",
             "peft",
+            # tests/test_colab.py runs the notebook's cells, which display its pictures.
+            "ipython",
         ],
     },
 )
