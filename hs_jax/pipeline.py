@@ -208,10 +208,10 @@ def make_pool(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> 
             "config.experts.source='peft': the pool already exists as PEFT folders "
             f"({c.experts.peft_dirs!r}); make_pool builds 'train' or 'random' pools"
         )
-    quiet_orbax()
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    spec, dev, test, _ = load_items(c, workdir)
+    # Only fine-tuning reads the task (its question types are the experts' slices).
+    spec, dev, test, _ = load_items(c, workdir) if c.experts.source == "train" else (None,) * 4
     base_cfg, params, tokenizer = load_base(c)
     experts = build_experts(c, workdir, base_cfg, params, tokenizer, spec, dev, test)
     names = expert_names(experts)
