@@ -276,7 +276,6 @@ class HfWorker:
             missing, unexpected = self.model.load_state_dict(state, strict=False)
             if unexpected or [k for k in missing if k != "lm_head.weight"]:
                 raise RuntimeError(f"state dict mismatch: {missing} / {unexpected}")
-            self.model = self.model.to(torch.float32)
         else:
             from hs_jax.models.gguf_io import pypi_gguf_path
 
