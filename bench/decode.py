@@ -8,9 +8,11 @@ formulations are kept here as the baselines:
 - screened greedy head, in a jitted loop: `Embedder.greedy` vs `Embedder.screened_greedy`
   (bfloat16 candidates + float32 certificate, `hs_jax/models/screened_head.py`);
 - attention core of one decode step, 64 rows x 512 cache slots: the query-major einsum over a
-  [B, S, Kh, Dh] cache vs `_attend` over the [B * Kh, S, Dh] cache;
-- a decode loop of 6 layers' cache update + attention (64 rows x 512 slots, lax.fori_loop, cache
-  donated): the [B, S, Kh, Dh] layout (XLA copies the cache every step) vs [B * Kh, S, Dh].
+  [B, S, Kh, Dh] cache vs `_attend` over hs_jax's cache (keys [B * Kh, Dh, S], values
+  [B * Kh, S, Dh]);
+- a decode loop of 6 layers' cache update + attention (lax.fori_loop, cache donated): the
+  [B, S, Kh, Dh] layout (XLA copies the cache every step) vs hs_jax's, and the layout hs_jax
+  used before (keys [B * Kh, S, Dh], scores with the keys as the left operand) vs hs_jax's.
 
 Times are best of the repeats after a warm-up call.
 
@@ -65,6 +67,20 @@ def _old_attend(q, k, v, mask):
     return out.reshape(b, t, h, dh)
 
 
+def _keys_left_attend(q, k, v, mask):
+    """The replaced decode core over keys [B * Kh, S, Dh]: scores key-major, keys on the left
+    (with the keys on the right XLA CPU transposes the cache every step)."""
+    b, _, h, dh = q.shape
+    kh = k.shape[0] // b
+    q = q.reshape(b * kh, h // kh, dh)
+    scores = lax.dot_general(k, q, (((2,), (2,)), ((0,), (0,))))  # [BK, S, G]
+    key_mask = jnp.broadcast_to(mask[:, None], (b, kh, 1, mask.shape[-1])).reshape(b * kh, -1)
+    scores = jnp.where(key_mask[:, :, None], scores, -1e30)
+    probs = jnp.swapaxes(jax.nn.softmax(scores, axis=1), 1, 2)  # [BK, G, S]
+    out = lax.dot_general(probs, v, (((2,), (1,)), ((0,), (0,))))  # [BK, G, Dh]
+    return out.reshape(b, 1, h, dh)
+
+
 def head_rows(rng) -> list[dict]:
     emb = gemma.Embedder(CFG.vocab_size, CFG.d_model, dtype=jnp.float32, rngs=nnx.Rngs(0))
     graphdef, state = nnx.split(emb)
@@ -112,7 +128,7 @@ def screen_rows(rng) -> list[dict]:
     screen = jax.jit(screened_head.make_head_screen)(emb.embedding[...])
     plain, screened = _head_loop(graphdef, False), _head_loop(graphdef, True)
     rows = []
-    for batch in (1, 8, 16, 64):
+    for batch in (1, 2, 8, 16, 64):
         h = jnp.asarray(20.0 * rng.normal(size=(batch, CFG.d_model)), jnp.float32)
         want, _ = plain(state, screen, h)
         got, certified = screened(state, screen, h)
@@ -132,7 +148,7 @@ def attention_row(rng) -> dict:
     k = jnp.asarray(rng.normal(size=(b, s, kh, dh)), jnp.float32)
     v = jnp.asarray(rng.normal(size=(b, s, kh, dh)), jnp.float32)
     mask = jnp.asarray(rng.random((b, 1, s)) > 0.2)
-    k3, v3 = gemma._heads_major(k), gemma._heads_major(v)
+    k3, v3 = gemma._keys_major(k), gemma._heads_major(v)
     old = jax.jit(_old_attend)
     new = jax.jit(lambda q, k, v, m: gemma._attend(q, k, v, m, None))
     err = float(jnp.max(jnp.abs(old(q, k, v, mask) - new(q, k3, v3, mask))))
@@ -144,9 +160,9 @@ def attention_row(rng) -> dict:
     }
 
 
-def _cache_loop(layout: str):
+def _cache_loop(layout: str, slots: int):
     """A jitted decode loop: per layer, write this step's key/value, then attend over the cache."""
-    b, s, kh, dh, h = ROWS, SLOTS, CFG.n_kv_heads, CFG.head_dim, CFG.n_heads
+    b, s, kh, dh, h = ROWS, slots, CFG.n_kv_heads, CFG.head_dim, CFG.n_heads
     mask = jnp.ones((b, 1, s), bool)
 
     def body(step, carry):
@@ -159,8 +175,12 @@ def _cache_loop(layout: str):
                 k = lax.dynamic_update_slice(ks[i], kv, (0, step, 0, 0))
                 v = lax.dynamic_update_slice(vs[i], kv, (0, step, 0, 0))
                 out = _old_attend(q, k, v, mask)
-            else:
+            elif layout == "keys_left":
                 k = lax.dynamic_update_slice(ks[i], gemma._heads_major(kv), (0, step, 0))
+                v = lax.dynamic_update_slice(vs[i], gemma._heads_major(kv), (0, step, 0))
+                out = _keys_left_attend(q, k, v, mask)
+            else:
+                k = lax.dynamic_update_slice(ks[i], gemma._keys_major(kv), (0, 0, step))
                 v = lax.dynamic_update_slice(vs[i], gemma._heads_major(kv), (0, step, 0))
                 out = gemma._attend(q, k, v, mask, None)
             x = x + 1e-3 * out.reshape(b, -1)[:, : x.shape[1]]
@@ -174,36 +194,58 @@ def _cache_loop(layout: str):
     return jax.jit(run, donate_argnums=(0, 1))
 
 
-def cache_row() -> dict:
-    b, s, kh, dh = ROWS, SLOTS, CFG.n_kv_heads, CFG.head_dim
-    shapes = {"old": (b, s, kh, dh), "new": (b * kh, s, dh)}
-    times, copies = {}, {}
-    for layout, shape in shapes.items():
-        fn = _cache_loop(layout)
-        make = lambda shape=shape: tuple(jnp.zeros(shape) for _ in range(LOOP_LAYERS))  # noqa: E731
-        x = jnp.ones((b, max(kh * dh, dh)), jnp.float32)
-        hlo = fn.lower(make(), make(), x).compile().as_text()
-        dims = ",".join(map(str, shape))
-        copies[layout] = sum(f"f32[{dims}]" in ln and " copy(" in ln for ln in hlo.splitlines())
-        best = float("inf")
-        for _ in range(3):
-            ks, vs = make(), make()
-            start = time.perf_counter()
-            jax.block_until_ready(fn(ks, vs, x))
-            best = min(best, time.perf_counter() - start)
-        times[layout] = best / (LOOP_STEPS * LOOP_LAYERS)
-    return {
-        "part": f"cache update + attention per layer and step ({b} rows x {s} slots, loop)",
-        "old": times["old"],
-        "new": times["new"],
-        "same": f"cache copies in the HLO: {copies['old']} -> {copies['new']}",
-    }
+def _cache_shapes(layout: str, slots: int) -> tuple[tuple, tuple]:
+    """(key shape, value shape) of one layer's cache."""
+    b, kh, dh = ROWS, CFG.n_kv_heads, CFG.head_dim
+    if layout == "old":
+        return (b, slots, kh, dh), (b, slots, kh, dh)
+    if layout == "keys_left":
+        return (b * kh, slots, dh), (b * kh, slots, dh)
+    return (b * kh, dh, slots), (b * kh, slots, dh)
+
+
+def _time_cache_loop(layout: str, slots: int) -> tuple[float, int, np.ndarray]:
+    """(seconds per layer and step, whole-cache copies in the HLO, final x)."""
+    fn = _cache_loop(layout, slots)
+    k_shape, v_shape = _cache_shapes(layout, slots)
+
+    def make():
+        ks = tuple(jnp.zeros(k_shape) for _ in range(LOOP_LAYERS))
+        return ks, tuple(jnp.zeros(v_shape) for _ in range(LOOP_LAYERS))
+
+    x = jnp.ones((ROWS, max(CFG.n_kv_heads * CFG.head_dim, CFG.head_dim)), jnp.float32)
+    hlo = fn.lower(*make(), x).compile().as_text()
+    names = {"f32[" + ",".join(map(str, shape)) + "]" for shape in (k_shape, v_shape)}
+    copies = sum(any(n in ln for n in names) and " copy(" in ln for ln in hlo.splitlines())
+    best, out = float("inf"), None
+    for _ in range(3):
+        ks, vs = make()
+        start = time.perf_counter()
+        out = jax.block_until_ready(fn(ks, vs, x))[2]
+        best = min(best, time.perf_counter() - start)
+    return best / (LOOP_STEPS * LOOP_LAYERS), copies, np.asarray(out)
+
+
+def cache_rows() -> list[dict]:
+    rows = []
+    for old, slots in (("old", SLOTS), ("keys_left", 88), ("keys_left", SLOTS)):
+        t_old, c_old, x_old = _time_cache_loop(old, slots)
+        t_new, c_new, x_new = _time_cache_loop("new", slots)
+        what = "[B, S, Kh, Dh] cache" if old == "old" else "keys [B * Kh, S, Dh]"
+        rows.append(
+            {"part": f"cache update + attention per layer and step ({ROWS} rows x {slots} "
+                     f"slots, loop), vs {what}",
+             "old": t_old, "new": t_new,
+             "same": f"cache copies in the HLO: {c_old} -> {c_new}; max abs diff "
+                     f"{float(np.max(np.abs(x_old - x_new))):.1e}"}
+        )  # fmt: skip
+    return rows
 
 
 def main(argv):
     del argv
     rng = np.random.default_rng(0)
-    rows = [*head_rows(rng), *screen_rows(rng), attention_row(rng), cache_row()]
+    rows = [*head_rows(rng), *screen_rows(rng), attention_row(rng), *cache_rows()]
     table = [
         "| part | replaced formulation ms | hs_jax now ms | speed-up | check |",
         "|---|---|---|---|---|",
@@ -225,10 +267,12 @@ def main(argv):
             "'check' = identical tokens, and whether every step was certified (a step with an "
             "uncertified row also runs the plain head). Attention core = one decode step of "
             "one layer "
-            "(query-major einsums over [B, S, Kh, Dh] vs key-major dots over [B * Kh, S, Dh]). "
-            "Cache loop = a jitted fori_loop of "
+            "(query-major einsums over [B, S, Kh, Dh] vs batched dots over keys [B * Kh, Dh, S] "
+            "and values [B * Kh, S, Dh]). Cache loop = a jitted fori_loop of "
             f"{LOOP_STEPS} steps x {LOOP_LAYERS} layers doing only the cache update and the "
-            "attention, cache donated; 'check' counts whole-cache copies in its compiled HLO.",
+            "attention, cache donated, against the [B, S, Kh, Dh] cache and against the layout "
+            "hs_jax used before (keys [B * Kh, S, Dh], scores with the keys as the left operand); "
+            "'check' counts whole-cache copies in its compiled HLO.",
             "",
             "Command: `python bench/decode.py`",
             "",

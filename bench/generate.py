@@ -175,6 +175,7 @@ class HsJaxWorker:
         device = self.jax.devices()[0]
         return {
             "load_s": self.load_s,
+            "screen_head_min_rows": self.engine.screen_head_min_rows,
             "backend": self.jax.default_backend(),
             "device": " ".join(dict.fromkeys((device.platform, device.device_kind))),
         }
@@ -604,7 +605,8 @@ def report(res: dict, command: str) -> str:
     if screen:
         lines += [
             "",
-            "hs_jax float32 chooses greedy tokens of calls of 8 or more rows through the "
+            "hs_jax float32 chooses greedy tokens of calls of "
+            f"{res['load']['f32'].get('screen_head_min_rows')} or more rows through the "
             "screened head (`hs_jax/models/screened_head.py`: bfloat16 candidates, a float32 "
             "certificate, the plain float32 head in any step where a row is not certified). "
             "Steps that needed the plain head, over the warm-up and timed calls of each batch "

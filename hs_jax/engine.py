@@ -124,9 +124,9 @@ class Engine:
       screen_head_min_rows: greedy calls of at least this many rows on a float32 model choose
         tokens with the screened head (`screened_head`: bfloat16 candidates, float32
         certificate, the same tokens); None turns it off. It costs a bfloat16 copy of the
-        embedding (half its size, built once per params). Measured on a 2-core CPU: the head
-        alone is 1.76x faster at 64 rows, 1.29x at 16, 0.99x at 8 (bench/decode.py); whole
-        calls at 8 rows ran 4.1 vs 4.8 s; a single row's bfloat16 product is slow on XLA CPU.
+        embedding (half its size, built once per params). Measured on a 2-core CPU (head in a
+        decode loop, bench/decode.py): 1.77x faster at 64 rows, 1.32x at 16, 1.27x at 8, 1.36x
+        at 2; 0.45x at a single row, whose bfloat16 product is slow on XLA CPU.
     """
 
     def __init__(
@@ -146,7 +146,7 @@ class Engine:
         add_bos: bool = True,
         eos_ids: Sequence[int] | None = None,
         decode_step_rows: int = 16,
-        screen_head_min_rows: int | None = 8,
+        screen_head_min_rows: int | None = 2,
     ):
         if truncate not in ("left", "error"):
             raise ValueError(f"truncate must be 'left' or 'error', got {truncate!r}")

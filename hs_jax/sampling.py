@@ -339,8 +339,15 @@ class Sampler:
         )
         cache = self._constrain_rows(cache)
         # The head runs at the last prompt slot only ([B, L, V] logits would be gigabytes).
+        # The cache is empty: the prompt attends over its own L keys, not all L + new slots.
         hidden, cache = model.hidden(
-            tokens, positions, cache, cache_index=jnp.int32(0), lora=lora, expert_ids=expert_ids
+            tokens,
+            positions,
+            cache,
+            cache_index=jnp.int32(0),
+            lora=lora,
+            expert_ids=expert_ids,
+            attend_cache=False,
         )
         key0, key = jax.random.split(key)
         last_hidden = hidden[:, -1, :]  # [B, D]

@@ -206,6 +206,38 @@ def test_kv_cache_decode_matches_full_forward(family):
     assert (np.asarray(cache.pos[:, 20:]) == -1).all()
 
 
+@pytest.mark.parametrize("cache_dtype", [jnp.float32, jnp.bfloat16])
+def test_prefill_over_own_keys_equals_attending_the_empty_cache(cache_dtype):
+    """attend_cache=False (the sampler's prefill): same hidden states and the same cache as
+    attending over all slots of an empty cache, for a float32 and a bfloat16 cache."""
+    config = tiny_config("gemma3")
+    params = init_params(config, seed=2, norm_std=0.3)
+    graphdef, _ = abstract_model(config)
+
+    @functools.partial(jax.jit, static_argnames="attend_cache")
+    def prefill(params, tokens, positions, cache, attend_cache):
+        model = nnx.merge(graphdef, params)
+        return model.hidden(tokens, positions, cache, cache_index=0, attend_cache=attend_cache)
+
+    tokens, _, positions = _left_padded_batch(config.vocab_size, [20, 11], 20, seed=3)
+    cache = KVCache.init(config, 2, 32, cache_dtype)
+    h_all, c_all = prefill(params, tokens, positions, cache, True)
+    h_own, c_own = prefill(params, tokens, positions, cache, False)
+    valid = positions >= 0
+    assert _rel_err(h_own, h_all, valid) <= RTOL
+    np.testing.assert_array_equal(c_own.pos, c_all.pos)
+    # Live slots only: a padding slot holds a padding token's garbage, which differs.
+    live = np.repeat(np.asarray(c_all.pos) >= 0, config.n_kv_heads, axis=0)  # [B * Kh, S]
+    tol = 1e-5 if cache_dtype == jnp.float32 else 2**-7  # bfloat16: a float32 hair can flip 1 ulp
+    for i in range(config.n_layers):
+        for own, ref in (
+            (c_own.k[i], c_all.k[i]),
+            (c_own.v[i].swapaxes(1, 2), c_all.v[i].swapaxes(1, 2)),
+        ):
+            own, ref = (np.asarray(x, np.float32).swapaxes(1, 2)[live] for x in (own, ref))
+            np.testing.assert_allclose(own, ref, rtol=tol, atol=tol)
+
+
 class _Stack:
     """Stand-in for lora.LoraStack: the model only reads `.layers[i].get(name)`."""
 

@@ -49,9 +49,12 @@ def _reference(table, x, cap=None):
     return np.argmax(logits, axis=1)
 
 
+# 5 rows: the row-major screen; 40 rows: the vocabulary-major one (ROW_MAJOR_MAX_ROWS = 8).
+@pytest.mark.parametrize("rows", [5, 40])
 @pytest.mark.parametrize("cap", [None, 30.0])
-def test_equals_float32_argmax(cap):
-    table, x = _table_and_rows()
+def test_equals_float32_argmax(cap, rows):
+    assert (rows <= screened_head.ROW_MAJOR_MAX_ROWS) == (rows == 5)
+    table, x = _table_and_rows(rows=rows)
     tok, ok = _screened(table, x, cap)
     assert ok.all()  # random rows have no near-ties at this scale
     np.testing.assert_array_equal(tok, _reference(table, x, cap))
@@ -59,8 +62,9 @@ def test_equals_float32_argmax(cap):
     np.testing.assert_array_equal(tok, np.asarray(plain))
 
 
-def test_exact_tie_picks_the_first_word():
-    table, x = _table_and_rows(rows=4)
+@pytest.mark.parametrize("rows", [4, 12])
+def test_exact_tie_picks_the_first_word(rows):
+    table, x = _table_and_rows(rows=rows)
     # Words 3000 and 700 hold the same vector, far ahead of every other word for row 0.
     table[700] = table[3000] = 3.0 * x[0] / np.linalg.norm(x[0]) ** 2 * 10.0
     tok, ok = _screened(table, x)

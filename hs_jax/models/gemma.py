@@ -8,8 +8,9 @@ tokens start at 0 in every row.
 Performance choices (CPU, see REFERENCE.md section 6 and bench/RESULTS.md): layers are an
 unrolled Python loop; the tied output head contracts the embedding's model axis directly (no
 transpose of the [V, D] table), and greedy decoding uses a vocabulary-major head with a blocked
-argmax (`Embedder.greedy`); the KV cache is stored as [B * Kh, S, Dh] so that a decode step
-updates it in place and the attention dots read it as stored (`KVCache`, `_attend`); bfloat16
+argmax (`Embedder.greedy`); the KV cache holds values as [B * Kh, S, Dh] and keys as
+[B * Kh, Dh, S], so that a decode step updates it in place and both attention dots read it as
+stored (`KVCache`, `_attend`); bfloat16
 weights are multiplied with bfloat16 operands accumulating in float32 (weights are upcast
 instead when there is a single row, where XLA CPU's bf16 path is slow). The residual stream,
 norms, softmax and logits are float32.
@@ -39,24 +40,26 @@ _INIT_STD = 0.02  # HF's initializer_range for Gemma
 class KVCache:
     """Keys/values of every layer plus the position held by each slot (-1 = empty or padding).
 
-    Keys and values are stored per (row, kv head) as [B * Kh, S, Dh], row-major over (b, kv
-    head): the attention dots then read the cache as stored. With a [B, S, Kh, Dh] layout the
-    dots need a reshaped view of the updated cache, XLA fuses a second copy of the update into
-    that view, and the whole cache is copied instead of updated in place in every decode step
-    (measured 4x slower per layer at 64 rows x 512 slots on CPU).
+    Values are stored per (row, kv head) as [B * Kh, S, Dh] and keys transposed, as
+    [B * Kh, Dh, S], row-major over (b, kv head): both attention dots are then plain batched
+    products q [G, Dh] @ k [Dh, S] and p [G, S] @ v [S, Dh] that read the cache as stored, and a
+    decode step updates it in place. Keys as [B * Kh, S, Dh] need the keys-on-the-left form of
+    the score dot, measured 1.03-1.15x slower per decode step (8-64 rows, 88-512 slots); with a
+    [B, S, Kh, Dh] layout XLA copies the whole cache every decode step (4x slower per layer at
+    64 rows x 512 slots on CPU).
     """
 
-    k: tuple  # per layer [B * Kh, S, Dh]
+    k: tuple  # per layer [B * Kh, Dh, S] (keys transposed)
     v: tuple  # per layer [B * Kh, S, Dh]
     pos: jax.Array  # [B, S] int32
 
     @classmethod
     def init(cls, config: GemmaConfig, batch: int, size: int, dtype=jnp.float32) -> KVCache:
         """An empty cache of `size` slots per row."""
-        shape = (batch * config.n_kv_heads, size, config.head_dim)
+        rows, dh = batch * config.n_kv_heads, config.head_dim
         return cls(
-            k=tuple(jnp.zeros(shape, dtype) for _ in range(config.n_layers)),
-            v=tuple(jnp.zeros(shape, dtype) for _ in range(config.n_layers)),
+            k=tuple(jnp.zeros((rows, dh, size), dtype) for _ in range(config.n_layers)),
+            v=tuple(jnp.zeros((rows, size, dh), dtype) for _ in range(config.n_layers)),
             pos=jnp.full((batch, size), -1, jnp.int32),
         )
 
@@ -218,41 +221,42 @@ def _softcap(x: jax.Array, cap: float | None) -> jax.Array:
 
 
 def _heads_major(x: jax.Array) -> jax.Array:
-    """[B, T, Kh, Dh] -> [B * Kh, T, Dh], the cache layout."""
+    """[B, T, Kh, Dh] -> [B * Kh, T, Dh], the value cache layout."""
     b, t, kh, dh = x.shape
     return jnp.swapaxes(x, 1, 2).reshape(b * kh, t, dh)
+
+
+def _keys_major(x: jax.Array) -> jax.Array:
+    """[B, T, Kh, Dh] -> [B * Kh, Dh, T], the key cache layout."""
+    b, t, kh, dh = x.shape
+    return jnp.transpose(x, (0, 2, 3, 1)).reshape(b * kh, dh, t)
 
 
 def _attend(
     q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, softcap: float | None
 ) -> jax.Array:
-    """Grouped-query attention core: q [B, T, H, Dh] (already scaled), k, v [B * Kh, S, Dh]
-    float32, mask [B, T, S] bool -> [B, T, H, Dh] float32.
+    """Grouped-query attention core: q [B, T, H, Dh] (already scaled), keys k [B * Kh, Dh, S],
+    values v [B * Kh, S, Dh] float32 (the cache layouts), mask [B, T, S] bool ->
+    [B, T, H, Dh] float32.
 
-    Every dot has one batch axis (row, kv head) and reads k and v as stored. A decoding step
-    (T = 1) computes the scores key-major, with the keys as the left operand: with the keys on
-    the right XLA CPU transposes the whole cache every step (measured 3.8x slower at 64 rows x
-    512 slots); prefill keeps the query-major form.
+    Both dots have one batch axis (row, kv head), contract a dimension that is major in one
+    operand and minor in the other, and read k and v as stored.
     """
     b, t, h, dh = q.shape
     kh = k.shape[0] // b
     g = h // kh
-    q = jnp.transpose(q.reshape(b, t, kh, g, dh), (0, 2, 3, 1, 4)).reshape(b * kh, g * t, dh)
-    key_mask = jnp.broadcast_to(mask[:, None], (b, kh, t, mask.shape[-1]))
-    key_mask = key_mask.reshape(b * kh, t, -1)  # [BK, T, S]
-    masked = jnp.float32(_MASK_VALUE)
-    if t == 1:
-        scores = lax.dot_general(k, q, (((2,), (2,)), ((0,), (0,))))  # [BK, S, G]
-        scores = _softcap(scores, softcap)
-        scores = jnp.where(key_mask[:, 0, :, None], scores, masked)
-        probs = jnp.swapaxes(jax.nn.softmax(scores, axis=1), 1, 2)  # [BK, G, S]
-    else:
-        scores = lax.dot_general(q, k, (((2,), (2,)), ((0,), (0,))))  # [BK, G*T, S]
-        scores = _softcap(scores.reshape(b * kh, g, t, -1), softcap)
-        scores = jnp.where(key_mask[:, None], scores, masked)
-        probs = jax.nn.softmax(scores, axis=-1).reshape(b * kh, g * t, -1)
-    out = lax.dot_general(probs, v, (((2,), (1,)), ((0,), (0,))))  # [BK, G*T, Dh]
-    return jnp.transpose(out.reshape(b, kh, g, t, dh), (0, 3, 1, 2, 4)).reshape(b, t, h, dh)
+    # Queries ordered (row, kv head) x (token, group): with one kv head (Gemma 3 270M / 1B)
+    # both transposes below are free reshapes (a group-major order cost a fused transpose of
+    # the output, measured 3x slower prefill attention at 64 rows x 24 tokens).
+    q = jnp.transpose(q.reshape(b, t, kh, g, dh), (0, 2, 1, 3, 4)).reshape(b * kh, t * g, dh)
+    key_mask = jnp.broadcast_to(mask[:, None, :, None], (b, kh, t, 1, mask.shape[-1]))
+    key_mask = key_mask.reshape(b * kh, t, 1, -1)  # [BK, T, 1, S]
+    scores = lax.dot_general(q, k, (((2,), (1,)), ((0,), (0,))))  # [BK, T*G, S]
+    scores = _softcap(scores.reshape(b * kh, t, g, -1), softcap)
+    scores = jnp.where(key_mask, scores, jnp.float32(_MASK_VALUE))
+    probs = jax.nn.softmax(scores, axis=-1).reshape(b * kh, t * g, -1)
+    out = lax.dot_general(probs, v, (((2,), (1,)), ((0,), (0,))))  # [BK, T*G, Dh]
+    return jnp.transpose(out.reshape(b, kh, t, g, dh), (0, 2, 1, 3, 4)).reshape(b, t, h, dh)
 
 
 class Attention(nnx.Module):
@@ -269,8 +273,11 @@ class Attention(nnx.Module):
             self.k_norm = RMSNorm(c.head_dim, c.rms_eps, dtype=dtype)
         self.config = config
 
-    def __call__(self, x, rope, mask, kv_cache, cache_index, lora, expert_ids):
-        """x [B, T, D]; mask [B, T, S] bool; kv_cache (k, v) [B * Kh, S, Dh] or None.
+    def __call__(self, x, rope, mask, kv_cache, cache_index, lora, expert_ids, attend_cache=True):
+        """x [B, T, D]; mask [B, T, S] bool; kv_cache (k [B * Kh, Dh, S], v [B * Kh, S, Dh])
+        or None. attend_cache=False: the queries attend over this call's own T keys only
+        (mask [B, T, T]), which is the same for a cache with nothing live before cache_index;
+        the keys are still written to the cache.
 
         Returns (out [B, T, D], (k, v) as stored: the updated cache or this call's keys).
         """
@@ -282,15 +289,20 @@ class Attention(nnx.Module):
         if c.use_qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = _apply_rope(q, *rope), _apply_rope(k, *rope)
-        k, v = _heads_major(k), _heads_major(v)  # [B * Kh, T, Dh]
-        if kv_cache is not None:
+        k, v = _keys_major(k), _heads_major(v)  # [B * Kh, Dh, T], [B * Kh, T, Dh]
+        if kv_cache is None:
+            stored = seen = (k, v)
+        else:
             k_cache, v_cache = kv_cache
-            start = (0, cache_index, 0)
-            k = lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), start)
-            v = lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), start)
-        stored = (k, v)
+            k, v = k.astype(k_cache.dtype), v.astype(v_cache.dtype)  # attend to what is stored
+            stored = (
+                lax.dynamic_update_slice(k_cache, k, (0, 0, cache_index)),
+                lax.dynamic_update_slice(v_cache, v, (0, cache_index, 0)),
+            )
+            seen = stored if attend_cache else (k, v)
         q = q * jnp.float32(c.query_pre_attn_scalar**-0.5)
-        out = _attend(q, k.astype(jnp.float32), v.astype(jnp.float32), mask, c.attn_logit_softcap)
+        k, v = (a.astype(jnp.float32) for a in seen)
+        out = _attend(q, k, v, mask, c.attn_logit_softcap)
         out = self.o_proj(out.reshape(b, t, c.q_dim), lora.get("o_proj"), expert_ids)
         return out, stored
 
@@ -325,9 +337,9 @@ class Block(nnx.Module):
             self.post_ffn_norm = RMSNorm(d, eps, dtype=dtype)
         self.use_post_norms = config.use_post_norms
 
-    def __call__(self, x, rope, mask, kv_cache, cache_index, lora, expert_ids):
+    def __call__(self, x, rope, mask, kv_cache, cache_index, lora, expert_ids, attend_cache=True):
         h = self.input_norm(x)
-        h, stored = self.attn(h, rope, mask, kv_cache, cache_index, lora, expert_ids)
+        h, stored = self.attn(h, rope, mask, kv_cache, cache_index, lora, expert_ids, attend_cache)
         if self.use_post_norms:
             h = self.post_attn_norm(h)
         x = x + h
@@ -413,15 +425,20 @@ class Gemma(nnx.Module):
         cache_index: jax.Array | int = 0,
         lora=None,
         expert_ids: jax.Array | None = None,
+        attend_cache: bool = True,
     ) -> tuple[jax.Array, KVCache | None]:
-        """The decoder without its head: (final-normed hidden states [B, T, D] float32, cache)."""
+        """The decoder without its head: (final-normed hidden states [B, T, D] float32, cache).
+
+        attend_cache=False (a prefill into an empty cache): the tokens attend over this call's
+        own keys only, not over all S slots, and are still written to the cache.
+        """
         c = self.config
         positions = jnp.where(positions < 0, -1, positions).astype(jnp.int32)  # [B, T]
-        if cache is None:
-            key_pos = positions  # [B, S=T]
-        else:
+        key_pos = positions  # [B, S=T]
+        if cache is not None:
             cache_index = jnp.asarray(cache_index, jnp.int32)
-            key_pos = lax.dynamic_update_slice(cache.pos, positions, (0, cache_index))
+            cache_pos = lax.dynamic_update_slice(cache.pos, positions, (0, cache_index))
+            key_pos = cache_pos if attend_cache else positions
         q_pos, k_pos = positions[:, :, None], key_pos[:, None, :]
         masks = {"global": (k_pos >= 0) & (k_pos <= q_pos)}  # [B, T, S]
         ropes = {
@@ -439,13 +456,15 @@ class Gemma(nnx.Module):
             kind = c.layer_types[i]
             layer_lora = _NO_LORA if lora is None else (lora.layers[i] or _NO_LORA)
             kv = None if cache is None else (cache.k[i], cache.v[i])
-            x, (k, v) = layer(x, ropes[kind], masks[kind], kv, cache_index, layer_lora, expert_ids)
+            x, (k, v) = layer(
+                x, ropes[kind], masks[kind], kv, cache_index, layer_lora, expert_ids, attend_cache
+            )
             new_k.append(k)
             new_v.append(v)
         h = self.final_norm(x)  # [B, T, D]
         if cache is None:
             return h, None
-        return h, KVCache(k=tuple(new_k), v=tuple(new_v), pos=key_pos)
+        return h, KVCache(k=tuple(new_k), v=tuple(new_v), pos=cache_pos)
 
 
 def abstract_model(config: GemmaConfig) -> tuple[nnx.GraphDef, nnx.State]:
