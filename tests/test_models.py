@@ -224,11 +224,13 @@ def test_prefill_over_own_keys_equals_attending_the_empty_cache(cache_dtype):
     h_all, c_all = prefill(params, tokens, positions, cache, True)
     h_own, c_own = prefill(params, tokens, positions, cache, False)
     valid = positions >= 0
-    assert _rel_err(h_own, h_all, valid) <= RTOL
+    # bfloat16: a float32 hair between the two summation orders can flip a stored key by one
+    # bfloat16 ulp (2^-8 relative), which the later layers carry on.
+    tol = 1e-5 if cache_dtype == jnp.float32 else 2**-7
+    assert _rel_err(h_own, h_all, valid) <= (RTOL if cache_dtype == jnp.float32 else 2**-8)
     np.testing.assert_array_equal(c_own.pos, c_all.pos)
     # Live slots only: a padding slot holds a padding token's garbage, which differs.
     live = np.repeat(np.asarray(c_all.pos) >= 0, config.n_kv_heads, axis=0)  # [B * Kh, S]
-    tol = 1e-5 if cache_dtype == jnp.float32 else 2**-7  # bfloat16: a float32 hair can flip 1 ulp
     for i in range(config.n_layers):
         for own, ref in (
             (c_own.k[i], c_all.k[i]),
