@@ -189,7 +189,7 @@ def main(argv):
             "(attention, norms and the cache add little work). The head reads the 335 MB "
             "bfloat16 screen table; its float32 certificate gathers 16 rows per token.",
             "",
-            "Command: `python bench/step_budget.py`",
+            f"Command: `{' '.join(['python bench/step_budget.py', *sys.argv[1:]])}`",
             "",
             f"Machine: {_common.machine_line('jax', 'numpy')}",
             "",
