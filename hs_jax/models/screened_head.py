@@ -7,8 +7,8 @@ bfloat16 copy of the table (half the bytes, and the CPU's bf16 dot units) plus f
 of a few candidates:
 
 1. a = bf(h) @ bf(E)^T accumulated in float32: row-major [B, V] up to `ROW_MAJOR_MAX_ROWS`
-   rows, vocabulary-major [V, B] above (XLA CPU's bf16 dot is faster that way round: measured
-   19-24 ms vs 28 ms at 2-8 rows, 78 ms vs 87 ms at 64 rows, bench/decode.py);
+   rows, vocabulary-major [V, B] above (XLA CPU's bf16 product alone, 2-core CPU: row-major
+   19-24 ms vs 28 ms at 2-8 rows, vocabulary-major 78 ms vs 87 ms at 64 rows);
 2. the K candidates with the largest a per row (top K blocks by block maximum, then the top K
    inside those blocks: a top-k over all V words is ~10x slower on XLA CPU);
 3. float32 scores s of the candidates, gathered rows of the float32 table; the choice is the
