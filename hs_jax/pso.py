@@ -55,11 +55,25 @@ class PSOConfig:
     call (1.0 = constant, as in Heterogeneous Swarms; Model Swarms uses 0.95 with floor 0.1);
     step_floor: lower bound of lambda, applied only when step_decay < 1.
     init_velocity: 'zero', or 'random' = (another uniformly drawn particle) - (self).
-    restart_patience: None disables restarts; otherwise a particle whose personal best has not
-    improved for ``restart_after = ceil(restart_patience * patience)`` tells is reset to its
-    personal best with zero velocity before the update (authors' convention: a fraction of the
-    search patience; with patience=1 it is a plain iteration count). cooldown: number of
-    following steps during which a restarted particle cannot restart again.
+    restart_patience: None disables restarts; otherwise a stalled particle (see restart_rule)
+    whose cooldown counter is 0 is reset to its personal best with zero velocity before the
+    update (authors' convention: a fraction of the search ``patience``; with patience=1 it is a
+    plain iteration count). A particle's ``stall`` counts the tells since its personal best last
+    strictly improved (the first tell counts: a finite utility improves on -inf).
+    restart_rule: which stall threshold and cooldown:
+
+    - ``'hs_jax'``: restart when ``stall >= ceil(restart_patience * patience)``; a restart sets
+      the counter to ``cooldown``;
+    - ``'authors'`` (the authors' released code): restart when ``stall + 1 >= restart_patience
+      * patience`` (i.e. ``stall >= ceil(restart_patience * patience) - 1``, one tell earlier);
+      a restart sets the counter to ``int(restart_patience * patience)``, so ``cooldown`` must
+      stay 0 (it would be ignored). The authors' weight-swarm restart reads the wrong
+      particle's counter, a bug that is not reproduced: here every particle of either swarm
+      reads its own stall and cooldown.
+
+    In both rules a step that does not restart a particle decrements its counter (floored at
+    0), so after a restart with counter K the particle cannot restart in the next K steps.
+    cooldown: the 'hs_jax' rule's counter after a restart.
     """
 
     phi_v: float = 0.4
@@ -73,6 +87,7 @@ class PSOConfig:
     restart_patience: float | None = None
     patience: int = 1
     cooldown: int = 0
+    restart_rule: Literal["hs_jax", "authors"] = "hs_jax"
 
     def __post_init__(self):
         phis = (self.phi_v, self.phi_p, self.phi_g, self.phi_w)
@@ -88,13 +103,33 @@ class PSOConfig:
             raise ValueError(f"restart_patience must be > 0 or None, got {self.restart_patience}")
         if self.patience < 1 or self.cooldown < 0:
             raise ValueError("patience must be >= 1 and cooldown >= 0")
+        if self.restart_rule not in ("hs_jax", "authors"):
+            raise ValueError(
+                f"restart_rule must be 'hs_jax' or 'authors', got {self.restart_rule!r}"
+            )
+        if self.restart_rule == "authors" and self.cooldown != 0:
+            raise ValueError(
+                "restart_rule='authors' sets the cooldown to int(restart_patience * patience); "
+                f"leave cooldown at 0 (got {self.cooldown})"
+            )
 
     @property
     def restart_after(self) -> int | None:
         """Stall length (in tells) that triggers a restart, or None when restarts are off."""
         if self.restart_patience is None:
             return None
+        if self.restart_rule == "authors":
+            # stall + 1 >= r * patience  <=>  stall >= ceil(r * patience) - 1 for integer stall
+            # (exact: the integer stall + 1 is represented exactly); r * patience > 0, so >= 0.
+            return math.ceil(self.restart_patience * self.patience) - 1
         return max(1, math.ceil(self.restart_patience * self.patience))
+
+    @property
+    def restart_cooldown(self) -> int:
+        """The cooldown counter a restart sets (steps during which the particle cannot restart)."""
+        if self.restart_rule == "authors" and self.restart_patience is not None:
+            return int(self.restart_patience * self.patience)
+        return self.cooldown
 
 
 @struct.dataclass
@@ -238,7 +273,7 @@ def _step(state: PSOState, key: jax.Array, cfg: PSOConfig) -> tuple[PSOState, ja
         cooldown = state.cooldown
     else:
         restart = (state.stall >= after) & (state.cooldown == 0)  # [N]
-        cooldown = jnp.where(restart, cfg.cooldown, jnp.maximum(state.cooldown - 1, 0))
+        cooldown = jnp.where(restart, cfg.restart_cooldown, jnp.maximum(state.cooldown - 1, 0))
 
     lam = state.step
 

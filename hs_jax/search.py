@@ -15,19 +15,71 @@ where ``systems`` is a list of ``(Dag, assignment)`` (``assignment[k]`` = the ex
 and ``expert_weights`` the current expert pytree; the multi-LLM executor plugs real task
 accuracy in, tests plug synthetic functions in.
 
+Two schedules (``SearchConfig.schedule``) put the same steps in a different order. Below,
+``W_k`` are the weight swarm's positions after its k-th PSO move (``W_0`` = the experts). A
+PSO "move" is :func:`hs_jax.pso.step`, a "tell" is :func:`hs_jax.pso.tell`. Each step's history
+record says in ``weight_moves`` which ``W_k`` it was scored with.
+
+``schedule='hs_jax'`` (default). Iteration t = 0, 1, ...:
+
+1. role-step: decode the role swarm's positions, score them with the weight swarm's current
+   positions, tell and move the role swarm;
+2. weight-step: JFK on this iteration's best graph, scored with the same weights;
+3. all-time best over both steps (the weights it keeps are those current positions); then tell
+   and move the weight swarm.
+
+So both steps of iteration t score with the same weights (``W_t`` without dropout). The search
+stops after an iteration when ``stall >= patience`` (below), else after ``max_iterations``
+iterations: with the last improvement of the all-time best in iteration k (k >= 0), it runs
+``k + patience + 1`` iterations (``patience + 1`` when only iteration 0 improves). The PSO
+states returned are told and moved (ready for another iteration).
+
+``schedule='authors'`` (the order of the authors' released code). The history's iteration 0 is
+an initialisation round; rounds 1..max_iterations follow:
+
+- round 0 (no moves, never dropped): decode and score the N initial graphs with ``W_0``, tell
+  the role swarm; JFK-score ``W_0`` on round 0's best graph, tell the weight swarm;
+- round t >= 1: (a) stop check (below); (b) move the role swarm, decode and score the moved
+  graphs with the weight swarm's current positions (the ones the weight-step of round t - 1
+  scored, ``W_{t-1}`` without dropout: this round's weight move has not happened yet), tell;
+  (c) move the weight swarm (``W_t``), JFK-score the moved experts on this round's best graph,
+  tell. Each move uses the bests of the tells before it.
+- The all-time best is updated after the role-step (its weights: the role-step's ``W_{t-1}``)
+  and then after the weight-step (weights ``W_t``), each only by a strictly higher utility.
+- Stopping: the *stop history* holds, for every round in which the stopping swarm's step ran
+  (round 0 included), that swarm's all-time global best after the round (the history records'
+  ``role_global_best`` / ``weight_global_best``). The stopping swarm is the role swarm, or the
+  weight swarm when ``role_step=False`` (the role swarm then never moves). Before round t the
+  search stops ("patience") when the stop history has more than ``patience`` entries and its
+  last ``patience`` entries are equal; it stops ("max_iterations") after round
+  ``max_iterations``. So at most ``max_iterations + 1`` rounds are scored; with the last
+  improvement of the stopping swarm's global best in round k >= 1 and no dropout, ``k +
+  patience`` rounds run (patience - 1 rounds without improvement), and ``patience + 1`` when
+  only round 0 sets it (``patience=1`` thus always stops after round 1: one entry is always
+  "all equal"). Neither the other swarm nor the all-time best system takes part. The role
+  swarm's global best is on its objective (utility - L1 term).
+- A dropped step (rounds >= 1) neither moves, scores nor tells, and adds no entry to the stop
+  history (it says nothing new about the swarm, as an hs_jax iteration that scores nothing
+  leaves ``stall`` alone); a later role-step then scores with whatever the weight swarm last
+  moved to, and a weight-step with a dropped role-step in its round fills the most recent
+  best graph. ``role_step=False`` without ``fixed_dag``: round 0 scores the N initial graphs
+  (the swarm is neither told nor moved); later rounds have no role-step.
+- The PSO states returned are told but not moved after the last round. ``SearchResult.
+  iterations`` counts rounds, round 0 included.
+- The schedule does not change the PSO configs: the authors' restart threshold and cooldown
+  are ``PSOConfig.restart_rule='authors'`` (with ``patience`` = the search patience), set on
+  ``roles_pso`` / ``weights_pso`` separately.
+
 Definitions the paper leaves open (fixed here, so runs are comparable and resumable):
 
-- **Which weights are scored.** Every system of an iteration (role-step and weight-step) is
-  scored with the weight swarm's *current positions* ``x`` at the start of that iteration; the
-  weight-step PSO move happens after all scoring of the iteration.
-- **Best system.** The all-time best is the system (DAG, assignment, expert weights = those
-  current positions, copied) with the highest *raw* utility among all systems scored so far
-  (role- and weight-step alike; the L1 term is not part of it). NaN/inf utilities never count.
-- **Utility improved / patience.** An iteration improves when its best raw utility is strictly
+- **Best system.** The all-time best is the system (DAG, assignment, expert weights = the
+  positions it was scored with, copied) with the highest *raw* utility among all systems
+  scored so far (role- and weight-step alike; the L1 term is not part of it; ties keep the
+  earlier one, the role-step before the weight-step). NaN/inf utilities never count.
+- **Utility improved / stall.** An iteration improves when its best raw utility is strictly
   higher than the all-time best before it. ``stall`` counts consecutive scored iterations
   without improvement (an iteration whose both steps were dropped scores nothing and leaves
-  ``stall`` unchanged); the search stops when ``stall >= patience`` or after
-  ``max_iterations`` iterations.
+  ``stall`` unchanged). It is the hs_jax stopping rule; under 'authors' it is only recorded.
 - **This iteration's best graph** (the one the weight-step fills) is the role-step DAG with
   the highest role-step objective (utility - L1 term). If the role-step did not run this
   iteration (dropout) the most recent one is reused. Without a role-step (``role_step=False``)
@@ -40,12 +92,14 @@ Definitions the paper leaves open (fixed here, so runs are comparable and resuma
 - **JFK of never-drawn experts**: they keep their previous JFK-score (see :mod:`hs_jax.jfk`).
 
 Randomness: one ``seed`` gives a jax key (split once per iteration into a role and a weight
-key for the PSO moves) and a numpy ``Generator`` (PCG64) that draws, in this order each
-iteration, the two dropout uniforms, the G-decode choices and the JFK assignments. Both are
-checkpointed, so a resumed run continues the same streams.
+key for the PSO moves; under 'authors' once per round from round 1 on, round 0 not moving)
+and a numpy ``Generator`` (PCG64) that draws, in this order each iteration, the two dropout
+uniforms (also in round 0 under 'authors', where they are unused), the G-decode choices and
+the JFK assignments. Both are checkpointed, so a resumed run continues the same streams.
 
 Checkpoints (``workdir``): see :mod:`hs_jax.checkpointing`; a run with a workdir resumes from
-the latest readable step and ends bitwise identical to an uninterrupted run.
+the latest readable step and ends bitwise identical to an uninterrupted run (under 'authors'
+the stop history is read back from the checkpointed history).
 """
 
 from __future__ import annotations
@@ -73,6 +127,8 @@ TestScorer = Callable[[Dag, tuple[int, ...], PyTree], float]
 # values for them.
 _RESUME_FREE_FIELDS = ("checkpoint_every", "max_to_keep")
 
+SCHEDULES = ("hs_jax", "authors")
+
 
 @dataclasses.dataclass(frozen=True)
 class SearchConfig:
@@ -90,6 +146,8 @@ class SearchConfig:
     gets flatter as the scale grows (near uniform for U(0, s) rows at any s). With top_p=0 the
     scale changes nothing (argmax decoding and the PSO moves are invariant to a common positive
     scale, up to rounding).
+    schedule: loop order and stopping rule, 'hs_jax' or 'authors' (module docstring). It leaves
+    roles_pso / weights_pso as given: the authors' restarts are their ``restart_rule``.
     seed: drives everything. checkpoint_every / max_to_keep: checkpoint cadence (results do not
     depend on them).
     """
@@ -108,6 +166,7 @@ class SearchConfig:
     prune_tau: float | None = None
     l1_lambda: float = 0.0
     adjacency_scale: float = 1.0
+    schedule: str = "hs_jax"
     seed: int = 0
     checkpoint_every: int = 1
     max_to_keep: int = 3
@@ -124,6 +183,8 @@ class SearchConfig:
             raise ValueError(f"top_p must be in [0, 1], got {self.top_p}")
         if not (self.role_step or self.weight_step):
             raise ValueError("at least one of role_step / weight_step must be on")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (nested PSO configs as dicts)."""
@@ -149,7 +210,7 @@ class SearchConfig:
 @dataclasses.dataclass(frozen=True)
 class BestSystem:
     """The all-time best system: graph, assignment (expert per node), expert weights (pytree,
-    the weight swarm's positions when it was scored), its utility and the iteration found."""
+    the weight swarm's positions it was scored with), its utility and the iteration found."""
 
     dag: Dag
     assignment: tuple[int, ...]
@@ -162,10 +223,11 @@ class BestSystem:
 class SearchResult:
     """Outcome of :func:`run_search`.
 
-    history: one JSON-able dict per iteration (see ``_iteration_record``). iterations: number
-    run. stop_reason: 'patience' or 'max_iterations'. test_utility: ``test_scorer`` on the best
-    system (None without one). roles / weights: final PSO states. resumed_from: checkpoint step
-    the call resumed from (None for a fresh run).
+    history: one JSON-able dict per iteration (see ``_record``). iterations: number run (under
+    schedule='authors': rounds, round 0 included). stop_reason: 'patience' or
+    'max_iterations'. test_utility: ``test_scorer`` on the best system (None without one).
+    roles / weights: final PSO states. resumed_from: checkpoint step the call resumed from
+    (None for a fresh run).
     """
 
     best: BestSystem | None
@@ -298,6 +360,38 @@ class _Loop:
 # ----------------------------------------------------------------------------- steps
 
 
+def _role_score(
+    loop: _Loop, cfg: SearchConfig, score_systems: ScoreSystems
+) -> tuple[dict[str, Any], list[tuple[float, System]], np.ndarray]:
+    """Decode the role swarm's positions, score them (identity assignment) with the weight
+    swarm's current positions and set this iteration's best graph; returns the record's
+    fields, the scored systems and the objective ``[N]`` (utility - L1 term)."""
+    adjacency = np.asarray(loop.roles.x, dtype=np.float64)  # [N, n, n]
+    n = adjacency.shape[-1]
+    penalty = np.asarray(graph.l1_penalty(adjacency, cfg.l1_lambda), np.float64)  # [N]
+    decoded = adjacency if cfg.prune_tau is None else graph.prune(adjacency, cfg.prune_tau)
+    dags = [graph.g_decode(a, loop.rng, top_p=cfg.top_p) for a in decoded]
+    identity = tuple(range(n))
+    systems = [(d, identity) for d in dags]
+    weight_moves = int(loop.weights.iteration)
+    u = _utilities(score_systems(systems, loop.weights.x), len(systems))  # [N]
+    objective = u - penalty  # [N]
+    i_best = _argmax_finite(objective)
+    if i_best is not None:
+        loop.graph = dags[i_best]
+    elif loop.graph is None:
+        loop.graph = dags[0]  # nothing finite yet: any graph lets the weight-step proceed
+    record = {
+        "utilities": u.tolist(),
+        "objective": objective.tolist(),
+        "dags": [d.to_dict() for d in dags],
+        "best_index": i_best,
+        "weight_moves": weight_moves,
+        **_stats(u),
+    }
+    return record, list(zip(u.tolist(), systems, strict=True)), objective
+
+
 def _role_step(
     loop: _Loop,
     cfg: SearchConfig,
@@ -306,51 +400,34 @@ def _role_step(
     *,
     move: bool,
 ) -> tuple[dict[str, Any], list[tuple[float, System]]]:
-    """Decode, score (identity assignment), optionally PSO-move the role swarm."""
-    adjacency = np.asarray(loop.roles.x, dtype=np.float64)  # [N, n, n]
-    n = adjacency.shape[-1]
-    penalty = np.asarray(graph.l1_penalty(adjacency, cfg.l1_lambda), np.float64)  # [N]
-    decoded = adjacency if cfg.prune_tau is None else graph.prune(adjacency, cfg.prune_tau)
-    dags = [graph.g_decode(a, loop.rng, top_p=cfg.top_p) for a in decoded]
-    identity = tuple(range(n))
-    systems = [(d, identity) for d in dags]
-    u = _utilities(score_systems(systems, loop.weights.x), len(systems))  # [N]
-    objective = u - penalty  # [N]
-    i_best = _argmax_finite(objective)
-    if i_best is not None:
-        loop.graph = dags[i_best]
-    elif loop.graph is None:
-        loop.graph = dags[0]  # nothing finite yet: any graph lets the weight-step proceed
+    """hs_jax role-step: decode, score (identity assignment), optionally tell + PSO-move."""
+    fields, candidates, objective = _role_score(loop, cfg, score_systems)
     if move:
         loop.roles = pso.update(loop.roles, objective, key, cfg.roles_pso)
-    record = {
-        "ran": True,
-        "moved": move,
-        "utilities": u.tolist(),
-        "objective": objective.tolist(),
-        "dags": [d.to_dict() for d in dags],
-        "best_index": i_best,
-        **_stats(u),
-    }
-    return record, list(zip(u.tolist(), systems, strict=True))
+    return {"ran": True, "moved": move, **fields}, candidates
 
 
 def _weight_step_score(
     loop: _Loop, cfg: SearchConfig, score_systems: ScoreSystems, n_experts: int
 ) -> tuple[dict[str, Any], list[tuple[float, System]], np.ndarray]:
-    """JFK: M assignments on this iteration's best graph, scored; returns JFK-scores too."""
+    """JFK: M assignments on this iteration's best graph, scored with the weight swarm's
+    current positions; returns the record (``moved``: whether the swarm moves in this step,
+    after the scoring under 'hs_jax', before it under 'authors'), the systems, JFK-scores."""
     dag = loop.graph
     assignments = jfk.sample_assignments(dag.n, n_experts, cfg.n_assignments, loop.rng)
     systems = [(dag, tuple(int(e) for e in a)) for a in assignments]
+    weight_moves = int(loop.weights.iteration)
     u = _utilities(score_systems(systems, loop.weights.x), len(systems))  # [M]
     previous = None if loop.prev_jfk is None else np.asarray(loop.prev_jfk, np.float64)
     scores = jfk.jfk_scores(assignments, u, n_experts, previous)  # [n]
     record = {
         "ran": True,
+        "moved": cfg.schedule == "hs_jax" or loop.iteration > 0,
         "dag": dag.to_dict(),
         "assignments": assignments.tolist(),
         "utilities": u.tolist(),
         "jfk": scores.tolist(),
+        "weight_moves": weight_moves,
         **_stats(u),
     }
     return record, list(zip(u.tolist(), systems, strict=True)), scores
@@ -360,10 +437,34 @@ def _skipped(reason: str) -> dict[str, Any]:
     return {"ran": False, "reason": reason}
 
 
+def _finite_or_none(value: jax.Array) -> float | None:
+    v = float(value)
+    return v if np.isfinite(v) else None
+
+
+def _record(
+    loop: _Loop, t: int, role: dict[str, Any], weight: dict[str, Any], improved: bool
+) -> dict[str, Any]:
+    """The history record of iteration (round) ``t``: both steps' records, whether the
+    all-time best improved, its utility, ``stall``, and each swarm's all-time global best
+    after the iteration (None while it has none; the role swarm's is on its objective)."""
+    record = {
+        "iteration": t,
+        "role": role,
+        "weight": weight,
+        "improved": improved,
+        "best_utility": loop.best.utility if loop.best is not None else None,
+        "stall": loop.stall,
+        "role_global_best": _finite_or_none(loop.roles.g_util),
+        "weight_global_best": _finite_or_none(loop.weights.g_util),
+    }
+    return checkpointing.jsonable(record)
+
+
 def _iteration(
     loop: _Loop, cfg: SearchConfig, score_systems: ScoreSystems, n_experts: int, fixed: bool
 ) -> dict[str, Any]:
-    """One iteration of Algorithm 4; mutates ``loop`` and returns the history record."""
+    """One iteration of Algorithm 4 (schedule 'hs_jax'); mutates ``loop``, returns its record."""
     t = loop.iteration
     loop.key, k_role, k_weight = jax.random.split(loop.key, 3)
     drop_r, drop_w = loop.rng.random(2)  # always drawn: the stream does not depend on flags
@@ -402,15 +503,87 @@ def _iteration(
         loop.weights = pso.update(loop.weights, jfk_scores, k_weight, cfg.weights_pso)
 
     loop.iteration = t + 1
-    record = {
-        "iteration": t,
-        "role": role,
-        "weight": weight,
-        "improved": improved,
-        "best_utility": loop.best.utility if loop.best is not None else None,
-        "stall": loop.stall,
-    }
-    return checkpointing.jsonable(record)
+    return _record(loop, t, role, weight, improved)
+
+
+def _consider(loop: _Loop, candidates: list[tuple[float, System]], t: int) -> bool:
+    """Make the first finite maximum of ``candidates`` (scored with the weight swarm's current
+    positions) the all-time best if it is strictly better; returns whether it was."""
+    utils = np.array([c[0] for c in candidates], np.float64)
+    i = _argmax_finite(utils)
+    if i is None or (loop.best is not None and not utils[i] > loop.best.utility):
+        return False
+    dag, assignment = candidates[i][1]
+    loop.best = BestSystem(dag, assignment, _copy_tree(loop.weights.x), float(utils[i]), t)
+    return True
+
+
+def _authors_round(
+    loop: _Loop, cfg: SearchConfig, score_systems: ScoreSystems, n_experts: int, fixed: bool
+) -> dict[str, Any]:
+    """One round of schedule 'authors' (round 0: score the initial swarms, no moves; later
+    rounds: move-score-tell the role swarm, then the weight swarm); mutates ``loop``."""
+    t = loop.iteration
+    if t > 0:
+        loop.key, k_role, k_weight = jax.random.split(loop.key, 3)
+    drop_r, drop_w = loop.rng.random(2)  # drawn in round 0 too: one stream for both schedules
+    improved = scored = False
+
+    # Role-step, scored with the weights the previous round's weight-step left.
+    if cfg.role_step and (t == 0 or drop_r >= cfg.dropout_role):
+        if t > 0:
+            loop.roles = pso.step(loop.roles, k_role, cfg.roles_pso)
+        fields, candidates, objective = _role_score(loop, cfg, score_systems)
+        loop.roles = pso.tell(loop.roles, objective)
+        role = {"ran": True, "moved": t > 0, **fields}
+        improved = _consider(loop, candidates, t)
+        scored = True
+    elif not cfg.role_step and t == 0 and not fixed:
+        fields, candidates, _ = _role_score(loop, cfg, score_systems)
+        role = {"ran": True, "moved": False, **fields}
+        improved = _consider(loop, candidates, t)
+        scored = True
+    else:
+        role = _skipped("off" if not cfg.role_step else "dropout")
+
+    # Weight-step: move first, then score the moved experts on this round's best graph.
+    if cfg.weight_step and (t == 0 or drop_w >= cfg.dropout_weight):
+        if t > 0:
+            loop.weights = pso.step(loop.weights, k_weight, cfg.weights_pso)
+        weight, candidates, jfk_scores = _weight_step_score(loop, cfg, score_systems, n_experts)
+        improved = _consider(loop, candidates, t) or improved
+        loop.prev_jfk = jfk_scores.tolist()
+        loop.weights = pso.tell(loop.weights, jfk_scores)
+        scored = True
+    else:
+        weight = _skipped("off" if not cfg.weight_step else "dropout")
+
+    if scored:
+        loop.stall = 0 if improved else loop.stall + 1
+    loop.iteration = t + 1
+    return _record(loop, t, role, weight, improved)
+
+
+def _stop_history(history: Sequence[Mapping[str, Any]], cfg: SearchConfig) -> list:
+    """Schedule 'authors': the stopping swarm's global best after each round its step ran."""
+    side = "role" if cfg.role_step else "weight"
+    return [rec[f"{side}_global_best"] for rec in history if rec[side]["ran"]]
+
+
+def _stop_reason(loop: _Loop, cfg: SearchConfig) -> str | None:
+    """Why the search stops after the iteration just recorded (None: it goes on)."""
+    if cfg.schedule == "hs_jax":
+        if loop.stall >= cfg.patience:
+            return "patience"
+        if loop.iteration >= cfg.max_iterations:
+            return "max_iterations"
+        return None
+    if loop.iteration > cfg.max_iterations:  # rounds 0..max_iterations are done
+        return "max_iterations"
+    h = _stop_history(loop.history, cfg)
+    if len(h) > cfg.patience and all(v == h[-1] for v in h[-cfg.patience :]):
+        return "patience"
+    return None
 
 
 # ----------------------------------------------------------------------------- driver
@@ -510,18 +683,15 @@ def run_search(
                 loop.load(state, meta)
                 logging.info("resumed %s from step %d", workdir, resumed_from)
 
-        bar = tqdm(
-            total=cfg.max_iterations, initial=loop.iteration, disable=not progress, desc="search"
-        )
+        one_iteration = _iteration if cfg.schedule == "hs_jax" else _authors_round
+        total = cfg.max_iterations + (cfg.schedule == "authors")  # + round 0
+        bar = tqdm(total=total, initial=loop.iteration, disable=not progress, desc="search")
         with bar:
             while loop.stop_reason is None:
                 start = time.perf_counter()
-                record = _iteration(loop, cfg, score_systems, n, fixed)
+                record = one_iteration(loop, cfg, score_systems, n, fixed)
                 loop.history.append(record)
-                if loop.stall >= cfg.patience:
-                    loop.stop_reason = "patience"
-                elif loop.iteration >= cfg.max_iterations:
-                    loop.stop_reason = "max_iterations"
+                loop.stop_reason = _stop_reason(loop, cfg)
                 if loop.stop_reason is not None and test_scorer is not None and loop.best:
                     b = loop.best
                     loop.test_utility = float(test_scorer(b.dag, b.assignment, b.weights))

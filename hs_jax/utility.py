@@ -21,33 +21,43 @@ BASE_MODEL = -1  # expert id of the plain base model (the judge)
 
 
 class SystemScorer:
-    """Scores (Dag, assignment) systems on items of one task.
+    """Scores (Dag, assignment) systems on items of one task under one protocol.
 
-    Multiple choice and exact match: mean per-item accuracy of the end node's answers. AbstainQA:
-    the end node's expert is asked whether its answer is right (one more batched wave) and the
-    effective reliability is averaged. Judged tasks: the base model rates each answer 1-10 with
-    the paper's judge prompt (`tasks.Judge`), normalised to 0-1.
+    Multiple choice and exact match: mean per-item correctness of the end node's answers (read
+    by the protocol's parsers). AbstainQA: the answer is checked (hs_jax: the end node's expert
+    answers a yes/no question alone; authors: the whole graph answers a true/false question about
+    the proposed letter) and the effective reliability is averaged. Judged tasks: the base model
+    rates each answer 1-10 (`tasks.Judge`), normalised to 0-1.
+
+    After each `score`, `last_run` holds every node's prompts and outputs, `last_check` the
+    AbstainQA check pass (prompts and outputs per system and item) and `last_item_scores` the
+    per-item scores per system: `audit_rows` turns them into the audit trail.
     """
 
-    def __init__(self, engine, spec: tasks.TaskSpec, templates: tasks.NodeTemplates, *, max_batch):
+    def __init__(self, engine, spec: tasks.TaskSpec, protocol: tasks.Protocol, *, max_batch):
         self.engine = engine
         self.spec = spec
-        self.templates = templates
+        self.protocol = protocol
         self._weights = None
         self.last_run = None
-        self.executor = Executor(self._generate, self._prompt, max_batch=max_batch)
-        # AbstainQA's yes/no self-checks: rows of their own, with their own token budget.
-        self.check_executor = Executor(self._generate_check, self._prompt, max_batch=max_batch)
-        self.judge = tasks.Judge(self._judge_generate, chat=templates.chat)
+        self.last_check = None
+        self.last_item_scores: list[np.ndarray] = []
+        order = protocol.order
+        self.executor = Executor(
+            self._generate, protocol.node_prompt, max_batch=max_batch, order=order
+        )
+        # AbstainQA's checks: rows of their own, with their own token budget.
+        self.check_executor = Executor(
+            self._generate_check, protocol.node_prompt, max_batch=max_batch, order=order
+        )
+        template = tasks.AUTHORS_JUDGE_TEMPLATE if protocol.authors else tasks.JUDGE_TEMPLATE
+        self.judge = tasks.Judge(
+            self._judge_generate, template=template, chat=protocol.templates.chat
+        )
 
     @property
     def stats(self) -> ExecutionStats:
         return self.executor.stats
-
-    def _prompt(self, item, parent_outputs, *, is_end, position):
-        return tasks.item_node_prompt(
-            item, parent_outputs, position=position, is_end=is_end, templates=self.templates
-        )
 
     def _generate(self, prompts: list[str], expert_ids: list[int], max_new_tokens=None):
         out = self.engine.generate(
@@ -80,36 +90,108 @@ class SystemScorer:
         self.set_weights(expert_weights)
         systems = [System(dag, tuple(a)) for dag, a in systems]
         self.last_run = self.executor.run(systems, items)  # every node's output, for analysis
+        self.last_check = None
         answers = self.last_run.answers
         if self.spec.type == "abstain":
-            return self._abstain(systems, items, answers)
-        if self.spec.type == "judged":
-            return np.asarray(
-                [float(np.mean(self.judge.score_items(items, a).scores)) for a in answers]
-            )
-        return np.asarray(
-            [float(np.mean(tasks.score_outputs(self.spec, items, a))) for a in answers]
-        )
+            per_item = self._abstain(systems, items, answers)
+        elif self.spec.type == "judged":
+            per_item = [np.asarray(self.judge.score_items(items, a).scores) for a in answers]
+        else:
+            per_item = [self.protocol.score_outputs(self.spec, items, a) for a in answers]
+        self.last_item_scores = per_item
+        return np.asarray([float(np.mean(u)) for u in per_item])
 
-    def _abstain(self, systems, items, answers) -> np.ndarray:
-        # The self-check is one more wave: each system's end expert judges its own answer.
-        keys = [
-            [
-                (
-                    system.assignment[system.dag.end],
-                    tasks.abstain_check_prompt(
-                        tasks.format_question(item), answers[s][j], templates=self.templates
-                    ),
-                )
-                for j, item in enumerate(items)
-            ]
-            for s, system in enumerate(systems)
-        ]
-        checks = self.check_executor.generate_rows([k for row in keys for k in row])
-        n = len(items)
-        return np.asarray(
-            [
-                float(np.mean(tasks.score_abstain(items, answers[s], checks[s * n : (s + 1) * n])))
+    def _abstain(self, systems, items, answers) -> list[np.ndarray]:
+        protocol = self.protocol
+        if protocol.abstain_reruns_graph:
+            # The authors' check: every system runs again on a true/false question about the
+            # letter it proposed.
+            proposed = [
+                [
+                    tasks.CheckItem(item, protocol.choice(item, answers[s][j]) or "Z")
+                    for j, item in enumerate(items)
+                ]
                 for s in range(len(systems))
             ]
-        )
+            run = self.check_executor.run(systems, items, per_system_items=proposed)
+            checks = run.answers
+            end_prompts = [run.node_prompts[s][system.dag.end] for s, system in enumerate(systems)]
+            self.last_check = {"run": run, "prompts": end_prompts, "outputs": checks}
+        else:
+            # hs_jax's check is one more wave: each system's end expert judges its own answer.
+            keys = [
+                [
+                    (system.assignment[system.dag.end], protocol.check_prompt(item, answers[s][j]))
+                    for j, item in enumerate(items)
+                ]
+                for s, system in enumerate(systems)
+            ]
+            flat = self.check_executor.generate_rows([k for row in keys for k in row])
+            n = len(items)
+            checks = [flat[s * n : (s + 1) * n] for s in range(len(systems))]
+            prompts = [[p for _, p in row] for row in keys]
+            self.last_check = {"run": None, "prompts": prompts, "outputs": checks}
+        scores = []
+        for s in range(len(systems)):
+            correct = protocol.score_outputs(self.spec, items, answers[s]) == 1.0
+            abstained = [not protocol.keeps_answer(c) for c in checks[s]]
+            scores.append(tasks.reliability_scores(correct, abstained))
+        return scores
+
+    def audit_rows(self, system: tuple[Dag, tuple[int, ...]], items, index: int = 0) -> list[dict]:
+        """One JSON-able row per node call of system `index` of the last `score`: item id, node,
+        parents, expert, the exact prompt text, the output; the end node adds the parsed answer,
+        whether it is right and the item's score (AbstainQA: +1 / -1 / 0 after the check).
+        AbstainQA check calls follow with `"pass": "check"`."""
+        dag, assignment = system
+        run, spec, protocol = self.last_run, self.spec, self.protocol
+        rows = []
+        for j, item in enumerate(items):
+            for node in protocol.order(dag):
+                if node not in run.node_prompts[index]:
+                    continue  # no path to the end node: never run
+                row = {
+                    "id": item.id,
+                    "pass": "answer",
+                    "node": node,
+                    "parents": list(dag.parents(node)),
+                    "expert": int(assignment[node]),
+                    "prompt": run.node_prompts[index][node][j],
+                    "output": run.node_outputs[index][node][j],
+                }
+                if node == dag.end:
+                    row["answer"] = protocol.parsed_answer(spec, item, row["output"])
+                    if spec.type != "judged":
+                        row["correct"] = bool(protocol.correct(spec, item, row["output"]))
+                    row["score"] = float(self.last_item_scores[index][j])
+                rows.append(row)
+            if self.last_check is not None:
+                rows.extend(self._check_rows(dag, assignment, item, j, index))
+        return rows
+
+    def _check_rows(self, dag, assignment, item, j, index) -> list[dict]:
+        check = self.last_check
+        if check["run"] is None:
+            nodes = [dag.end]
+            prompt = {dag.end: check["prompts"][index][j]}
+            output = {dag.end: check["outputs"][index][j]}
+        else:
+            run = check["run"]
+            nodes = [u for u in self.protocol.order(dag) if u in run.node_prompts[index]]
+            prompt = {u: run.node_prompts[index][u][j] for u in nodes}
+            output = {u: run.node_outputs[index][u][j] for u in nodes}
+        rows = []
+        for node in nodes:
+            row = {
+                "id": item.id,
+                "pass": "check",
+                "node": node,
+                "parents": [] if check["run"] is None else list(dag.parents(node)),
+                "expert": int(assignment[node]),
+                "prompt": prompt[node],
+                "output": output[node],
+            }
+            if node == dag.end:
+                row["kept"] = self.protocol.keeps_answer(output[node])
+            rows.append(row)
+        return rows

@@ -116,7 +116,13 @@ def test_registry_types_and_budgets():
         "qasper": "judged",
         "ltp": "judged",
         "abstain": "abstain",
+        "com2": "multiple_choice",
+        "normad": "multiple_choice",
+        "abkg": "multiple_choice",
+        "wow": "multiple_choice",
     }
+    for name in ("com2", "normad", "abkg", "wow"):  # the authors' multiple-choice budget
+        assert get_spec(name).max_new_tokens == 50 and get_spec(name).filename == f"{name}.json"
     assert get_spec("gsm8k").max_new_tokens == 100
     assert get_spec("nlgraph").max_new_tokens == 80
     assert get_spec("mmlu").max_new_tokens == 50

@@ -21,6 +21,7 @@ import re
 import struct
 import tempfile
 import warnings
+from collections.abc import Collection
 from pathlib import Path
 from typing import NamedTuple
 
@@ -192,11 +193,14 @@ class _Cursor:
         self.pos += n
         return raw.decode("utf-8", errors="replace")
 
-    def value(self, vtype: int):
+    def value(self, vtype: int, *, whole: bool = False):
+        """One value; a long array is skipped (`_SkippedArray`) unless `whole`."""
         if vtype == _STRING:
             return self.string()
         if vtype == _ARRAY:
             itype, count = self.scalar("I"), self.scalar("Q")
+            if whole and (itype == _STRING or itype in _SCALAR_FORMATS):
+                return self.whole_array(itype, count)
             if count > _MAX_ARRAY_ITEMS:
                 self.skip(itype, count)
                 return _SkippedArray(count)
@@ -205,6 +209,33 @@ class _Cursor:
         if fmt is None:
             raise ValueError(f"unknown metadata value type {vtype}")
         return self.scalar(fmt)
+
+    def whole_array(self, itype: int, count: int):
+        """A whole array of strings (list of str) or scalars (numpy array), read in bulk."""
+        if itype != _STRING:
+            dtype = np.dtype("<" + _SCALAR_FORMATS[itype])
+            end = self.pos + dtype.itemsize * count
+            if end > len(self.buf):
+                raise EOFError("file ends inside the header")
+            values = np.frombuffer(self.buf[self.pos : end].tobytes(), dtype=dtype)
+            self.pos = end
+            return values
+        # A memoryview over the map: slicing it is far cheaper than slicing the numpy array,
+        # which matters for 262k vocabulary strings.
+        view, pos, size = memoryview(self.buf), self.pos, len(self.buf)
+        unpack = struct.Struct("<Q").unpack_from
+        strings = []
+        for _ in range(count):
+            if pos + 8 > size:
+                raise EOFError("file ends inside the header")
+            (n,) = unpack(view, pos)
+            pos += 8
+            if pos + n > size:
+                raise EOFError("file ends inside the header")
+            strings.append(str(view[pos : pos + n], "utf-8", "replace"))
+            pos += n
+        self.pos = pos
+        return strings
 
     def skip(self, itype: int, count: int) -> None:
         if itype == _STRING:
@@ -220,11 +251,12 @@ class _Cursor:
             raise EOFError("file ends inside the header")
 
 
-def _parse(path: Path) -> _GGUFFile:
+def _parse(path: Path, whole_arrays: Collection[str] = ()) -> _GGUFFile:
     """Metadata and tensor views of a GGUF (v2/v3, little-endian) file, memory-mapped.
 
     Our own parser rather than gguf.GGUFReader: the reader decodes the 262k-entry tokenizer
-    arrays element by element (about 10 s of CPU for the demo model); we skip them.
+    arrays element by element (about 10 s of CPU for the demo model); we skip them, except the
+    keys in `whole_arrays`, which are read in bulk (see `_Cursor.whole_array`).
     """
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
@@ -240,7 +272,7 @@ def _parse(path: Path) -> _GGUFFile:
     fields = {}
     for _ in range(n_fields):
         key = cur.string()
-        fields[key] = cur.value(cur.scalar("I"))
+        fields[key] = cur.value(cur.scalar("I"), whole=key in whole_arrays)
     infos = []
     for _ in range(n_tensors):
         name = cur.string()
@@ -264,13 +296,21 @@ def _parse(path: Path) -> _GGUFFile:
     return _GGUFFile(fields, tensors)
 
 
-def _open_reader(path: Path) -> _GGUFFile:
+def _open_reader(path: Path, whole_arrays: Collection[str] = ()) -> _GGUFFile:
     if not path.is_file():
         raise FileNotFoundError(f"GGUF file not found: {path}")
     try:
-        return _parse(path)
+        return _parse(path, whole_arrays)
     except Exception as e:
         raise GGUFError(f"{path}: not a readable GGUF file (truncated or corrupt?): {e}") from e
+
+
+def read_gguf_fields(path: str | os.PathLike, whole_arrays: Collection[str] = ()) -> dict:
+    """A GGUF file's metadata key -> value. Arrays longer than 4096 items are `_SkippedArray`
+    placeholders (their length only) unless named in `whole_arrays`: those come back whole, as a
+    list of str (string arrays) or a numpy array (numeric ones), e.g. the tokenizer's vocabulary.
+    """
+    return dict(_open_reader(Path(path), whole_arrays).fields)
 
 
 def _field(reader: _GGUFFile, key: str, path: Path, default=None):

@@ -10,6 +10,8 @@ from hs_jax.tasks.data import (
     item_dict,
     load_task,
     make_spec,
+    read_task_file,
+    registered_name,
     subsample,
     task_path,
 )
@@ -46,8 +48,26 @@ from hs_jax.tasks.prompts import (
     single_model_prompt,
     wrap_chat,
 )
+from hs_jax.tasks.protocol import (
+    AUTHORS_ABSTAIN_MAX_NEW_TOKENS,
+    AUTHORS_JUDGE_TEMPLATE,
+    PROTOCOLS,
+    SCORINGS,
+    CheckItem,
+    Protocol,
+    authors_templates,
+)
 
 __all__ = [
+    "AUTHORS_ABSTAIN_MAX_NEW_TOKENS",
+    "AUTHORS_JUDGE_TEMPLATE",
+    "PROTOCOLS",
+    "SCORINGS",
+    "CheckItem",
+    "Protocol",
+    "authors_templates",
+    "read_task_file",
+    "registered_name",
     "DEFAULT_TEMPLATES",
     "JUDGE_TEMPLATE",
     "TASKS",

@@ -120,8 +120,34 @@ TASKS: dict[str, TaskSpec] = {
         make_spec("qasper", "judged", filename="qasper.json"),
         make_spec("ltp", "judged", filename="ltp.json"),
         make_spec("abstain", "abstain", filename="mmlu.json"),
+        # The paper's four remaining tasks: multiple choice in the authors' code and files.
+        make_spec("com2", "multiple_choice", filename="com2.json"),
+        make_spec("normad", "multiple_choice", filename="normad.json"),
+        make_spec("abkg", "multiple_choice", filename="abkg.json"),
+        make_spec("wow", "multiple_choice", filename="wow.json"),
     )
 }
+
+# Other spellings of registered tasks seen in task files' `dataset` fields and the paper.
+_DATASET_ALIASES = {
+    "ab_kg": "abkg",
+    "k_cross": "knowledge_crosswords",
+    "kcross": "knowledge_crosswords",
+    "abstainqa": "abstain",
+}
+
+
+def registered_name(dataset: str | None) -> str | None:
+    """The registered task a file's `dataset` field names, or None.
+
+    Case and '-' / ' ' vs '_' do not matter: the authors' files say "GSM8k", "mmlu-pro" and
+    "NLGraph" for gsm8k, mmlu_pro and nlgraph.
+    """
+    if not isinstance(dataset, str):
+        return None
+    key = dataset.strip().lower().replace("-", "_").replace(" ", "_")
+    key = _DATASET_ALIASES.get(key, key)
+    return key if key in TASKS else None
 
 
 def get_spec(name: str) -> TaskSpec:
