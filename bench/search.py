@@ -78,7 +78,8 @@ def main(argv):
     spec = tasks.get_spec("nlgraph_gen")
     spec = dataclasses.replace(spec, max_new_tokens=_NEW_TOKENS.value)
     templates = tasks.NodeTemplates(answer_prefix="Answer:")
-    scorer = SystemScorer(engine, spec, templates, max_batch=64)
+    protocol = tasks.Protocol("hs_jax", spec.type, spec.name, templates)
+    scorer = SystemScorer(engine, spec, protocol, max_batch=64)
     data = tasks.generate_dataset(
         _N_ITEMS.value, 0, seed=0, config=tasks.GraphGenConfig(node_range=(4, 5))
     )
@@ -98,12 +99,12 @@ def main(argv):
     ]
 
     def waves(systems, items, generate=None):
-        ex = Executor(generate or scorer._generate, scorer._prompt, max_batch=64)
+        ex = Executor(generate or scorer._generate, scorer.protocol.node_prompt, max_batch=64)
         return ex.run(systems, items).answers
 
     def node_by_node(systems, items, generate=None):
         return run_node_by_node(
-            generate or scorer._generate, scorer._prompt, systems, items
+            generate or scorer._generate, scorer.protocol.node_prompt, systems, items
         ).answers
 
     rows = []
