@@ -51,6 +51,9 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.protocol = "hs_jax"  # hs_jax | authors (docs/FIDELITY.md)
+    # Start over in a workdir that holds an earlier run: its files are moved aside into
+    # workdir/previous/<time>/, never deleted. Without it such a workdir is resumed or refused.
+    c.restart = False
     c.distributed = False  # multi-host pods: jax.distributed.initialize() first
 
     c.model = ml_collections.ConfigDict()

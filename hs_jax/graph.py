@@ -5,7 +5,7 @@ part of dst's input; the end node's output is the system's output. Nodes run lev
 (:meth:`Dag.levels`), and only nodes with a path to the end node matter
 (:meth:`Dag.reaching_end`).
 
-G-decode (the paper's Algorithm 2, REFERENCE section 1) turns an ``[n, n]`` matrix ``A``
+G-decode (the paper's Algorithm 2; docs/FIDELITY.md) turns an ``[n, n]`` matrix ``A``
 (``A[i, j]`` = how much i should feed j) into an in-tree rooted at the end node: every node
 except the end node gets exactly ONE outgoing edge, so every node reaches the end node.
 

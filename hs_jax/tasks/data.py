@@ -28,7 +28,7 @@ TASK_TYPES: tuple[str, ...] = ("multiple_choice", "exact_match", "abstain", "jud
 ANSWER_KINDS: tuple[str, ...] = ("letter", "auto", "number", "yes_no", "text")
 SPLITS: tuple[str, ...] = ("dev", "test")
 
-# Generation budgets of the authors' code (REFERENCE section 1), by task type.
+# Generation budgets of the authors' code (docs/FIDELITY.md), by task type.
 DEFAULT_MAX_NEW_TOKENS: dict[str, int] = {
     "multiple_choice": 50,
     "exact_match": 50,

@@ -1,10 +1,10 @@
 """Answer parsers that read a model's free text output: option letters, numbers, Yes/No, strings.
 
-The authors' parsing (REFERENCE section 2) takes the first option letter in the first five
-characters (so "As an AI..." reads as A) and scores exact match by substring (so "1" matches
-"11" and an output with both "Yes" and "No" is right either way). These parsers read the output
-the way a person grading it would, and return None when they cannot tell, so an unreadable
-output scores as wrong rather than as a lucky guess.
+The authors' parsing (``authors_scoring.py``, docs/FIDELITY.md) takes the first option letter
+in the first five characters (so "As an AI..." reads as A) and scores exact match by substring
+(so "1" matches "11" and an output with both "Yes" and "No" is right either way). These
+parsers read the output the way a person grading it would, and return None when they cannot
+tell, so an unreadable output scores as wrong rather than as a lucky guess.
 
 Shared rules (each parser's docstring adds its own):
   * Continuations are cut off: base models keep writing the next few-shot example, so

@@ -1,7 +1,7 @@
 """Prompt text: the question of each task type and the node prompts of a multi-LLM system.
 
-Node prompts follow the paper's Table 6 as the authors' code assembles them (REFERENCE
-section 1):
+These are the hs_jax protocol's prompts (the paper's Table 6; the authors' variant lives in
+``protocol.py``, every difference in docs/FIDELITY.md):
 
   entry node (no parents)::
 
@@ -125,7 +125,7 @@ def with_icl(prompt: str, icl_prompt: str | None) -> str:
 
 
 def multiple_choice_prompt(item: Item) -> str:
-    """The single-model multiple-choice prompt of REFERENCE section 2 (with the icl prefix).
+    """The single-model multiple-choice prompt (with the icl prefix).
 
     "Please choose an option that best answers the question.\\nQuestion: {q}\\nA: ...\\n
     B: ...\\nThe answer is"
@@ -214,7 +214,7 @@ def single_model_prompt(
 ) -> str:
     """The prompt for evaluating one model alone (the best-single baseline).
 
-    Multiple-choice and AbstainQA items use the REFERENCE section 2 prompt; other tasks use the
+    Multiple-choice and AbstainQA items use ``multiple_choice_prompt``; other tasks use the
     entry-node prompt with the first context chunk.
     """
     if spec.has_choices:
