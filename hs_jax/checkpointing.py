@@ -7,28 +7,46 @@ Layout of ``workdir`` (one directory per saved step, written atomically by orbax
                            under flat, sanitised key-path names
     workdir/<step>/meta    JSON (orbax JsonSave): config, numpy Generator state, histories, best
                            system, CRC32 of every array leaf, stop reason ...
+    workdir/corrupt/<step> steps found unreadable by a restore, moved aside (never deleted);
+                           a second damaged copy of the same step is ``<step>-1``, then ``-2``
 
 ``step`` is the number of completed search iterations. The search code owns the content of
 both items; this module only stores, verifies and reloads them:
 
+- **Identity first.** ``meta['identity']`` holds whatever defines the run (config, expert
+  fingerprint). ``restore_latest`` reads the JSON item of every step before it opens any array
+  file, and a different identity raises ``ConfigMismatchError`` naming each differing field and
+  leaves the workdir untouched, so a workdir is never continued, nor damaged, by a run with other
+  settings (other settings often mean other array shapes, which would otherwise look like
+  damage).
 - **Integrity.** orbax only lists a step once it is fully written (a kill during a save leaves a
-  temporary directory that is ignored and cleaned up). A step that was finished but later
-  damaged (a deleted or truncated file) is caught either by orbax/tensorstore on read or by the
-  CRC32 of each array leaf recorded in ``meta``; ``restore_latest`` then warns, deletes the
-  damaged step and falls back to the previous one.
-- **Identity.** ``meta['identity']`` holds whatever defines the run (config, expert
-  fingerprint). Restoring with a different identity raises ``ConfigMismatchError`` naming each
-  differing field, so a workdir is never silently continued with other settings.
-- **No model needed to read.** ``summarize_checkpoint`` reads only the JSON item.
+  ``<step>.orbax-checkpoint-tmp-*`` directory, which orbax deletes when the next manager opens
+  the workdir: an incomplete write, never a user's step). A step that was finished but later
+  damaged (a deleted, truncated or garbled file, a missing or garbled meta item, arrays whose
+  shapes do not fit the run) is caught by orbax/tensorstore on read, by the CRC32 of each array
+  leaf recorded in ``meta``, or by the template's shapes.
+- **Never delete.** ``restore_latest`` moves a damaged step into ``workdir/corrupt/`` with one
+  warning line and falls back to the previous step (its number would otherwise collide with the
+  resumed run's next save). orbax lists and garbage collects (``max_to_keep``) only
+  integer-named directories of ``workdir`` itself, so moved-aside steps are never touched
+  again. When no step is usable (all damaged now, or only moved-aside ones left from before)
+  ``NoUsableCheckpointError`` is raised: the caller never silently starts over on top of them.
+- **No model needed to read.** ``summarize_checkpoint`` reads only the JSON item;
+  ``verify_checkpoint`` also reads the arrays and checks them against the recorded CRC32s.
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+import logging as pylogging
 import math
 import os
 import re
+import sys
+import traceback
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import jax
@@ -43,7 +61,12 @@ STATE = "state"
 META = "meta"
 # Where `hs_jax.run` keeps the search checkpoints inside a run's workdir.
 SEARCH_SUBDIR = "search"
+# Where damaged steps are moved to inside a search workdir (not an integer: orbax ignores it).
+CORRUPT_SUBDIR = "corrupt"
 FORMAT_VERSION = 1
+RESTART_HINT = "--config.restart=True starts over"
+# Numbers the multi-host barrier of each move-aside: a barrier name must never repeat.
+_move_barriers = itertools.count(1)
 
 
 class ConfigMismatchError(ValueError):
@@ -51,7 +74,7 @@ class ConfigMismatchError(ValueError):
 
 
 class NoUsableCheckpointError(RuntimeError):
-    """Steps exist in the workdir but none of them could be restored."""
+    """Steps exist (or existed) in the workdir but none of them can be restored."""
 
 
 # ----------------------------------------------------------------------------- pytree <-> flat
@@ -168,6 +191,109 @@ def jsonable(value: Any) -> Any:
     return value
 
 
+# ----------------------------------------------------------------------------- orbax noise
+
+
+def _is_closed_loop_report(unraisable: Any) -> bool:
+    """Whether an unraisable-exception report is tensorstore's late "Event loop is closed".
+
+    Where it comes from: orbax runs each restore in a fresh asyncio loop and closes the loop as
+    soon as the restore coroutine ends. When one array read fails, the restore ends with that
+    error (``asyncio.gather`` does not wait for the rest) while tensorstore still has the other
+    reads in flight; each of those completes later on a tensorstore thread and calls
+    ``loop.call_soon_threadsafe`` on the closed loop, and tensorstore reports the resulting
+    RuntimeError through ``sys.unraisablehook``: one traceback per read, hundreds for a large
+    state. The failed restore itself is already reported (one
+    warning line), so these reports carry nothing.
+    """
+    exc = unraisable.exc_value
+    if not isinstance(exc, RuntimeError) or str(exc) != "Event loop is closed":
+        return False
+    return any(f.name == "call_soon_threadsafe" for f in traceback.extract_tb(exc.__traceback__))
+
+
+def _silence_closed_loop_reports() -> None:
+    """Install (once) an unraisable hook that drops only those reports and hands every other
+    report to the hook installed before. Process-wide because the late reads finish after the
+    failed restore has returned, at a time nobody can wait for."""
+    if getattr(sys.unraisablehook, "_drops_closed_loop_reports", False):
+        return
+    previous = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        if not _is_closed_loop_report(unraisable):
+            previous(unraisable)
+
+    hook._drops_closed_loop_reports = True
+    sys.unraisablehook = hook
+
+
+class _DropReadOnlyNotice(pylogging.Filter):
+    """Drops the warning "Given directory is read only" that orbax logs for every read-only
+    manager: reading is what the caller asked for. Every other record passes."""
+
+    def filter(self, record: pylogging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Given directory is read only")
+
+
+@contextlib.contextmanager
+def _read_only_manager(workdir: str) -> Iterator[ocp.CheckpointManager]:
+    """A read-only manager of ``workdir`` (never writes or deletes), closed on exit."""
+    options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
+    notice = _DropReadOnlyNotice()
+    absl_logger = logging.get_absl_logger()
+    absl_logger.addFilter(notice)
+    try:
+        manager = ocp.CheckpointManager(workdir, options=options, item_names=(STATE, META))
+    finally:
+        absl_logger.removeFilter(notice)
+    try:
+        yield manager
+    finally:
+        manager.close()
+
+
+def _reason(e: BaseException) -> str:
+    """One line for an exception (orbax/tensorstore messages can span many lines)."""
+    text = str(e).strip().splitlines()
+    first = text[0] if text else ""
+    return f"{type(e).__name__}: {first[:300]}" if first else type(e).__name__
+
+
+# ----------------------------------------------------------------------------- verification
+
+
+def _restore_meta(manager: ocp.CheckpointManager, step: int) -> dict:
+    """The JSON item of ``step`` (no array file is opened), checked for the fields a restore
+    needs; raises on any damage."""
+    meta = manager.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))[META]
+    if not isinstance(meta, dict):
+        raise ValueError(f"meta item is a {type(meta).__name__}, not a JSON object")
+    for key in ("identity", "checksums"):
+        if not isinstance(meta.get(key), dict):
+            raise ValueError(f"meta item has no {key!r}")
+    return meta
+
+
+def _restore_arrays(
+    manager: ocp.CheckpointManager,
+    step: int,
+    meta: Mapping[str, Any],
+    flat_template: Mapping[str, np.ndarray] | None = None,
+) -> dict[str, np.ndarray]:
+    """The flat arrays of ``step``, verified against the CRC32s recorded in ``meta``; raises on
+    any damage. ``flat_template``: the expected arrays (None: as saved)."""
+    restore = ocp.args.StandardRestore(flat_template)
+    flat = manager.restore(step, args=ocp.args.Composite(**{STATE: restore}))[STATE]
+    if set(flat) != set(meta["checksums"]):
+        raise ValueError("state arrays do not match the recorded checksums' names")
+    sums = checksums(flat)
+    bad = sorted(k for k in sums if sums[k] != meta["checksums"][k])
+    if bad:
+        raise ValueError(f"checksum mismatch in {bad[:5]}")
+    return flat
+
+
 # ----------------------------------------------------------------------------- manager
 
 
@@ -176,9 +302,9 @@ class Checkpointer:
 
     ``save_every``: a step is written when ``step % save_every == 0`` or when forced (the search
     forces its final step). ``max_to_keep``: older steps are garbage collected by orbax (at least
-    2 are kept so a damaged latest step has a fallback). Saves are synchronous: the search's next
-    iteration costs model inference, far more than the save, and a finished ``save`` means the
-    step is on disk.
+    2 are kept so a damaged latest step has a fallback; steps moved to ``corrupt/`` are not
+    counted and never collected). Saves are synchronous: the search's next iteration costs model
+    inference, far more than the save, and a finished ``save`` means the step is on disk.
     """
 
     def __init__(self, workdir: str | os.PathLike, *, save_every: int = 1, max_to_keep: int = 3):
@@ -189,6 +315,8 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max(2, max_to_keep),
             create=True,
+            # Removes only `<step>.orbax-checkpoint-tmp-*` directories of workdir itself: saves
+            # a kill interrupted, never a finished (or moved-aside) step.
             cleanup_tmp_directories=True,
             enable_async_checkpointing=False,
         )
@@ -230,95 +358,153 @@ class Checkpointer:
         self._manager.wait_until_finished()
         return True
 
-    def _restore_step(self, step: int, template: PyTree) -> tuple[PyTree, dict]:
-        flat_template = flatten_state(template)
-        restored = self._manager.restore(
-            step,
-            args=ocp.args.Composite(
-                **{STATE: ocp.args.StandardRestore(flat_template), META: ocp.args.JsonRestore()}
-            ),
-        )
-        flat, meta = restored[STATE], restored[META]
-        if not isinstance(meta, dict) or "checksums" not in meta:
-            raise ValueError("meta item is incomplete")
-        if set(flat) != set(meta["checksums"]):
-            raise ValueError("state arrays do not match the recorded checksums' names")
-        sums = checksums(flat)
-        bad = sorted(k for k in sums if sums[k] != meta["checksums"][k])
-        if bad:
-            raise ValueError(f"checksum mismatch in {bad[:5]}")
-        return unflatten_state(template, flat), meta
+    def _move_aside(self, step: int, reason: str) -> None:
+        """Rename a damaged step into ``corrupt/`` (same file system: atomic, nothing copied or
+        deleted) and say so in one warning line. Multi-host: the primary process renames, all
+        wait for it (every process found the same damage in the shared workdir)."""
+        if ocp.multihost.is_primary_host(0):
+            target_dir = os.path.join(self.workdir, CORRUPT_SUBDIR)
+            os.makedirs(target_dir, exist_ok=True)
+            target = os.path.join(target_dir, str(step))
+            copy = 0
+            while os.path.lexists(target):
+                copy += 1
+                target = os.path.join(target_dir, f"{step}-{copy}")
+            os.rename(os.path.join(self.workdir, str(step)), target)
+            logging.warning(
+                "checkpoint step %d in %s is unreadable (%s); moved it to %s and falling back "
+                "to the previous step",
+                step,
+                self.workdir,
+                reason,
+                target,
+            )
+        barrier = next(_move_barriers)
+        ocp.multihost.sync_global_processes(f"hs_jax_checkpoint_move_aside_{barrier}")
+        self._manager.reload()
 
     def restore_latest(
         self, template: PyTree, identity: Mapping[str, Any] | None = None
     ) -> tuple[int, PyTree, dict] | None:
-        """(step, state, meta) of the newest step that restores cleanly, or None for an empty
-        workdir.
+        """(step, state, meta) of the newest step that restores cleanly, or None for a workdir
+        that never held a finished step.
 
         ``template``: a pytree with the structure, dtypes and shardings of the saved state (e.g.
-        a freshly initialised one). A step that fails to restore or verify is logged with an
-        absl warning and deleted (its number would otherwise collide with the resumed run's next
-        save), and the previous step is tried. ``identity``: compared with the saved
-        ``meta['identity']``; a difference raises ``ConfigMismatchError`` naming the fields.
+        a freshly initialised one). ``identity``: compared with ``meta['identity']`` of every
+        step whose JSON item is readable, before any array is read; a difference raises
+        ``ConfigMismatchError`` naming the fields, with the workdir unchanged. Then, newest
+        first, a step whose meta, arrays, checksums or shapes (against ``template``) are damaged
+        is moved to ``corrupt/`` (module docstring) and the previous step tried. Raises
+        ``NoUsableCheckpointError`` when no step is usable, including a workdir whose only steps
+        were moved aside by an earlier call.
         """
+        _silence_closed_loop_reports()
         steps = self.all_steps()
         if not steps:
-            return None
-        for step in reversed(steps):
-            try:
-                state, meta = self._restore_step(step, template)
-            except Exception as e:  # any damage: orbax, tensorstore, JSON, checksum errors
-                logging.warning(
-                    "checkpoint step %d in %s is unreadable (%s: %s); deleting it and falling "
-                    "back to the previous step",
-                    step,
-                    self.workdir,
-                    type(e).__name__,
-                    str(e).splitlines()[0][:300] if str(e) else "",
+            moved = self.moved_aside()
+            if moved:
+                raise NoUsableCheckpointError(
+                    f"no usable checkpoint in {self.workdir}: its only steps were found "
+                    f"unreadable earlier and are in {os.path.join(self.workdir, CORRUPT_SUBDIR)} "
+                    f"({', '.join(moved)}); {RESTART_HINT}"
                 )
-                self._manager.delete(step)
-                continue
-            if identity is not None:
-                diff = identity_diff(meta.get("identity", {}), jsonable(identity))
+            return None
+        metas, damage = {}, {}
+        for step in steps:
+            try:
+                metas[step] = _restore_meta(self._manager, step)
+            except Exception as e:  # any damage: orbax, JSON, missing item or fields
+                damage[step] = f"meta: {_reason(e)}"
+        if identity is not None:
+            current = jsonable(identity)
+            for step in reversed(steps):
+                diff = identity_diff(metas[step]["identity"], current) if step in metas else []
                 if diff:
                     raise ConfigMismatchError(
                         f"workdir {self.workdir} was written by a different run; differing "
                         "fields:\n  " + "\n  ".join(diff)
                     )
-            return step, state, meta
+        for step in reversed(steps):
+            if step not in damage:
+                try:
+                    flat = _restore_arrays(
+                        self._manager, step, metas[step], flatten_state(template)
+                    )
+                    state = unflatten_state(template, flat)
+                except Exception as e:  # orbax, tensorstore, checksum and shape errors
+                    damage[step] = f"state: {_reason(e)}"
+                else:
+                    return step, state, metas[step]
+            self._move_aside(step, damage[step])
         raise NoUsableCheckpointError(
-            f"none of the steps {steps} in {self.workdir} could be restored (see warnings)"
+            f"no usable checkpoint in {self.workdir}: steps {sorted(steps)} are all unreadable "
+            f"and were moved to {os.path.join(self.workdir, CORRUPT_SUBDIR)} (reasons in the "
+            f"warnings above); {RESTART_HINT}"
         )
+
+    def moved_aside(self) -> list[str]:
+        """Names of the steps moved into ``corrupt/`` (by this or any earlier run)."""
+        return _moved_aside(self.workdir)
+
+
+def _moved_aside(workdir: str) -> list[str]:
+    folder = os.path.join(workdir, CORRUPT_SUBDIR)
+    if not os.path.isdir(folder):
+        return []
+    return sorted(os.listdir(folder), key=lambda n: [int(p) for p in re.findall(r"\d+", n)] or [0])
 
 
 # ----------------------------------------------------------------------------- summaries
 
 
-def _read_meta(workdir: str, step: int | None) -> tuple[int, dict]:
-    options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
-    manager = ocp.CheckpointManager(workdir, options=options, item_names=(STATE, META))
-    try:
-        steps = sorted(manager.all_steps())
-        if not steps:
-            raise FileNotFoundError(f"no checkpoint in {workdir}")
-        candidates = [step] if step is not None else list(reversed(steps))
-        if step is not None and step not in steps:
-            raise FileNotFoundError(f"step {step} not in {workdir} (steps: {steps})")
-        for s in candidates:
-            try:
-                meta = manager.restore(s, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))
-                return s, meta[META]
-            except Exception as e:
-                if step is not None:
-                    raise
-                logging.warning("checkpoint step %d unreadable (%s); trying the previous one", s, e)
-        raise NoUsableCheckpointError(f"no readable checkpoint in {workdir}")
-    finally:
-        manager.close()
-
-
 def _has_step_dirs(path: str) -> bool:
     return any(name.isdigit() for name in os.listdir(path))
+
+
+def _resolve(path: str | os.PathLike, step: int | None) -> tuple[str, int | None]:
+    """(search workdir, step) for a search workdir, one step directory in it, or a run's
+    workdir (``hs_jax.run``, whose checkpoints are in its ``search/`` folder)."""
+    path = os.path.abspath(os.fspath(path))
+    base = os.path.basename(path.rstrip(os.sep))
+    if step is None and base.isdigit() and os.path.isdir(os.path.join(path, META)):
+        path, step = os.path.dirname(path), int(base)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"no checkpoint in {path}: no such directory")
+    nested = os.path.join(path, SEARCH_SUBDIR)
+    if not _has_step_dirs(path) and os.path.isdir(nested):
+        path = nested
+    return path, step
+
+
+def _listed_steps(manager: ocp.CheckpointManager, workdir: str, step: int | None) -> list[int]:
+    steps = sorted(manager.all_steps())
+    if not steps:
+        moved = _moved_aside(workdir)
+        note = f" (unreadable steps moved aside: {', '.join(moved)})" if moved else ""
+        raise FileNotFoundError(f"no checkpoint in {workdir}{note}")
+    if step is not None and step not in steps:
+        raise FileNotFoundError(f"step {step} not in {workdir} (steps: {steps})")
+    return [step] if step is not None else steps
+
+
+def _read_meta(workdir: str, step: int | None) -> tuple[int, dict]:
+    with _read_only_manager(workdir) as manager:
+        candidates = _listed_steps(manager, workdir, step)
+        for s in reversed(candidates):
+            try:
+                return s, _restore_meta(manager, s)
+            except Exception as e:
+                if step is not None:
+                    raise NoUsableCheckpointError(
+                        f"step {s} in {workdir} is unreadable (meta: {_reason(e)})"
+                    ) from e
+                logging.warning(
+                    "checkpoint step %d in %s is unreadable (meta: %s); trying the previous one",
+                    s,
+                    workdir,
+                    _reason(e),
+                )
+        raise NoUsableCheckpointError(f"no readable checkpoint in {workdir}")
 
 
 def summarize_checkpoint(path: str | os.PathLike, step: int | None = None) -> dict[str, Any]:
@@ -328,17 +514,10 @@ def summarize_checkpoint(path: str | os.PathLike, step: int | None = None) -> di
     (``workdir/<step>``), or the workdir of a whole run (``hs_jax.run``), whose checkpoints are
     in its ``search/`` folder. Returns iteration, whether the search finished and why, the best
     system (utility, iteration, DAG as JSON, assignment), a per-iteration table of utilities,
-    and the saved identity (config).
+    and the saved identity (config). Damaged array files go unnoticed here: see
+    ``verify_checkpoint``.
     """
-    path = os.path.abspath(os.fspath(path))
-    base = os.path.basename(path.rstrip(os.sep))
-    if step is None and base.isdigit() and os.path.isdir(os.path.join(path, META)):
-        path, step = os.path.dirname(path), int(base)
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"no checkpoint in {path}: no such directory")
-    nested = os.path.join(path, SEARCH_SUBDIR)
-    if not _has_step_dirs(path) and os.path.isdir(nested):
-        path = nested  # a run's workdir (`hs_jax.run`): its checkpoints are one level down
+    path, step = _resolve(path, step)
     step, meta = _read_meta(path, step)
     history = meta.get("history", [])
     rows = []
@@ -364,3 +543,30 @@ def summarize_checkpoint(path: str | os.PathLike, step: int | None = None) -> di
         "utilities": rows,
         "config": (meta.get("identity") or {}).get("config"),
     }
+
+
+def verify_checkpoint(path: str | os.PathLike, step: int | None = None) -> dict[str, Any]:
+    """Read every array of each step (or only ``step``) and check it against the CRC32s in its
+    JSON item, without a model or template, changing nothing.
+
+    ``path``: as for ``summarize_checkpoint``. Returns ``{'workdir', 'steps': [{'step', 'ok',
+    'reason'}], 'moved_aside': [names in corrupt/]}``; ``reason`` (None when ok) is one line
+    saying which item is damaged and how.
+    """
+    _silence_closed_loop_reports()
+    path, step = _resolve(path, step)
+    results = []
+    with _read_only_manager(path) as manager:
+        for s in _listed_steps(manager, path, step):
+            reason = None
+            try:
+                meta = _restore_meta(manager, s)
+            except Exception as e:
+                reason = f"meta: {_reason(e)}"
+            else:
+                try:
+                    _restore_arrays(manager, s, meta)
+                except Exception as e:
+                    reason = f"state: {_reason(e)}"
+            results.append({"step": s, "ok": reason is None, "reason": reason})
+    return {"workdir": path, "steps": results, "moved_aside": _moved_aside(path)}

@@ -1,9 +1,14 @@
-"""Print the summary of a swarm-search checkpoint (no model needed).
+"""Print the summary of a swarm-search checkpoint (no model needed), or verify its arrays.
 
 python -m launch.inspect_checkpoint --workdir /path/to/workdir [--step 7] [--json]
+python -m launch.inspect_checkpoint --workdir /path/to/workdir --verify [--step 7]
 
 --workdir is a run's workdir (the one given to launch.main), its search/ folder, or one step
-directory in it.
+directory in it. The summary reads the JSON item only, so it does not notice damaged array
+files; --verify reads every array of each step (or of --step) and checks it against the CRC32
+recorded at save time, printing one line per step (ok, or damaged and why). Every failure is
+one line, ``inspect_checkpoint: <what>``, with exit status 1 (--verify: also when a step is
+damaged); --verbose shows the traceback instead.
 """
 
 import json
@@ -11,13 +16,21 @@ import sys
 
 from absl import app, flags, logging
 
-from hs_jax.checkpointing import NoUsableCheckpointError, summarize_checkpoint
+from hs_jax.checkpointing import (
+    NoUsableCheckpointError,
+    summarize_checkpoint,
+    verify_checkpoint,
+)
 
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "run workdir, its search/ folder, or one step directory in it"
 )
 _STEP = flags.DEFINE_integer("step", None, "checkpoint step (default: latest readable)")
-_JSON = flags.DEFINE_bool("json", False, "print the summary as JSON")
+_JSON = flags.DEFINE_bool("json", False, "print the summary (or the verification) as JSON")
+_VERIFY = flags.DEFINE_bool(
+    "verify", False, "read the arrays of every step (or --step) and check their CRC32s"
+)
+_VERBOSE = flags.DEFINE_bool("verbose", False, "on failure, show the traceback")
 flags.mark_flag_as_required("workdir")
 
 
@@ -45,15 +58,51 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def format_verification(report: dict) -> str:
+    """One line per step: 'step N: ok' or 'step N: damaged (<item>: <reason>)'."""
+    lines = [f"workdir: {report['workdir']}"]
+    for row in report["steps"]:
+        status = "ok" if row["ok"] else f"damaged ({row['reason']})"
+        lines.append(f"step {row['step']}: {status}")
+    if report["moved_aside"]:
+        lines.append(f"moved aside earlier (in corrupt/): {', '.join(report['moved_aside'])}")
+    return "\n".join(lines)
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    message = text[0] if text else ""
+    # The checkpoint layer's own errors say what is wrong; anything else also needs its type.
+    if isinstance(e, FileNotFoundError | NoUsableCheckpointError) and message:
+        return message
+    return f"{type(e).__name__}: {message}" if message else type(e).__name__
+
+
+def _run() -> int:
+    if _VERIFY.value:
+        report = verify_checkpoint(_WORKDIR.value, _STEP.value)
+        print(json.dumps(report, indent=1) if _JSON.value else format_verification(report))
+        damaged = [row["step"] for row in report["steps"] if not row["ok"]]
+        if damaged:
+            print(f"inspect_checkpoint: damaged steps: {damaged}", file=sys.stderr)
+            return 1
+        return 0
+    summary = summarize_checkpoint(_WORKDIR.value, _STEP.value)
+    print(json.dumps(summary, indent=1) if _JSON.value else format_summary(summary))
+    return 0
+
+
 def main(argv):
     del argv
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every file access at INFO
     try:
-        summary = summarize_checkpoint(_WORKDIR.value, _STEP.value)
-    except (FileNotFoundError, NoUsableCheckpointError) as e:
-        sys.exit(f"inspect_checkpoint: {e}")  # the reason, without a traceback; exit status 1
-    print(json.dumps(summary, indent=1) if _JSON.value else format_summary(summary))
+        status = _run()
+    except Exception as e:
+        if _VERBOSE.value:
+            raise
+        sys.exit(f"inspect_checkpoint: {_one_line(e)} (--verbose shows the traceback)")
+    sys.exit(status)
 
 
 if __name__ == "__main__":

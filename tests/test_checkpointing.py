@@ -182,8 +182,6 @@ def _damage_flip_array_bytes(step_dir):
         open(f, "wb").write(bytes(data))
 
 
-# orbax's async reader may leave an "event loop is closed" message behind a failed restore.
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.parametrize(
     "damage", [_damage_delete_array_file, _damage_truncate_meta, _damage_flip_array_bytes]
 )
