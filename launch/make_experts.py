@@ -5,13 +5,16 @@
 Same config files and overrides as launch.main. The folders go to config.experts.pool_dir, else
 <workdir>/experts; already built experts are kept. A later search loads them with the same
 workdir, with --config.experts.pool_dir=<folder>, or as any PEFT pool:
---config.experts.source=peft --config.experts.peft_dirs=<folder>.
+--config.experts.source=peft --config.experts.peft_dirs=<folder>. A bad config value, flag or
+file is reported in one line before anything is loaded (exit status 1); --verbose adds the
+traceback.
 """
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 import hs_jax
+from hs_jax.errors import UserError, config_value, run_main
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/demo.py", "Python config file (configs/*.py).", lock_config=True
@@ -21,10 +24,10 @@ _WORKDIR = flags.DEFINE_string("workdir", "runs/pool", "The pool (and a generate
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    for folder in hs_jax.make_pool(_CONFIG.value, _WORKDIR.value):
+        raise UserError(f"unexpected arguments: {argv[1:]}")
+    for folder in hs_jax.make_pool(config_value(_CONFIG), _WORKDIR.value):
         print(folder)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_main(main)

@@ -287,16 +287,30 @@ def _validate_item(raw, path: Path, split: str, i: int, spec: TaskSpec, icl: str
 
 
 def read_task_file(path: str | Path) -> dict:
-    """Parse a task file and check its top level (object, splits are lists, icl_prompt)."""
+    """Parse a task file and check its top level (object, icl_prompt).
+
+    Every failure, parsing included, is a TaskDataError whose message starts with the path:
+    json's own errors (UnicodeDecodeError, RecursionError) do not say which file they read.
+    """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as e:
         raise TaskDataError(f"{path}: cannot read: {e}") from e
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise TaskDataError(
+            f"{path}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start})"
+        ) from e
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise TaskDataError(f"{path}: not valid JSON: {e}") from e
+    except RecursionError as e:
+        raise TaskDataError(f"{path}: nested too deeply to parse as JSON") from e
+    except ValueError as e:  # e.g. an integer beyond Python's int_max_str_digits
+        raise TaskDataError(f"{path}: cannot parse as JSON: {e}") from e
     if not isinstance(data, dict):
         _fail(path, msg=f"top level must be an object, got {_type_name(data)}")
     icl = data.get("icl_prompt")

@@ -1,0 +1,358 @@
+"""What a run's workdir holds, who may write it, and how its files are written.
+
+`hs_jax.run` keeps one run per workdir. This module gives it the pieces that make that safe
+when launches are killed, repeated or started twice:
+
+- **One writer.** `lock(workdir)` takes an exclusive `fcntl.flock` on `<workdir>/.lock` and
+  writes the holder (pid, host, start time) into it. The kernel drops the lock when the holder
+  dies, so a lock file left by a killed process is never obeyed; a second launch is refused at
+  once with `WorkdirBusyError`, naming the holder. The file stays after the run; only a held
+  flock counts.
+- **Atomic files.** `atomic_path` stages a file or folder under a temporary name in the same
+  folder and renames it into place, so every output is either complete or absent. Stale
+  temporary entries (a killed writer's) carry `TMP_MARK` and are removed by
+  `remove_temp_files` once the lock is held.
+- **Run identity.** `flat_config` / `identity_diff` compare what defines a run (the resolved
+  config without the fields that do not change results, plus file identities the pipeline
+  adds) with the one saved in `run.json`; a difference is refused field by field.
+- **Starting over.** `move_aside` moves a run's files into `previous/<UTC time>/`; nothing is
+  deleted.
+- **Test hook.** `kill_point` SIGKILLs the process when the point named by the environment
+  variable `HS_JAX_TEST_KILL_AT` is reached (tests/reliability/test_kill_resume.py); a no-op
+  when the variable is unset.
+
+Only the standard library is imported, so the lock and the hook cost nothing to import.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import fcntl
+import hashlib
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from hs_jax.errors import UserError
+
+LOCK_NAME = ".lock"
+RUN_JSON = "run.json"
+RESULTS_JSON = "results.json"
+TASK_JSON = "task.json"
+PREVIOUS = "previous"
+# Marks a staged (not yet renamed) file or folder: `<stem>.hs-tmp-<pid><suffix>`.
+TMP_MARK = ".hs-tmp-"
+KILL_ENV = "HS_JAX_TEST_KILL_AT"
+
+
+class WorkdirError(UserError):
+    """A workdir that `hs_jax.run` refuses to use as it is; the message says why and what to do
+    (a user error: the launchers print it without a traceback)."""
+
+
+class WorkdirBusyError(WorkdirError):
+    """Another live process holds the workdir's lock."""
+
+
+# ----------------------------------------------------------------------------- lock
+
+
+def _read_holder(path: Path) -> str:
+    """'pid P on HOST since T' from a lock file (retried briefly: the holder writes it right
+    after taking the lock)."""
+    for _ in range(20):
+        try:
+            holder = json.loads(path.read_text())
+            return f"pid {holder['pid']} on {holder['host']} since {holder['since']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            time.sleep(0.05)
+    return "an unknown process"
+
+
+@contextlib.contextmanager
+def lock(workdir: str | os.PathLike) -> Iterator[Path]:
+    """Holds an exclusive lock on `workdir` (which must exist) until the block ends.
+
+    Raises WorkdirBusyError at once, naming the holder, when another process (or another open
+    of the file in this process) holds it. A killed holder's lock is released by the kernel.
+    """
+    path = Path(workdir) / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise WorkdirBusyError(
+                f"workdir {workdir} is in use by {_read_holder(path)}; wait for that run to end "
+                "or use another --workdir"
+            ) from None
+        since = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+        holder = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": since})
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, holder.encode() + b"\n", 0)
+        yield path
+    finally:
+        os.close(fd)  # closing the descriptor releases the flock
+
+
+# ----------------------------------------------------------------------------- atomic files
+
+
+def temp_path(path: str | os.PathLike) -> Path:
+    """The staging name of `path`: same folder and suffix (matplotlib reads the format from
+    it), marked with TMP_MARK and this process's id."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}{TMP_MARK}{os.getpid()}{path.suffix}")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yields a temporary path to write `path`'s content to (a file or a folder); on success
+    it is renamed over `path`, on an error removed. An existing folder at `path` is replaced
+    (renamed aside first: a folder cannot be renamed over a non-empty one)."""
+    path = Path(path)
+    tmp = temp_path(path)
+    _remove(tmp)
+    try:
+        yield tmp
+        if tmp.is_dir() and path.is_dir():
+            old = path.with_name(f"{path.name}{TMP_MARK}old-{os.getpid()}")
+            _remove(old)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, path)
+    finally:
+        _remove(tmp)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """`data` into `path`, atomically (flushed to disk before the rename)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write_json(path: str | os.PathLike, value: Any) -> None:
+    """`value` as indented JSON, atomically (numpy scalars and other numbers via float)."""
+    write_bytes(path, (json.dumps(value, indent=1, default=float) + "\n").encode())
+
+
+def write_jsonl(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]]) -> None:
+    """One JSON object per line, atomically."""
+    text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    write_bytes(path, text.encode("utf-8"))
+
+
+def remove_temp_files(workdir: str | os.PathLike, skip: Iterable[str] = ()) -> list[Path]:
+    """Removes every staged entry (name containing TMP_MARK) under `workdir`, except in the
+    top-level folders named in `skip` and in `previous/`; returns them. Only call it while
+    holding the lock: then they are all a killed writer's."""
+    skip = {PREVIOUS, *skip}
+    removed = []
+    for root, dirs, files in os.walk(workdir):
+        if Path(root) == Path(workdir):
+            dirs[:] = [d for d in dirs if d not in skip]
+        for name in [*files, *dirs]:
+            if TMP_MARK in name:
+                removed.append(Path(root) / name)
+        dirs[:] = [d for d in dirs if TMP_MARK not in d]
+    for path in removed:
+        _remove(path)
+    return removed
+
+
+# ----------------------------------------------------------------------------- starting over
+
+
+def move_aside(workdir: str | os.PathLike, names: Iterable[str]) -> Path | None:
+    """Moves the entries `names` of `workdir` (those that exist) into a new folder
+    `workdir/previous/<UTC time>/`; returns it (None when there was nothing to move)."""
+    workdir = Path(workdir)
+    present = [name for name in names if (workdir / name).exists()]
+    if not present:
+        return None
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    dest = workdir / PREVIOUS / stamp
+    k = 1
+    while dest.exists():
+        k += 1
+        dest = workdir / PREVIOUS / f"{stamp}-{k}"
+    dest.mkdir(parents=True)
+    for name in present:
+        os.replace(workdir / name, dest / name)
+    return dest
+
+
+# ----------------------------------------------------------------------------- identity
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def bytes_identity(data: bytes) -> dict[str, Any]:
+    """Size and sha256 of a file's content."""
+    return {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def stat_identity(path: str | os.PathLike, patterns: Iterable[str] = ("*",)) -> dict[str, Any]:
+    """Size and mtime of a file, or of the files directly in a folder whose names match one of
+    `patterns` (a cheap stand-in for a hash of large model files)."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted({p for pattern in patterns for p in path.glob(pattern) if p.is_file()})
+    else:
+        files = [path]
+    out = {}
+    for f in files:
+        st = f.stat()
+        out[f.name] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return out
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def flatten(value: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as one dict with dotted keys (tuples as lists)."""
+    out = {}
+    for k, v in value.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, Mapping):
+            out.update(flatten(v, key))
+        else:
+            out[key] = _jsonable(v)
+    return out
+
+
+def flat_config(config, free: Iterable[str]) -> dict[str, Any]:
+    """A (resolved) ConfigDict as dotted keys, without the fields in `free` (a name ending in
+    '.' drops a whole section)."""
+    free = tuple(free)
+
+    def kept(key: str) -> bool:
+        return not any(key == f or (f.endswith(".") and key.startswith(f)) for f in free)
+
+    return {k: v for k, v in flatten(config.to_dict()).items() if kept(k)}
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return a == b
+
+
+def _short(value: Any, limit: int = 100) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def identity_diff(
+    saved: Mapping[str, Any], now: Mapping[str, Any], defaults: Mapping[str, Any] = {}
+) -> list[str]:
+    """One line per differing dotted field (`'seed: saved 0, now 1'`), empty when they agree.
+
+    A field the saved run lacks counts as its value in `defaults` (a config field added to
+    hs_jax after that run started, which ran as the default); a field only the saved run has
+    (removed since) is ignored.
+    """
+    a, b = flatten(saved), flatten(now)
+    lines = []
+    for key in sorted(b):
+        if key not in a:
+            if key in defaults and _same(defaults[key], b[key]):
+                continue
+            lines.append(f"{key}: not recorded by the saved run, now {_short(b[key])}")
+        elif not _same(a[key], b[key]):
+            lines.append(f"{key}: saved {_short(a[key])}, now {_short(b[key])}")
+    return lines
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """The JSON in `path`, or None when there is no such file; a damaged file is a
+    WorkdirError naming it."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        raise WorkdirError(f"{path} is not valid JSON ({e})") from e
+
+
+# ----------------------------------------------------------------------------- test hook
+
+_kill_counts: dict[str, int] = {}
+
+
+def _die(name: str) -> None:
+    sys.stderr.write(f"{KILL_ENV}: SIGKILL at {name}\n")
+    sys.stderr.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _die_during_write(name: str, folder: Path) -> None:
+    while True:  # poll until a temporary entry (a save in progress) exists
+        try:
+            if any("tmp" in entry for entry in os.listdir(folder)):
+                _die(name)
+        except FileNotFoundError:
+            pass
+        time.sleep(0.0005)
+
+
+def kill_point(name: str, watch: str | os.PathLike | None = None) -> None:
+    """Test hook: SIGKILLs this process when `$HS_JAX_TEST_KILL_AT` is `<name>:<count>` and
+    this is the count-th call with `name` in this process (count defaults to 1).
+
+    With `watch` (a folder), the kill instead happens at the first moment after that call at
+    which `watch` holds a temporary entry (an orbax save in progress), from a polling thread:
+    the process dies in the middle of a write. No-op when the variable is unset.
+
+    The points: 'setup' (pipeline: 1 task file written, 2 run.json written, 3 pool built,
+    4 baseline scored), 'role_step' / 'weight_step' (search: after the step's scoring),
+    'checkpoint_write' (search: during a save), 'checkpoint_committed' (search: after one),
+    'outputs' (pipeline: after each picture, after each exported expert).
+    """
+    spec = os.environ.get(KILL_ENV)
+    if not spec:
+        return
+    point, _, count = spec.partition(":")
+    if point != name:
+        return
+    _kill_counts[name] = _kill_counts.get(name, 0) + 1
+    if _kill_counts[name] != int(count or 1):
+        return
+    if watch is None:
+        _die(name)
+    threading.Thread(target=_die_during_write, args=(name, Path(watch)), daemon=True).start()
