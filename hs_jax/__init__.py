@@ -14,6 +14,9 @@ import importlib
 _EXPORTS = {
     "run": "hs_jax.pipeline",
     "make_pool": "hs_jax.pipeline",
+    "load_system": "hs_jax.found_system",
+    "FoundSystem": "hs_jax.found_system",
+    "read_checkpoint": "hs_jax.found_system",
     "base_config": "hs_jax.config",
     "Dag": "hs_jax.graph",
     "g_decode": "hs_jax.graph",
