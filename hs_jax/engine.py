@@ -1,22 +1,22 @@
 """Engine: a Gemma model, its tokenizer, an expert set and a mesh behind one `generate` call.
 
 `generate(prompts, expert_ids)` runs a batch in which every row names its expert (-1 = the base
-model). With a LoRA stack the whole batch is one program (each row gathers its own factors);
-with full-weight experts the rows are grouped per expert and every group runs the same compiled
-program with that expert's parameters. The engine handles text on the host (tokenising,
-bucketing, chunking into `max_batch` rows, stop strings) and calls `sampling.Sampler` for the
-device work.
+model). The engine joins the pieces that do the work, one module each:
 
-Full-weight experts are any object with `n_experts` and `params_for(i) -> nnx.State` (a params
-state with the base model's structure); a LoRA stack is any pytree with `.layers` whose leaves
-have a leading expert axis.
+- `expert_sets`: the expert kinds (a LoRA stack runs as one program whose rows gather their own
+  factors; full-weight experts run one group of rows per expert), placed by `placement`;
+- `text` and `stops`: prompts to ids (BOS, long-prompt policy), ids to texts, stop strings and
+  finish reasons;
+- `call_plan`: which rows run together in which device call, at which padded shapes;
+- `token_choice` and `sampling`: the token choice strategy and the jitted generation program.
+
+It also counts every generation (`costs`, a `costs.GenerationCosts`), whoever asks for it.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
-import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,9 +26,11 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from hs_jax import sampling, sharding
-from hs_jax.models import gemma, screened_head
+from hs_jax import call_plan, distributed, expert_sets, sampling, stops, text, token_choice
+from hs_jax.costs import GenerationCosts
+from hs_jax.models import gemma
 from hs_jax.models.config import GemmaConfig
+from hs_jax.placement import Placement
 
 
 @dataclasses.dataclass
@@ -42,6 +44,7 @@ class GenerationResult:
     prompt_tokens: the prompt ids actually run (BOS added, after any left truncation).
     finish_reasons: 'eos', 'stop' (a stop string was found) or 'length'.
     logits: [n, V] float32 logits at the last prompt position, when asked for.
+    costs: this call's generation costs (also added to the engine's `costs`).
     """
 
     texts: list[str]
@@ -50,53 +53,7 @@ class GenerationResult:
     prompt_tokens: list[list[int]]
     finish_reasons: list[str]
     logits: np.ndarray | None = None
-
-
-def is_full_experts(experts: Any) -> bool:
-    """Full-weight expert sets expose `params_for(i)`; LoRA stacks do not."""
-    return experts is not None and hasattr(experts, "params_for")
-
-
-def n_experts_of(experts: Any) -> int:
-    """Number of experts in a LoRA stack (leading leaf axis) or a full-expert set."""
-    if experts is None:
-        return 0
-    if is_full_experts(experts):
-        return int(experts.n_experts)
-    leaves = jax.tree.leaves(experts)
-    return int(leaves[0].shape[0]) if leaves else 0
-
-
-def check_same_structure(old: Any, new: Any, what: str = "experts") -> None:
-    """Raises unless `new` has the tree structure, shapes and dtypes of `old` (no recompile)."""
-    old_def, new_def = jax.tree.structure(old), jax.tree.structure(new)
-    if old_def != new_def:
-        raise ValueError(f"new {what} have another tree structure: {new_def} != {old_def}")
-    for path_and_a, b in zip(
-        jax.tree_util.tree_leaves_with_path(old), jax.tree.leaves(new), strict=True
-    ):
-        path, a = path_and_a
-        if np.shape(a) != np.shape(b) or jnp.result_type(a) != jnp.result_type(b):
-            raise ValueError(
-                f"new {what} leaf {jax.tree_util.keystr(path)}: shape/dtype "
-                f"{np.shape(b)} {jnp.result_type(b)} != {np.shape(a)} {jnp.result_type(a)}"
-            )
-
-
-def _encode_batch(tokenizer, texts: Sequence[str]) -> list[list[int]]:
-    """Token ids without special tokens; uses the tokenizer's batch call when it has one."""
-    if not texts:
-        return []
-    if callable(tokenizer) and hasattr(tokenizer, "batch_decode"):
-        return [list(x) for x in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
-    return [list(tokenizer.encode(t, add_special_tokens=False)) for t in texts]
-
-
-def _decode_batch(tokenizer, seqs: Sequence[Sequence[int]]) -> list[str]:
-    seqs = [[int(t) for t in s] for s in seqs]
-    if hasattr(tokenizer, "batch_decode"):
-        return list(tokenizer.batch_decode(seqs, skip_special_tokens=True))
-    return [tokenizer.decode(s, skip_special_tokens=True) for s in seqs]
+    costs: GenerationCosts = dataclasses.field(default_factory=GenerationCosts)
 
 
 class Engine:
@@ -105,28 +62,28 @@ class Engine:
     Args:
       config: the model config.
       params: the model's nnx params state (from a loader or `nnx.split(Gemma(...))`).
-      tokenizer: HF-like tokenizer (`encode(text, add_special_tokens=False)`, `decode(ids,
-        skip_special_tokens=True)`, `bos_token_id`, `eos_token_id`, `pad_token_id`).
-      experts: a LoRA stack, a full-expert set, or None.
+      tokenizer: HF-like tokenizer (see hs_jax.text; also `eos_token_id`, `pad_token_id`).
+      experts: a LoRA stack, full-weight experts, an `expert_sets.ExpertSet`, or None.
       mesh: optional mesh (see `sharding.make_mesh`): rows along 'data', parameters by the rule
         table of `sharding.PARAM_RULES` (split along 'model' when that axis is > 1).
       max_batch: rows per device call; larger batches are run in chunks.
-      length_buckets / new_token_buckets / batch_buckets: shape buckets (see sampling.py).
+      length_buckets / new_token_buckets / batch_buckets: shape buckets (see call_plan).
       max_prompt_len: longest prompt run (default: the largest length bucket). Longer prompts are
         cut from the left with a warning (`truncate='left'`) or rejected (`truncate='error'`).
       add_bos: prepend the tokenizer's BOS to every prompt.
       eos_ids: tokens that end a row (default: the tokenizer's EOS).
-      decode_step_rows: the fixed cost of one decode step, in rows: a step of r rows costs
-        about as much as decoding `decode_step_rows + r` rows' tokens (weights are read once per
-        step). Used only to plan calls: whether prompts of different length buckets share one.
-        16 fits a 2-core CPU (measured: 64 vs 227 ms per step at 8 and 64 rows, float32);
-        accelerators, memory-bound to larger batches, want more.
+      decode_step_rows: the fixed cost of one decode step in rows (`call_plan.CostModel`), used
+        only to plan calls: whether prompts of different length buckets share one. 16 fits a
+        2-core CPU (measured: 64 vs 227 ms per step at 8 and 64 rows, float32); accelerators,
+        memory-bound to larger batches, want more.
       screen_head_min_rows: greedy calls of at least this many rows on a float32 model choose
-        tokens with the screened head (`screened_head`: bfloat16 candidates, float32
-        certificate, the same tokens); None turns it off. It costs a bfloat16 copy of the
-        embedding (half its size, built once per params). Measured on a 2-core CPU (head in a
-        decode loop, bench/decode.py): 1.77x faster at 64 rows, 1.32x at 16, 1.27x at 8, 1.36x
-        at 2; 0.45x at a single row, whose bfloat16 product is slow on XLA CPU.
+        tokens with the screened head (`token_choice.HeadScreenCache`: the same tokens, faster
+        from 2 rows on); None turns it off.
+
+    Attributes: `costs` (every generation, `costs.GenerationCosts`) and `stats`, a Counter of
+    device calls ('calls'), calls with the head screen ('screened_calls'), decode steps
+    ('steps') and steps in which the screen certified no token and the plain head ran
+    ('head_fallback_steps').
     """
 
     def __init__(
@@ -138,9 +95,9 @@ class Engine:
         mesh: Mesh | None = None,
         *,
         max_batch: int = 64,
-        length_buckets: Sequence[int] = sampling.DEFAULT_LENGTH_BUCKETS,
-        new_token_buckets: Sequence[int] = sampling.DEFAULT_NEW_TOKEN_BUCKETS,
-        batch_buckets: Sequence[int] = sampling.DEFAULT_BATCH_BUCKETS,
+        length_buckets: Sequence[int] = call_plan.DEFAULT_LENGTH_BUCKETS,
+        new_token_buckets: Sequence[int] = call_plan.DEFAULT_NEW_TOKEN_BUCKETS,
+        batch_buckets: Sequence[int] = call_plan.DEFAULT_BATCH_BUCKETS,
         max_prompt_len: int | None = None,
         truncate: str = "left",
         add_bos: bool = True,
@@ -153,22 +110,20 @@ class Engine:
         self.config = config
         self.tokenizer = tokenizer
         self.mesh = mesh
-        self.n_data = sharding.axis_size(mesh, "data")
-        self.max_batch = -(-max_batch // self.n_data) * self.n_data
-        self.length_buckets = tuple(sorted(length_buckets))
-        self.new_token_buckets = tuple(sorted(new_token_buckets))
-        self.batch_buckets = tuple(sorted(batch_buckets))
-        self.max_prompt_len = max_prompt_len or self.length_buckets[-1]
+        self.placement = Placement(mesh)
+        self.buckets = call_plan.Buckets.make(
+            length_buckets, new_token_buckets, batch_buckets, max_batch, self.placement.n_data
+        )
+        self.cost_model = call_plan.CostModel.for_model(
+            config.vocab_size, config.d_model, config.num_params(), decode_step_rows
+        )
+        self.max_prompt_len = max_prompt_len or self.buckets.length[-1]
         self.truncate = truncate
         self.add_bos = add_bos
-        self.decode_step_rows = decode_step_rows
         self.screen_head_min_rows = screen_head_min_rows
-        self._head_screen = None
-        # Device calls, calls with the head screen, decode steps, and steps in which the screen
-        # certified no token and the plain head ran (see screened_head).
+        self._screens = token_choice.HeadScreenCache(screen_head_min_rows, config.vocab_size)
         self.stats: collections.Counter = collections.Counter()
-        head = config.vocab_size * config.d_model
-        self._prefill_weight = 1.0 - head / config.num_params()  # layers' share of the FLOPs
+        self.costs = GenerationCosts()
         pad = getattr(tokenizer, "pad_token_id", None)
         pad = 0 if pad is None else int(pad)
         if eos_ids is None:
@@ -176,99 +131,46 @@ class Engine:
         self.eos_ids = tuple(int(e) for e in eos_ids)
         self.sampler = sampling.Sampler(config=config, pad_id=pad, mesh=mesh)
         _, abstract = gemma.abstract_model(config)
-        check_same_structure(abstract, params, what="params")
-        self.params = self._place_params(params)
-        self.experts = None
+        expert_sets.check_same_structure(abstract, params, what="params")
+        self.params = self.placement.params(params)
         self._vocab_texts: list[str] | None = None
+        self.experts = None
         if experts is not None:
-            self.experts = self._place_experts(experts)
+            self.experts = expert_sets.as_expert_set(experts).placed(self.placement, self.params)
 
-    # -- weights ---------------------------------------------------------------------------
-
-    def _place_params(self, params: nnx.State) -> nnx.State:
-        if self.mesh is None:
-            return jax.device_put(params)
-        return sharding.shard_params(params, self.mesh)
-
-    def _screen_for(self, params, rows: int, greedy: bool):
-        """The head screen of the base params for a greedy call of `rows` rows, or None."""
-        limit = self.screen_head_min_rows
-        if not greedy or limit is None or rows < limit or params is not self.params:
-            return None
-        table = self.params["embedder"]["embedding"][...]
-        if table.dtype != jnp.float32 or screened_head.block_for(self.config.vocab_size) is None:
-            return None
-        if self._head_screen is None:
-            self._head_screen = jax.jit(screened_head.make_head_screen)(table)
-        return self._head_screen
-
-    def _place_experts(self, experts: Any) -> Any:
-        if is_full_experts(experts):
-            if experts.n_experts:
-                check_same_structure(self.params, experts.params_for(0), what="expert params")
-            return experts
-        if self.mesh is None:
-            return jax.device_put(experts)
-        return sharding.replicate(experts, self.mesh)
+    @property
+    def max_batch(self) -> int:
+        """Rows per device call (a multiple of the mesh's 'data' axis)."""
+        return self.buckets.max_batch
 
     def set_experts(self, experts: Any) -> None:
         """Swaps in new expert weights of the same structure, shapes and dtypes (no recompile)."""
-        if self.experts is not None and not is_full_experts(self.experts):
-            check_same_structure(self.experts, experts)
-        self.experts = self._place_experts(experts)
+        if self.experts is None:
+            new = expert_sets.as_expert_set(experts)
+            self.experts = None if new is None else new.placed(self.placement, self.params)
+        else:
+            self.experts = self.experts.replaced_by(experts, self.placement, self.params)
 
     @property
     def n_experts(self) -> int:
-        return n_experts_of(self.experts)
-
-    # -- host helpers ----------------------------------------------------------------------
+        """Experts the engine holds; rows may name ids 0 .. n_experts - 1."""
+        return 0 if self.experts is None else self.experts.n_experts
 
     def vocab_texts(self) -> list[str]:
         """Decoded text of every token id (cached; used to stop rows on the device)."""
         if self._vocab_texts is None:
-            self._vocab_texts = _decode_batch(
-                self.tokenizer, [[i] for i in range(self.config.vocab_size)]
-            )
+            self._vocab_texts = text.vocab_texts(self.tokenizer, self.config.vocab_size)
         return self._vocab_texts
 
     def encode_prompts(self, prompts: Sequence[str]) -> list[list[int]]:
         """Prompt ids as run: BOS (if configured) + text ids, the long-prompt policy applied."""
-        ids = _encode_batch(self.tokenizer, prompts)
-        bos = getattr(self.tokenizer, "bos_token_id", None)
-        if self.add_bos and bos is not None:
-            ids = [[int(bos)] + p for p in ids]
-        return sampling.fit_prompts(ids, self.max_prompt_len, self.truncate)
-
-    def _normalise_ids(self, expert_ids, n: int) -> np.ndarray:
-        if expert_ids is None:
-            ids = np.full((n,), -1, np.int32)
-        else:
-            ids = np.asarray(expert_ids, np.int32)
-            if ids.ndim == 0:
-                ids = np.full((n,), int(ids), np.int32)
-        if ids.shape != (n,):
-            raise ValueError(f"expert_ids has shape {ids.shape}, expected ({n},)")
-        ids = np.where(ids < 0, -1, ids).astype(np.int32)
-        if (ids >= self.n_experts).any():
-            raise ValueError(
-                f"expert id {int(ids.max())} out of range: "
-                f"the engine holds {self.n_experts} experts"
-            )
-        return ids
-
-    @staticmethod
-    def _normalise_stops(stop, n: int) -> list[tuple[str, ...]]:
-        """`stop` is a string, a sequence of strings (all rows) or one sequence per row."""
-        if isinstance(stop, str):
-            return [(stop,)] * n
-        stop = list(stop)
-        if all(isinstance(s, str) for s in stop):
-            return [tuple(stop)] * n
-        if len(stop) != n:
-            raise ValueError(f"per-row stop has {len(stop)} entries for {n} prompts")
-        return [(s,) if isinstance(s, str) else tuple(s) for s in stop]
-
-    # -- generation ------------------------------------------------------------------------
+        return text.encode_prompts(
+            self.tokenizer,
+            prompts,
+            add_bos=self.add_bos,
+            max_len=self.max_prompt_len,
+            truncate=self.truncate,
+        )
 
     def generate(
         self,
@@ -299,8 +201,8 @@ class Engine:
         greedy = temperature == 0
         if not greedy and key is None:
             raise ValueError("sampling (temperature > 0) needs an explicit jax random key")
-        ids = self._normalise_ids(expert_ids, n)
-        stops = self._normalise_stops(stop, n)
+        ids = expert_sets.row_expert_ids(expert_ids, n, self.n_experts)
+        row_stops = stops.normalise_stops(stop, n)
         prompt_ids = self.encode_prompts(prompts)
         if n == 0:
             empty = np.zeros((0, self.config.vocab_size), np.float32) if return_logits else None
@@ -310,183 +212,100 @@ class Engine:
         logits = np.zeros((n, self.config.vocab_size), np.float32) if return_logits else None
         key = jax.random.key(0) if key is None else key
         chunk = 0
-        for params, lora, rows in self._groups(ids):
-            for part in self._chunks(rows, prompt_ids, max_new_tokens):
+        for group in self._row_groups(ids):
+            lengths = [len(prompt_ids[r]) for r in group.rows]
+            plan = call_plan.plan_calls(lengths, max_new_tokens, self.buckets, self.cost_model)
+            for call in plan:
+                rows = [group.rows[i] for i in call.rows]
                 res = self._run(
-                    params,
-                    lora,
-                    [prompt_ids[r] for r in part],
-                    ids[part],
-                    [stops[r] for r in part],
+                    group,
+                    call,
+                    [prompt_ids[r] for r in rows],
+                    ids[rows],
+                    [row_stops[r] for r in rows],
                     max_new_tokens=max_new_tokens,
-                    temperature=temperature,
-                    top_p=top_p,
+                    choice=self._token_choice(group.params, call.batch, temperature, top_p),
                     key=key if greedy else jax.random.fold_in(key, chunk),
-                    greedy=greedy,
                     return_logits=return_logits,
                 )
                 chunk += 1
-                for j, r in enumerate(part):
+                for j, r in enumerate(rows):
                     out_tokens[r] = res["tokens"][j, : res["num_tokens"][j]]
                     if return_logits:
                         logits[r] = res["logits"][j]
 
-        texts, reasons = [], []
-        eos = set(self.eos_ids)
-        for text, toks, row_stops in zip(
-            _decode_batch(self.tokenizer, out_tokens), out_tokens, stops, strict=True
-        ):
-            text, stopped = sampling.truncate_at_stop(text, row_stops)
-            texts.append(text)
-            if stopped:
-                reasons.append("stop")
-            elif len(toks) and int(toks[-1]) in eos:
-                reasons.append("eos")
-            else:
-                reasons.append("length")
-        return GenerationResult(
-            texts=texts,
-            tokens=out_tokens,
-            num_tokens=np.asarray([len(t) for t in out_tokens], np.int32),
-            prompt_tokens=prompt_ids,
-            finish_reasons=reasons,
-            logits=logits,
+        texts, reasons = text.continuations(self.tokenizer, out_tokens, row_stops, self.eos_ids)
+        num_tokens = np.asarray([len(t) for t in out_tokens], np.int32)
+        costs = GenerationCosts(
+            generate_calls=1,
+            rows=n,
+            prompt_tokens=sum(len(p) for p in prompt_ids),
+            generated_tokens=int(np.sum(num_tokens)),
         )
+        self.costs += costs
+        return GenerationResult(texts, out_tokens, num_tokens, prompt_ids, reasons, logits, costs)
 
-    def _chunks(self, rows: list[int], prompt_ids: list[list[int]], max_new_tokens: int):
-        """Rows sorted by prompt length and cut into calls of at most `max_batch` rows.
-
-        Each length bucket starts as its own group, so that a short prompt is not padded to a
-        long neighbour's bucket (prefill cost grows with the padded length). But every call
-        also pays up to `max_new_tokens` decode steps, each with a fixed cost (the weights are
-        read once per step), so adjacent groups are merged while that lowers the estimated cost
-        (`_call_cost`). Long prompts with
-        short answers (a search's node calls) stay split; short prompts with long answers run
-        as one batch.
-        """
-        rows = sorted(rows, key=lambda r: len(prompt_ids[r]))
-        bucket = lambda r: sampling.round_to_bucket(len(prompt_ids[r]), self.length_buckets)
-        groups = [list(g) for _, g in itertools.groupby(rows, key=bucket)]
-
-        def cost(group):
-            length = max(len(prompt_ids[r]) for r in group)
-            return sum(self._call_cost(len(c), length, max_new_tokens) for c in self._split(group))
-
-        while len(groups) > 1:
-            gains = [cost(a) + cost(b) - cost(a + b) for a, b in zip(groups[:-1], groups[1:])]
-            i = int(np.argmax(gains))
-            if gains[i] <= 0:
-                break
-            groups[i : i + 2] = [groups[i] + groups[i + 1]]
-        for group in groups:
-            yield from self._split(group)
-
-    def _split(self, rows: list[int]):
-        """Consecutive calls of `_chunk_size` rows each."""
-        while rows:
-            size = self._chunk_size(len(rows))
-            yield rows[:size]
-            rows = rows[size:]
-
-    def _call_cost(self, n_rows: int, prompt_len: int, new_tokens: int) -> float:
-        """Estimated cost of one call, in decode row-steps: prefill of the padded prompts (a
-        prompt token costs the layers' FLOPs, a decoded token also the output head's) plus
-        `new_tokens` steps of `rows` rows and a fixed `decode_step_rows`."""
-        rows = min(sampling.batch_bucket(n_rows, self.batch_buckets, self.n_data), self.max_batch)
-        length = sampling.round_to_bucket(prompt_len, self.length_buckets)
-        return rows * length * self._prefill_weight + new_tokens * (rows + self.decode_step_rows)
-
-    def _chunk_size(self, n: int) -> int:
-        """Rows for the next call: all of them (up to max_batch) unless that pads the batch by
-        more than a quarter, then the largest batch bucket that fits (e.g. 40 rows: 32 + 8).
-        Prefill dominates short generations, so two tight calls beat one padded one."""
-        n = min(n, self.max_batch)
-        padded = min(sampling.batch_bucket(n, self.batch_buckets, self.n_data), self.max_batch)
-        if padded - n <= padded // 4:
-            return n
-        fitting = [
-            b for b in self.batch_buckets if b <= n and b % self.n_data == 0 and b <= self.max_batch
-        ]
-        return max(fitting) if fitting else n
-
-    def _groups(self, ids: np.ndarray):
-        """(params, lora stack or None, row indices) per device program to run."""
-        all_rows = list(range(len(ids)))
+    def _row_groups(self, ids: np.ndarray):
+        """The expert set's row groups; all rows on the base model when no row names an
+        expert."""
         if self.experts is None or (ids < 0).all():
-            yield self.params, None, all_rows
-        elif is_full_experts(self.experts):
-            for e in sorted(set(ids.tolist())):
-                rows = [i for i in all_rows if ids[i] == e]
-                params = self.params if e < 0 else self._place_params(self.experts.params_for(e))
-                yield params, None, rows
-        else:
-            yield self.params, self.experts, all_rows
+            return iter([expert_sets.RowGroup(self.params, None, list(range(len(ids))))])
+        return self.experts.row_groups(ids, self.params, self.placement)
+
+    def _token_choice(self, params, rows: int, temperature: float, top_p: float):
+        """The call's token choice; greedy calls on the base head may use its screen."""
+        screen = None
+        if temperature == 0 and params is self.params:
+            screen = self._screens.screen_for(self.params["embedder"]["embedding"][...], rows)
+        return token_choice.for_call(temperature, top_p, screen)
 
     def _run(
         self,
-        params,
-        lora,
+        group: expert_sets.RowGroup,
+        call: call_plan.PlannedCall,
         prompts: list[list[int]],
         expert_ids: np.ndarray,
-        stops: list[tuple[str, ...]],
+        row_stops: list[tuple[str, ...]],
         *,
         max_new_tokens: int,
-        temperature: float,
-        top_p: float,
+        choice: token_choice.TokenChoice,
         key: jax.Array,
-        greedy: bool,
         return_logits: bool,
     ) -> dict[str, np.ndarray]:
-        """One device call on at most `max_batch` rows; returns host arrays for the real rows."""
-        n = len(prompts)
-        length = sampling.round_to_bucket(max(len(p) for p in prompts), self.length_buckets)
-        rows = min(sampling.batch_bucket(n, self.batch_buckets, self.n_data), self.max_batch)
-        new_bucket = sampling.round_to_bucket(max_new_tokens, self.new_token_buckets)
-        tokens, lengths = sampling.left_pad(prompts, length, rows, self.sampler.pad_id)
-        active = np.arange(rows) < n
-        ids = np.full((rows,), -1, np.int32)
-        ids[:n] = expert_ids
-        row_stops = list(stops) + [()] * (rows - n)
-        any_stop = any(row_stops)
-        tables = sampling.build_stop_tables(
-            row_stops,
+        """One device call of `call.batch` rows; returns host arrays for the real rows."""
+        n, rows = len(prompts), call.batch
+        padded_stops = list(row_stops) + [()] * (rows - n)
+        any_stop = any(padded_stops)
+        tables = stops.build_stop_tables(
+            padded_stops,
             rows,
             self.config.vocab_size,
-            encode=(lambda s: _encode_batch(self.tokenizer, [s])[0]) if any_stop else None,
+            encode=(lambda s: text.encode_batch(self.tokenizer, [s])[0]) if any_stop else None,
             vocab_texts=self.vocab_texts() if any_stop else None,
             eos_ids=self.eos_ids,
         )
-        screen = self._screen_for(params, rows, greedy)
-        per_row = [tokens, lengths, ids, active, tables.group]
-        if self.mesh is not None:
-            per_row = [jax.device_put(x, sharding.rows(self.mesh, x.ndim)) for x in per_row]
-        tokens, lengths, ids, active, group = per_row
-        out = self.sampler.generate_tokens(
-            params,
-            lora,
-            tokens,
-            lengths,
-            ids,
-            active,
-            tables.tokens,
-            tables.seqs,
-            group,
-            jnp.int32(max_new_tokens),
-            jnp.float32(max(temperature, 1e-6)),
-            jnp.float32(top_p),
-            key,
-            max_new_bucket=new_bucket,
-            greedy=greedy,
-            use_top_p=(not greedy) and top_p < 1.0,
-            return_logits=return_logits,
-            head_screen=screen,
+        batch = sampling.PromptBatch.build(
+            prompts, expert_ids, call.length, rows, self.sampler.pad_id
         )
-        out = dict(out)
+        batch = jax.tree.map(self.placement.rows, batch)
+        out = self.sampler.generate_tokens(
+            group.params,
+            group.lora,
+            batch,
+            tables.replace(group=self.placement.rows(tables.group)),
+            sampling.SamplingParams(max_new_tokens=jnp.int32(max_new_tokens), key=key),
+            choice,
+            max_new_bucket=call.new_tokens,
+            return_logits=return_logits,
+        )
+        # Rows are split along 'data', in a multi-process run over other processes' devices
+        # too: every process gathers them all (its host side reads every row).
+        out = {k: distributed.host(v) for k, v in out.items()}
         self.stats["calls"] += 1
-        self.stats["screened_calls"] += screen is not None
-        self.stats["steps"] += int(np.max(np.asarray(out["num_tokens"]), initial=0))
+        self.stats["screened_calls"] += isinstance(choice, token_choice.ScreenedGreedy)
+        self.stats["steps"] += int(np.max(out["num_tokens"], initial=0))
         self.stats["head_fallback_steps"] += int(out.pop("head_fallbacks"))
-        return {k: np.asarray(v)[:n] for k, v in out.items()}
+        return {k: v[:n] for k, v in out.items()}
 
 
 def load_engine(

@@ -46,7 +46,11 @@ class PromptFn(Protocol):
 
 @dataclasses.dataclass(frozen=True)
 class Generation:
-    """What a generate function returns for a batch of rows (same order as the prompts)."""
+    """What a generate function returns for a batch of rows (same order as the prompts).
+
+    prompt_tokens / generated_tokens: the batch's token counts as the model counted them
+    (`utility.SystemScorer` passes on the engine's `GenerationResult.costs`).
+    """
 
     texts: list[str]
     prompt_tokens: int = 0
@@ -58,7 +62,15 @@ GenerateFn = Callable[[list[str], list[int]], Generation]
 
 @dataclasses.dataclass
 class ExecutionStats:
-    """Cost counters; accumulate across runs until ``reset``."""
+    """This executor's own cost counters, accumulated over its runs.
+
+    generate_calls: calls of the generate function; rows_requested: rows its runs asked for;
+    rows_generated: rows sent to the generate function; cache_hits: rows answered from the
+    (expert, prompt) cache (rows_requested = rows_generated + cache_hits with the cache on);
+    prompt_tokens / generated_tokens: the generated rows' tokens. Generations made outside
+    this executor (another executor, a judge) are not here: an engine counts all of its own
+    (`Engine.costs`, hs_jax.engine).
+    """
 
     generate_calls: int = 0
     rows_requested: int = 0

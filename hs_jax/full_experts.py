@@ -2,8 +2,9 @@
 
 For small models the swarm can search over whole weight sets instead of LoRA adapters. Like
 `LoraStack`, every leaf carries a leading expert axis ([E, ...]), so PSO's leaf-wise linear
-combinations and the engine's "expert i" selection work the same way for both kinds. The
-architecture (GemmaConfig) and the expert names are static metadata, not leaves.
+combinations work the same way for both kinds. The architecture (GemmaConfig) and the expert
+names are static metadata, not leaves. The engine runs them through
+`expert_sets.FullWeightExperts`: rows grouped per expert, each group with `params_for(i)`.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from hs_jax import tasks
+from hs_jax.costs import GenerationCosts
 from hs_jax.executor import ExecutionStats, Executor, Generation, System
 from hs_jax.graph import Dag
 
@@ -32,6 +33,10 @@ class SystemScorer:
     After each `score`, `last_run` holds every node's prompts and outputs, `last_check` the
     AbstainQA check pass (prompts and outputs per system and item) and `last_item_scores` the
     per-item scores per system: `audit_rows` turns them into the audit trail.
+
+    Costs: `stats` is the node executor's account (`ExecutionStats`: its rows, cache hits and
+    the calls and tokens it generated); `costs` is every generation of the engine, the node
+    calls, AbstainQA's checks and the judge's ratings together (`costs.GenerationCosts`).
     """
 
     def __init__(self, engine, spec: tasks.TaskSpec, protocol: tasks.Protocol, *, max_batch):
@@ -57,7 +62,18 @@ class SystemScorer:
 
     @property
     def stats(self) -> ExecutionStats:
+        """The node executor's counters (its own rows and cache hits)."""
         return self.executor.stats
+
+    @property
+    def costs(self) -> GenerationCosts:
+        """Every generation of the engine so far (node calls, checks, judge), counted there."""
+        return self.engine.costs
+
+    @costs.setter
+    def costs(self, value: GenerationCosts) -> None:
+        # A resumed run continues the counters of its checkpoint.
+        self.engine.costs = value
 
     def _generate(self, prompts: list[str], expert_ids: list[int], max_new_tokens=None):
         out = self.engine.generate(
@@ -65,8 +81,8 @@ class SystemScorer:
         )
         return Generation(
             texts=list(out.texts),
-            prompt_tokens=sum(len(p) for p in out.prompt_tokens),
-            generated_tokens=int(np.sum(out.num_tokens)),
+            prompt_tokens=out.costs.prompt_tokens,
+            generated_tokens=out.costs.generated_tokens,
         )
 
     def _generate_check(self, prompts: list[str], expert_ids: list[int]):

@@ -1,13 +1,16 @@
 """Engine tests: batching and padding, mixed experts (LoRA and full weights) against per-expert
-runs, no recompiles on new weights, stops, the long-prompt policy, and 8-device sharding."""
+runs, no recompiles on new weights, stops, the long-prompt policy, 8-device sharding, the
+engine's cost counters and its expert kinds."""
 
 import jax
 import numpy as np
 import pytest
-from test_sampling import CFG, StandInLora, random_params
+from test_sampling import CFG, random_params
 
-from hs_jax import sampling, sharding
+from hs_jax import expert_sets, sampling, sharding, stops
+from hs_jax import full_experts as fe
 from hs_jax.engine import Engine
+from hs_jax.lora import LoraStack
 
 # Shared buckets so most tests reuse a few compiled programs.
 BUCKETS = dict(length_buckets=(32,), new_token_buckets=(16,), batch_buckets=(8,))
@@ -61,7 +64,7 @@ def lora_stack(n_experts=4, rank=4, seed=0, scale=0.5):
             b = scale * rng.standard_normal((n_experts, rank, d_out))
             entry[name] = {"a": a.astype(np.float32), "b": b.astype(np.float32)}
         layers.append(entry)
-    return StandInLora(tuple(layers))
+    return LoraStack(tuple(layers))
 
 
 def merged_params(params, stack, e):
@@ -132,19 +135,8 @@ def test_zero_lora_equals_base(params):
     np.testing.assert_allclose(got.logits, base.logits, rtol=1e-6, atol=1e-6)
 
 
-class FullExperts:
-    """Stand-in full-weight expert set: expert i = base weights scaled per leaf."""
-
-    def __init__(self, params, n):
-        self.n_experts = n
-        self.sets = [random_params(CFG, seed=100 + i) for i in range(n)]
-
-    def params_for(self, i):
-        return self.sets[i]
-
-
 def test_full_experts_grouped_per_expert(params):
-    experts = FullExperts(params, 3)
+    experts = fe.stack_params([random_params(CFG, seed=100 + i) for i in range(3)], CFG)
     engine = Engine(CFG, params, TOK, experts=experts, **BUCKETS)
     ids = [2, 0, -1, 2, 1]
     mixed = engine.generate(PROMPTS, ids, max_new_tokens=8)
@@ -170,7 +162,7 @@ def test_eos_and_stop_strings(params):
     engine = Engine(CFG, params, TOK, eos_ids=(), **BUCKETS)
     res = engine.generate(PROMPTS, max_new_tokens=16, stop=[stop])
     for i in range(len(PROMPTS)):
-        want, stopped = sampling.truncate_at_stop(free.texts[i], [stop])
+        want, stopped = stops.truncate_at_stop(free.texts[i], [stop])
         assert res.texts[i] == want
         assert res.finish_reasons[i] == ("stop" if stopped else "length")
         if stopped:  # the device stopped the row at the token that completed the stop string
@@ -242,9 +234,9 @@ def test_rows_are_chunked_by_length_bucket(params, monkeypatch):
     seen = []
     run = engine._run
 
-    def spy(params, lora, prompt_ids, *args, **kwargs):
+    def spy(group, call, prompt_ids, *args, **kwargs):
         seen.append(sorted(len(p) for p in prompt_ids))
-        return run(params, lora, prompt_ids, *args, **kwargs)
+        return run(group, call, prompt_ids, *args, **kwargs)
 
     monkeypatch.setattr(engine, "_run", spy)
     again = engine.generate(prompts, max_new_tokens=3)
@@ -255,23 +247,30 @@ def test_rows_are_chunked_by_length_bucket(params, monkeypatch):
         assert engine.generate([prompt], max_new_tokens=3).texts == [text]
 
 
-def test_chunk_sizes_avoid_heavy_batch_padding(params):
-    engine = Engine(CFG, params, TOK, max_batch=64, batch_buckets=(8, 16, 32, 64))
-    assert engine._chunk_size(64) == 64
-    assert engine._chunk_size(100) == 64
-    assert engine._chunk_size(30) == 30  # pads to 32: cheap
-    assert engine._chunk_size(40) == 32  # 40 would pad to 64: run 32, then 8
-    assert engine._chunk_size(8) == 8
-    assert engine._chunk_size(3) == 3  # no smaller bucket: pad to 8
+def test_costs_count_every_generate_call(params):
+    engine = Engine(CFG, params, TOK, **BUCKETS)
+    a = engine.generate(PROMPTS, max_new_tokens=5)
+    b = engine.generate(PROMPTS[:2], max_new_tokens=3)
+    assert engine.generate([], max_new_tokens=3).costs.generate_calls == 0
+    assert a.costs.rows == 5 and a.costs.generate_calls == 1
+    assert a.costs.prompt_tokens == sum(len(p) for p in a.prompt_tokens)
+    assert a.costs.generated_tokens == int(a.num_tokens.sum()) > 0
+    assert engine.costs == a.costs + b.costs and engine.costs.generate_calls == 2
+    assert (engine.costs - b.costs).as_dict() == a.costs.as_dict()
 
 
-def test_call_plan_merges_length_buckets_only_when_decoding_dominates(params):
-    """Short prompts of two length buckets share one call when many tokens are decoded (each
-    extra call pays every decode step again) but not for long prompts with a short answer."""
-    engine = Engine(CFG, params, TOK, max_batch=64, length_buckets=(16, 24, 256, 512))
-    short = [[1] * 12] * 32 + [[1] * 20] * 32  # buckets 16 and 24
-    long = [[1] * 200] * 32 + [[1] * 400] * 32  # buckets 256 and 512
-    rows = list(range(64))
-    assert [len(c) for c in engine._chunks(rows, short, 64)] == [64]
-    assert [len(c) for c in engine._chunks(rows, long, 4)] == [32, 32]
-    assert [len(c) for c in engine._chunks(rows, short, 1)] == [32, 32]
+def test_expert_kinds_and_swaps(params):
+    with pytest.raises(TypeError, match="LoraStack"):
+        Engine(CFG, params, TOK, experts={"layers": ()}, **BUCKETS)
+    other = CFG.replace(ffn_dim=48)
+    with pytest.raises(ValueError, match="expert params"):
+        Engine(CFG, params, TOK, experts=fe.stack_params([random_params(other)], other))
+    engine = Engine(CFG, params, TOK, **BUCKETS)
+    assert engine.n_experts == 0 and engine.experts is None
+    engine.set_experts(lora_stack(n_experts=2))
+    assert isinstance(engine.experts, expert_sets.LoraExperts) and engine.n_experts == 2
+    engine.set_experts(expert_sets.LoraExperts(lora_stack(n_experts=2, seed=3)))
+    with pytest.raises(ValueError, match="tree structure"):
+        engine.set_experts(fe.stack_params([random_params(CFG)], CFG))
+    full = Engine(CFG, params, TOK, experts=fe.stack_params([random_params(CFG)], CFG))
+    assert isinstance(full.experts, expert_sets.FullWeightExperts) and full.n_experts == 1

@@ -1,5 +1,5 @@
-"""Sampler tests: host helpers, nucleus sampling, and the jitted decode loop against a plain
-forward pass of the model (no cache, each prompt alone)."""
+"""Sampler tests: left padding and the jitted decode loop against a plain forward pass of the
+model (no cache, each prompt alone), with EOS, stop sequences and LoRA rows."""
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from hs_jax import sampling
+from hs_jax import sampling, token_choice
+from hs_jax import stops as stops_lib
+from hs_jax.lora import LoraStack
 from hs_jax.models import gemma
 from hs_jax.models.config import tiny_config
 
@@ -74,16 +76,16 @@ def run(
 ):
     tokens, lengths = sampling.left_pad(prompts, length, rows, sampler.pad_id)
     stops = stops or [()] * rows
-    tables = sampling.build_stop_tables(
+    tables = stops_lib.build_stop_tables(
         stops, rows, CFG.vocab_size, encode=lambda s: seq or [], eos_ids=eos_ids
     )
     ids = np.full((rows,), -1, np.int32) if ids is None else np.asarray(ids, np.int32)
+    batch = sampling.PromptBatch(tokens, lengths, ids, np.arange(rows) < len(prompts))
+    choice = token_choice.Greedy() if greedy else token_choice.for_call(temperature, top_p)
+    params_ = sampling.SamplingParams(max_new_tokens=jnp.int32(n_new), key=jax.random.key(key))
     out = sampler.generate_tokens(
-        params, lora, tokens, lengths, ids, np.arange(rows) < len(prompts),
-        tables.tokens, tables.seqs, tables.group, jnp.int32(n_new), jnp.float32(temperature),
-        jnp.float32(top_p), jax.random.key(key), max_new_bucket=16, greedy=greedy,
-        use_top_p=top_p < 1, return_logits=True,
-    )  # fmt: skip
+        params, lora, batch, tables, params_, choice, max_new_bucket=16, return_logits=True
+    )
     return jax.tree.map(np.asarray, out)
 
 
@@ -99,81 +101,10 @@ def params():
     return random_params(CFG)
 
 
-def test_buckets_and_padding():
-    assert sampling.round_to_bucket(1, (32, 64)) == 32
-    assert sampling.round_to_bucket(33, (32, 64)) == 64
-    assert sampling.round_to_bucket(65, (32, 64)) == 128
-    assert sampling.batch_bucket(3, (1, 2, 4, 8), multiple_of=8) == 8
-    assert sampling.batch_bucket(9, (1, 2, 4, 8, 16), multiple_of=4) == 16
+def test_left_padding():
     tokens, lengths = sampling.left_pad([[5, 6], [7]], 4, 3, pad_id=0)
     np.testing.assert_array_equal(tokens, [[0, 0, 5, 6], [0, 0, 0, 7], [0, 0, 0, 0]])
     np.testing.assert_array_equal(lengths, [2, 1, 1])
-
-
-def test_long_prompt_policy():
-    with pytest.raises(ValueError, match="more than the allowed 3"):
-        sampling.fit_prompts([[1, 2, 3, 4]], 3, truncate="error")
-    assert sampling.fit_prompts([[1, 2, 3, 4], [5]], 3, truncate="left") == [[2, 3, 4], [5]]
-    with pytest.raises(ValueError, match="empty"):
-        sampling.fit_prompts([[]], 3)
-
-
-def test_stop_tables_and_truncation():
-    vocab = ["", "ab", "x\n", "b", "\n"]
-    t = sampling.build_stop_tables(
-        [("\n",), (), ("\n",), ("ab", "\n")], 4, 5, encode=lambda s: [1] if s == "ab" else [2, 4],
-        vocab_texts=vocab,
-    )  # fmt: skip
-    assert t.group[0] == t.group[2] != t.group[1] != t.group[3]
-    np.testing.assert_array_equal(t.tokens[t.group[0]], [0, 0, 1, 0, 1])
-    np.testing.assert_array_equal(t.tokens[t.group[1]], [0, 0, 0, 0, 0])
-    np.testing.assert_array_equal(t.tokens[t.group[3]], [0, 1, 1, 0, 1])
-    assert t.seqs.shape[0] == 4 and t.seqs.shape[-1] == 2  # groups and length -> powers of two
-    assert [2, 4] in t.seqs[t.group[0]].tolist()  # right aligned
-    assert sampling.truncate_at_stop("hello\nworld.", ["o", "\n"]) == ("hell", True)
-    assert sampling.truncate_at_stop("hello", ["z"]) == ("hello", False)
-
-
-def reference_nucleus(logits, p):
-    """Indices of the nucleus by the definition: most probable first, until mass >= p."""
-    probs = np.exp(logits - logits.max())
-    probs /= probs.sum()
-    order = np.argsort(-probs)
-    mass = np.cumsum(probs[order])
-    k = int(np.searchsorted(mass, p)) + 1
-    return set(order[: min(k, len(order))].tolist())
-
-
-def test_top_p_masks_exactly_the_nucleus():
-    logits = np.asarray(jax.random.normal(jax.random.key(3), (6, 50)) * 3, np.float32)
-    for p in (0.1, 0.5, 0.9):  # top_p = 1 skips the filter (use_top_p=False)
-        masked = np.asarray(sampling.top_p_logits(jnp.asarray(logits), jnp.float32(p)))
-        for row in range(6):
-            assert set(np.flatnonzero(np.isfinite(masked[row])).tolist()) == reference_nucleus(
-                logits[row], p
-            )
-            np.testing.assert_array_equal(
-                masked[row][np.isfinite(masked[row])], logits[row][np.isfinite(masked[row])]
-            )
-
-
-def test_top_p_sampling_reproducible_and_inside_nucleus():
-    logits = jnp.asarray(jax.random.normal(jax.random.key(4), (4, 40)) * 2)
-    nuclei = [reference_nucleus(np.asarray(logits[r]), 0.6) for r in range(4)]
-
-    def draw(seed):
-        return np.asarray(
-            sampling.choose_tokens(
-                logits, jax.random.key(seed), jnp.float32(1.0), jnp.float32(0.6), greedy=False,
-                use_top_p=True,
-            )
-        )  # fmt: skip
-
-    draws = np.stack([draw(s) for s in range(200)])  # [200, 4]
-    np.testing.assert_array_equal(draw(7), draws[7])
-    for r in range(4):
-        assert set(draws[:, r].tolist()) <= nuclei[r]
-        assert len(set(draws[:, r].tolist())) == len(nuclei[r]) or len(nuclei[r]) > 3
 
 
 def test_greedy_equals_plain_forward_and_no_retrace(params):
@@ -215,22 +146,10 @@ def test_eos_and_device_stop_sequences(params):
     assert out["num_tokens"][0] == out["num_tokens"][1] == 10
 
 
-class StandInLora:
-    """Minimal LoRA stack (a pytree with `.layers`), as the model hook needs."""
-
-    def __init__(self, layers):
-        self.layers = layers
-
-
-jax.tree_util.register_pytree_node(
-    StandInLora, lambda s: ((s.layers,), None), lambda _, c: StandInLora(c[0])
-)
-
-
 def test_base_rows_in_a_lora_batch_equal_the_base_model(params):
     d, r = CFG.d_model, 4
     rng = np.random.default_rng(9)
-    lora = StandInLora(
+    lora = LoraStack(
         tuple(
             {"q_proj": {"a": rng.standard_normal((3, d, r), np.float32),
                         "b": rng.standard_normal((3, r, CFG.q_dim), np.float32)}}

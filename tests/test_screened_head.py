@@ -8,6 +8,7 @@ import pytest
 from test_engine import BUCKETS, PROMPTS, TOK, lora_stack
 from test_sampling import CFG, random_params
 
+from hs_jax import token_choice
 from hs_jax.engine import Engine
 from hs_jax.models import gemma, screened_head
 
@@ -171,5 +172,7 @@ def test_engine_screened_equals_plain_and_falls_back(params, monkeypatch):
     for a, b in zip(again.tokens, want.tokens, strict=True):
         np.testing.assert_array_equal(a, b)
     # Sampling never uses the screen.
-    assert screened._screen_for(screened.params, 8, greedy=False) is None
-    assert screened._screen_for(screened.params, 8, greedy=True) is not None
+    sampled = screened._token_choice(screened.params, 8, temperature=1.0, top_p=1.0)
+    assert isinstance(sampled, token_choice.RandomSampling)
+    greedy = screened._token_choice(screened.params, 8, temperature=0.0, top_p=1.0)
+    assert isinstance(greedy, token_choice.ScreenedGreedy)
