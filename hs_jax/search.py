@@ -97,6 +97,11 @@ and a numpy ``Generator`` (PCG64) that draws, in this order each iteration, the 
 uniforms (also in round 0 under 'authors', where they are unused), the G-decode choices and
 the JFK assignments. Both are checkpointed, so a resumed run continues the same streams.
 
+Multi-process runs: every process runs the loop; the numpy Generator and the jax key advance
+identically on all of them, and each step asserts it (``hs_jax.distributed.assert_same`` on the
+decoded DAGs and the JFK assignments before they are scored, and on the utilities after), so a
+process that drifted stops the run naming the step instead of desynchronising the swarms.
+
 Checkpoints (``workdir``): see :mod:`hs_jax.checkpointing`; a run with a workdir resumes from
 the latest readable step and ends bitwise identical to an uninterrupted run (under 'authors'
 the stop history is read back from the checkpointed history). The caller may keep its own
@@ -118,7 +123,7 @@ import numpy as np
 from absl import logging
 from tqdm.auto import tqdm
 
-from hs_jax import checkpointing, graph, jfk, pso
+from hs_jax import checkpointing, distributed, graph, jfk, pso
 from hs_jax.graph import Dag
 from hs_jax.workdir import kill_point
 
@@ -380,10 +385,13 @@ def _role_score(
     penalty = np.asarray(graph.l1_penalty(adjacency, cfg.l1_lambda), np.float64)  # [N]
     decoded = adjacency if cfg.prune_tau is None else graph.prune(adjacency, cfg.prune_tau)
     dags = [graph.g_decode(a, loop.rng, top_p=cfg.top_p) for a in decoded]
+    t = loop.iteration
+    distributed.assert_same(f"iteration {t}'s G-decoded DAGs", [d.to_dict() for d in dags])
     identity = tuple(range(n))
     systems = [(d, identity) for d in dags]
     weight_moves = int(loop.weights.iteration)
     u = _utilities(score_systems(systems, loop.weights.x), len(systems))  # [N]
+    distributed.assert_same(f"iteration {t}'s role-step utilities", u)
     kill_point("role_step")  # test hook: a kill inside a role-step
     objective = u - penalty  # [N]
     i_best = _argmax_finite(objective)
@@ -425,9 +433,12 @@ def _weight_step_score(
     after the scoring under 'hs_jax', before it under 'authors'), the systems, JFK-scores."""
     dag = loop.graph
     assignments = jfk.sample_assignments(dag.n, n_experts, cfg.n_assignments, loop.rng)
+    t = loop.iteration
+    distributed.assert_same(f"iteration {t}'s JFK assignments", [dag.to_dict(), assignments])
     systems = [(dag, tuple(int(e) for e in a)) for a in assignments]
     weight_moves = int(loop.weights.iteration)
     u = _utilities(score_systems(systems, loop.weights.x), len(systems))  # [M]
+    distributed.assert_same(f"iteration {t}'s weight-step utilities", u)
     kill_point("weight_step")  # test hook: a kill inside a weight-step
     previous = None if loop.prev_jfk is None else np.asarray(loop.prev_jfk, np.float64)
     scores = jfk.jfk_scores(assignments, u, n_experts, previous)  # [n]
@@ -617,6 +628,12 @@ def _fresh(experts: PyTree, cfg: SearchConfig, n: int, fixed_dag: Dag | None, me
     weights = pso.init(experts, k_weights, cfg.weights_pso)
     if mesh is not None:
         weights = pso.shard_state(weights, mesh, "expert")
+        leaf = jax.tree.leaves(weights.x)[0]
+        logging.info(
+            "weight swarm: %d experts along mesh axis 'expert' of %d (%s; %d per device)",
+            n, mesh.shape["expert"], leaf.sharding.spec,
+            leaf.addressable_shards[0].data.shape[0],
+        )  # fmt: skip
     rng = np.random.Generator(np.random.PCG64(cfg.seed))
     return _Loop(roles=roles, weights=weights, key=key, rng=rng, graph=fixed_dag)
 
@@ -727,6 +744,12 @@ def run_search(
                     ):
                         kill_point("checkpoint_committed")  # test hook: kill after a save
                 _log(loop, record, time.perf_counter() - start)
+                if distributed.multi():
+                    logging.info(
+                        "iteration %d: all %d processes agree on its DAGs, assignments and "
+                        "utilities (%d checks so far)",
+                        record["iteration"], jax.process_count(), distributed.checks,
+                    )  # fmt: skip
                 bar.update(1)
                 bar.set_postfix(best=record["best_utility"], stall=loop.stall)
                 for callback in callbacks:

