@@ -552,6 +552,34 @@ def summarize_checkpoint(path: str | os.PathLike, step: int | None = None) -> di
     }
 
 
+def read_step(
+    path: str | os.PathLike, step: int | None = None
+) -> tuple[str, int, dict[str, Any], dict[str, np.ndarray]]:
+    """(checkpoint dir, step, meta, flat arrays) of ``step`` or of the newest readable step, read
+    without writing anything and checked against the recorded CRC32s.
+
+    ``path``: as for ``summarize_checkpoint``. Unlike a resume, a damaged step is skipped with a
+    warning (a named ``step`` raises), never moved aside: the search that owns the folder may
+    still be running.
+    """
+    _silence_closed_loop_reports()
+    path, step = _resolve(path, step)
+    with _read_only_manager(path) as manager:
+        for s in reversed(_listed_steps(manager, path, step)):
+            try:
+                meta = _restore_meta(manager, s)
+                arrays = _restore_arrays(manager, s, meta)
+            except Exception as e:  # orbax, tensorstore, JSON and checksum errors
+                if step is not None:
+                    raise NoUsableCheckpointError(
+                        f"step {s} in {path} is unreadable ({_reason(e)})"
+                    ) from e
+                logging.warning("checkpoint step %d in %s is unreadable (%s)", s, path, _reason(e))
+                continue
+            return path, s, meta, arrays
+    raise NoUsableCheckpointError(f"no readable checkpoint step in {path}")
+
+
 def verify_checkpoint(path: str | os.PathLike, step: int | None = None) -> dict[str, Any]:
     """Read every array of each step (or only ``step``) and check it against the CRC32s in its
     JSON item, without a model or template, changing nothing.

@@ -101,26 +101,8 @@ def read_checkpoint(path: str | os.PathLike, step: int | None = None) -> Checkpo
     or one step directory). Unlike a resume, a damaged step is skipped (with a warning), not
     moved aside: the search that owns the folder may still be running.
     """
-    # The read-only primitives of checkpointing's own verify_checkpoint; no manager that could
-    # clean up or move steps (Checkpointer) is opened.
     pipeline.quiet_orbax()
-    checkpointing._silence_closed_loop_reports()
-    path, step = checkpointing._resolve(path, step)
-    with checkpointing._read_only_manager(path) as manager:
-        for s in reversed(checkpointing._listed_steps(manager, path, step)):
-            try:
-                meta = checkpointing._restore_meta(manager, s)
-                arrays = checkpointing._restore_arrays(manager, s, meta)
-            except Exception as e:  # orbax, tensorstore, JSON and checksum errors
-                reason = checkpointing._reason(e)
-                if step is not None:
-                    raise checkpointing.NoUsableCheckpointError(
-                        f"step {s} in {path} is unreadable ({reason})"
-                    ) from e
-                logging.warning("checkpoint step %d in %s is unreadable (%s)", s, path, reason)
-                continue
-            return CheckpointStep(path, s, meta, arrays)
-    raise checkpointing.NoUsableCheckpointError(f"no readable checkpoint step in {path}")
+    return CheckpointStep(*checkpointing.read_step(path, step))
 
 
 # ----------------------------------------------------------------------------- config
