@@ -37,8 +37,10 @@ setup(
             "torch==2.13.0",
             "accelerate",
             "peft",
-            # tests/test_colab.py runs the notebook's cells, which display its pictures.
+            # tests/test_colab.py executes the notebooks in a Jupyter kernel.
             "ipython",
+            "ipykernel",
+            "nbclient",
         ],
     },
 )
