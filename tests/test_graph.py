@@ -38,7 +38,7 @@ def _ref_softmax_weights(logits):
 
 
 def _ref_distribution(a, top_p):
-    """All decoding paths of REFERENCE section 1's G-decode, summed per resulting Dag."""
+    """All decoding paths of G-decode (graph.py's docstring), summed per resulting Dag."""
     n = len(a)
     deg = [sum(a[i][j] for j in range(n) if j != i) for i in range(n)]
     inv = [1.0 / x if x >= 1.0 else 2.0 - x for x in deg]

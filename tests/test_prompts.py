@@ -1,4 +1,5 @@
-"""Prompts exactly as the paper's Table 6/7 and REFERENCE sections 1-2 specify, and the judge."""
+"""Prompts exactly as the paper's Table 6/7 and the hs_jax protocol (docs/FIDELITY.md) specify,
+and the judge."""
 
 import numpy as np
 import pytest

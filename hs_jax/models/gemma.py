@@ -5,7 +5,7 @@ Positions are explicit: a token with position < 0 is padding; it is never attend
 own output is garbage but finite. Prompts are left padded by the sampler, so positions of real
 tokens start at 0 in every row.
 
-Performance choices (CPU, see REFERENCE.md section 6 and bench/RESULTS.md): layers are an
+Performance choices (CPU, measured in bench/RESULTS.md): layers are an
 unrolled Python loop; the tied output head contracts the embedding's model axis directly (no
 transpose of the [V, D] table), and greedy decoding uses a vocabulary-major head with a blocked
 argmax (`Embedder.greedy`); the KV cache holds values as [B * Kh, S, Dh] and keys as

