@@ -13,7 +13,7 @@ import importlib
 
 _EXPORTS = {
     "run": "hs_jax.pipeline",
-    "make_pool": "hs_jax.pipeline",
+    "make_pool": "hs_jax.run_setup",
     "load_system": "hs_jax.found_system",
     "FoundSystem": "hs_jax.found_system",
     "read_checkpoint": "hs_jax.found_system",

@@ -58,6 +58,8 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.protocol = "hs_jax"  # hs_jax | authors (docs/FIDELITY.md)
+    # How the system is found: a name in hs_jax.methods.METHODS ('hs': Heterogeneous Swarms).
+    c.method = "hs"
     # Start over in a workdir that holds an earlier run: its files are moved aside into
     # workdir/previous/<time>/, never deleted. Without it such a workdir is resumed or refused.
     c.restart = False
@@ -278,6 +280,7 @@ def check_config(c: ml_collections.ConfigDict) -> None:
     dataclass that checks them), so a config is fixed in one go.
     """
     from hs_jax import pso, search
+    from hs_jax.methods import METHODS
     from hs_jax.tasks import TASK_TYPES, GraphGenConfig
 
     problems: list[str] = []
@@ -293,6 +296,8 @@ def check_config(c: ml_collections.ConfigDict) -> None:
         bad("seed", c.seed, "must be an int in [0, 2**63)")
     if c.protocol not in PROTOCOLS:
         bad("protocol", c.protocol, f"expected one of {PROTOCOLS}")
+    if c.method not in METHODS:
+        bad("method", c.method, f"expected one of {tuple(METHODS)}")
 
     if not c.model.spec:
         bad(

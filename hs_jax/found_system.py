@@ -2,7 +2,7 @@
 
 A run's best system is a DAG, an assignment of experts to its nodes and the experts' weights.
 `load_system` rebuilds exactly what the run's test scoring used (the base model of
-`pipeline.load_base`, an `Engine` with the run's engine and mesh settings, the protocol's node
+`run_setup.load_base`, an `Engine` with the run's engine and mesh settings, the protocol's node
 prompts, the `Executor` of a `SystemScorer`), so the loaded system's outputs on the run's test
 items are results.json's `best_system_test_outputs`, node for node. Where it comes from:
 
@@ -12,7 +12,7 @@ items are results.json's `best_system_test_outputs`, node for node. Where it com
   `outputs.export_experts=False` falls back to its last checkpoint;
 - `step=N`, or a run without results.json yet (killed, or still running): the step's best
   DAG and assignment (its meta) and its best expert weights, restored against a template built
-  from the run's pool (`pipeline.build_experts`: the pool is loaded, or regenerated from the
+  from the run's pool (`run_setup.build_experts`: the pool is loaded, or regenerated from the
   seed, never trained). Checkpoints are only read (`read_checkpoint`), every array checked
   against its recorded CRC32, so a running search is never disturbed.
 
@@ -35,12 +35,13 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from hs_jax import checkpointing, lora, pipeline, sharding, tasks
+from hs_jax import checkpointing, lora, run_identity, run_setup, sharding, tasks
 from hs_jax import config as config_lib
 from hs_jax import workdir as workdir_lib
 from hs_jax.engine import Engine
 from hs_jax.executor import System
 from hs_jax.graph import Dag
+from hs_jax.methods import SINGLE
 from hs_jax.utility import SystemScorer
 
 Question = str | Mapping[str, Any] | tasks.Item
@@ -101,7 +102,7 @@ def read_checkpoint(path: str | os.PathLike, step: int | None = None) -> Checkpo
     or one step directory). Unlike a resume, a damaged step is skipped (with a warning), not
     moved aside: the search that owns the folder may still be running.
     """
-    pipeline.quiet_orbax()
+    run_setup.quiet_orbax()
     return CheckpointStep(*checkpointing.read_step(path, step))
 
 
@@ -140,8 +141,10 @@ def _checked_config(config, workdir: Path) -> ml_collections.ConfigDict:
         defaults.protocol = c.protocol
         diff = workdir_lib.identity_diff(
             saved,
-            workdir_lib.flat_config(c, pipeline.FREE_FIELDS),
-            defaults=workdir_lib.flat_config(config_lib.resolve(defaults), pipeline.FREE_FIELDS),
+            workdir_lib.flat_config(c, run_identity.FREE_FIELDS),
+            defaults=workdir_lib.flat_config(
+                config_lib.resolve(defaults), run_identity.FREE_FIELDS
+            ),
         )
         if diff:
             raise workdir_lib.WorkdirError(
@@ -170,13 +173,13 @@ class _Run:
         """The run's pool as it started the search (loaded or regenerated, never trained)."""
         c = self.config
         if c.experts.source == "train":
-            folder = pipeline.pool_dir_of(c, self.workdir)
+            folder = run_setup.pool_dir_of(c, self.workdir)
             if len(list(folder.glob(f"*/{lora.ADAPTER_WEIGHTS}"))) < c.experts.n:
                 raise FileNotFoundError(
                     f"the run's trained expert pool is not (all) in {folder}; load_system "
                     "does not train one"
                 )
-        return pipeline.build_experts(
+        return run_setup.build_experts(
             self.config, self.workdir, *self.base, self.spec, self.dev, self.test
         )
 
@@ -268,7 +271,7 @@ class FoundSystem:
     def single_expert(self, expert: int | None = None) -> FoundSystem:
         """A one-node system of one expert of the pool as the run scored it before the search
         (default: the run's best single expert): the baseline the found system is compared
-        with. Builds the pool (`pipeline.build_experts`)."""
+        with. Builds the pool (`run_setup.build_experts`)."""
         if expert is None:
             results = workdir_lib.read_json(self._run.workdir / workdir_lib.RESULTS_JSON)
             if results is None:
@@ -278,7 +281,7 @@ class FoundSystem:
             expert = int(results["best_single"]["expert"])
         pool = self._run.pool()
         return FoundSystem(
-            self._run, pipeline.SINGLE, (expert,), pipeline.expert_names(pool), pool,
+            self._run, SINGLE, (expert,), run_setup.expert_names(pool), pool,
             f"expert {expert} of the pool",
         )  # fmt: skip
 
@@ -307,16 +310,16 @@ def load_system(
             f"{checkpointing.SEARCH_SUBDIR}/"
         )
     ckpt = None if finished else read_checkpoint(workdir / checkpointing.SEARCH_SUBDIR, step)
-    source = pipeline.task_source(c, workdir)
+    source = run_identity.task_source(c, workdir)
     if source.pending:
         raise workdir_lib.WorkdirError(f"{workdir} has no {workdir_lib.TASK_JSON}")
-    spec, dev, test, _ = pipeline.load_items(c, workdir, source)
+    spec, dev, test, _ = run_setup.load_items(c, workdir, source)
     if c.engine.compilation_cache:  # as hs_jax.run: a repeated load skips compilation
         jax.config.update(
             "jax_compilation_cache_dir", os.path.expanduser(c.engine.compilation_cache)
         )
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-    run = _Run(c, workdir, pipeline.load_base(c), spec, pipeline.protocol_for(c, spec), dev, test)
+    run = _Run(c, workdir, run_setup.load_base(c), spec, run_setup.protocol_for(c, spec), dev, test)
     if finished:
         best, names = results["best_system"], results["experts"]
         used = sorted(set(best["assignment"]))
@@ -342,7 +345,7 @@ def load_system(
         )
     weights = ckpt.restore("best_weights", pool)
     return FoundSystem(
-        run, Dag.from_dict(best["dag"]), best["assignment"], pipeline.expert_names(pool),
+        run, Dag.from_dict(best["dag"]), best["assignment"], run_setup.expert_names(pool),
         weights, f"checkpoint step {ckpt.step}",
     )  # fmt: skip
 

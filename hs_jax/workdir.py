@@ -339,10 +339,10 @@ def kill_point(name: str, watch: str | os.PathLike | None = None) -> None:
     which `watch` holds a temporary entry (an orbax save in progress), from a polling thread:
     the process dies in the middle of a write. No-op when the variable is unset.
 
-    The points: 'setup' (pipeline: 1 task file written, 2 run.json written, 3 pool built,
-    4 baseline scored), 'role_step' / 'weight_step' (search: after the step's scoring),
-    'checkpoint_write' (search: during a save), 'checkpoint_committed' (search: after one),
-    'outputs' (pipeline: after each picture, after each exported expert).
+    The points: 'setup' (pipeline: 1 task file written, 2 run.json written, 3 pool built;
+    methods: 4 baseline scored), 'role_step' / 'weight_step' (search: after the step's
+    scoring), 'checkpoint_write' (search: during a save), 'checkpoint_committed' (search:
+    after one), 'outputs' (report: after each picture, after each exported expert).
     """
     spec = os.environ.get(KILL_ENV)
     if not spec:

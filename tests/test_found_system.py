@@ -17,7 +17,7 @@ import pytest
 
 import hs_jax
 from hs_jax import config as config_lib
-from hs_jax import found_system, lora, pipeline, sharding
+from hs_jax import found_system, lora, run_setup, sharding
 from hs_jax.engine import Engine
 from hs_jax.executor import System
 from hs_jax.utility import SystemScorer
@@ -71,7 +71,7 @@ def test_checkpoint_step_holds_the_exported_system(run, tmp_path):
     assert _node_outputs(system, system.test_items)[1] == want
     # The checkpoint's best weights are those exported to best_experts/, bit for bit.
     used = sorted(set(system.assignment))
-    base_cfg = pipeline.load_base(config_lib.resolve(_tiny()))[0]
+    base_cfg = run_setup.load_base(config_lib.resolve(_tiny()))[0]
     folders = [workdir / "best_experts" / results["experts"][e] for e in used]
     exported = jax.tree.leaves(lora.load_peft_pool(folders, base_cfg))
     saved = list(last.part("best_weights").values())
@@ -126,7 +126,7 @@ def test_a_subset_of_the_experts_answers_as_the_whole_pool(run, tmp_path):
     _, nodes = _node_outputs(system, system.test_items)
 
     c = config_lib.resolve(_tiny())
-    base = pipeline.load_base(c)
+    base = run_setup.load_base(c)
     pool = lora.load_peft_pool(
         [workdir / "best_experts" / name for name in results["experts"]], base[0]
     )
@@ -143,7 +143,7 @@ def test_a_subset_of_the_experts_answers_as_the_whole_pool(run, tmp_path):
 
 def test_padding_to_the_pools_rank_changes_no_output():
     c = config_lib.resolve(_tiny())
-    base = pipeline.load_base(c)
+    base = run_setup.load_base(c)
     stack = lora.init_lora_stack(
         base[0], 2, 2, ("q_proj", "v_proj"), jax.random.key(1), scheme="random", init_scale=0.5
     )

@@ -138,6 +138,24 @@ def test_bad_search_value_fails_before_any_work(tmp_path):
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
 
 
+def test_unknown_method_is_named_before_any_work_and_method_is_part_of_the_identity(tmp_path):
+    """config.method must name an entry of hs_jax.methods.METHODS; it is recorded in the run's
+    identity, so a workdir holds one method's run."""
+    import hs_jax
+    from hs_jax import config as config_lib
+    from hs_jax import run_identity
+    from hs_jax.methods import METHODS
+
+    config = _tiny_config()
+    assert config.method == "hs" and "hs" in METHODS
+    static = run_identity.static_identity(config_lib.resolve(config))
+    assert static["config"]["method"] == "hs"
+    config.method = "nope"
+    with pytest.raises(ValueError, match=r"config\.method='nope': expected one of \('hs',"):
+        hs_jax.run(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 def test_missing_model_is_named_as_a_model(tmp_path):
     import hs_jax
 
@@ -155,7 +173,7 @@ def test_make_pool_writes_peft_folders_that_load_back_to_the_pool(tmp_path):
 
     import hs_jax
     from hs_jax import lora
-    from hs_jax.pipeline import load_base
+    from hs_jax.run_setup import load_base
 
     config = _tiny_config()
     folders = hs_jax.make_pool(config, tmp_path)
@@ -180,9 +198,9 @@ def test_make_pool_writes_peft_folders_that_load_back_to_the_pool(tmp_path):
 
 
 def test_summary_table_aligns_long_expert_names(capsys):
-    from hs_jax.pipeline import _print_summary
+    from hs_jax.report import print_summary
 
-    _print_summary(
+    print_summary(
         {
             "task": "t",
             "iterations": 3,

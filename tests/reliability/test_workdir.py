@@ -1,5 +1,5 @@
 """One workdir, one run: concurrent launches, stale locks, changed settings, finished runs,
-restarts, unusable checkpoints, duplicate expert names (hs_jax.workdir, hs_jax.pipeline)."""
+restarts, unusable checkpoints, duplicate expert names (hs_jax.workdir, hs_jax.run_identity)."""
 
 import hashlib
 import json
@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 import hs_jax
-from hs_jax import pipeline
+from hs_jax import config as config_lib
+from hs_jax import run_identity, run_setup
 from hs_jax import workdir as workdir_lib
 from hs_jax.config import PYPI_MODEL
 from hs_jax.workdir import WorkdirBusyError, WorkdirError
@@ -208,8 +209,8 @@ def test_finished_run_is_returned_unchanged_without_loading_a_model(
     def refuse(*args, **kwargs):
         raise AssertionError("a finished run loaded a model or a pool")
 
-    monkeypatch.setattr(pipeline, "load_base", refuse)
-    monkeypatch.setattr(pipeline, "build_experts", refuse)
+    monkeypatch.setattr(run_setup, "load_base", refuse)
+    monkeypatch.setattr(run_setup, "build_experts", refuse)
     start = time.perf_counter()
     results = hs_jax.run(_tiny(), workdir)
     assert time.perf_counter() - start < 5
@@ -231,8 +232,8 @@ def test_a_task_json_generated_otherwise_is_refused(tmp_path):
     """A task.json made with other task.gen settings (e.g. by make_pool) is not reused."""
     workdir = tmp_path / "run"
     workdir.mkdir()
-    source = pipeline.task_source(_tiny(**{"task.gen.n_test": 5}), workdir)
-    pipeline.write_task(_tiny(), source)
+    source = run_identity.task_source(_tiny(**{"task.gen.n_test": 5}), workdir)
+    run_setup.write_task(_tiny(), source)
     before = _tree(workdir)
     with pytest.raises(WorkdirError, match=r"task\.gen\.n_test: saved 5, now 3"):
         hs_jax.run(_tiny(), workdir)
@@ -264,9 +265,9 @@ def test_restart_keeps_a_trained_pool_with_the_same_identity(tmp_path):
     """workdir/experts stays in place when the new run would train the same pool."""
     workdir = tmp_path / "run"
     workdir.mkdir()
-    c = pipeline.config_lib.resolve(_tiny(**{"experts.source": "train"}))
-    static = pipeline._static_identity(c)
-    source = pipeline.task_source(c, workdir)
+    c = config_lib.resolve(_tiny(**{"experts.source": "train"}))
+    static = run_identity.static_identity(c)
+    source = run_identity.task_source(c, workdir)
     identity = {**static, "task_file": workdir_lib.bytes_identity(source.data)}
     for search_change, kept in ((3, True), (None, False)):
         (workdir / "experts" / "expert_0").mkdir(parents=True, exist_ok=True)
@@ -276,7 +277,7 @@ def test_restart_keeps_a_trained_pool_with_the_same_identity(tmp_path):
         else:
             saved["identity"]["config"]["search.n_graphs"] = search_change  # same pool
         workdir_lib.write_json(workdir / "run.json", saved)
-        pipeline._start_over(c, workdir, static)
+        run_identity.start_over(c, workdir, static)
         assert (workdir / "experts").exists() == kept
         assert not (workdir / "run.json").exists()
 
@@ -312,7 +313,7 @@ def test_duplicate_expert_base_names_get_distinct_names(tmp_path):
     from hs_jax import lora
 
     c = _tiny()
-    base_cfg, _, _ = pipeline.load_base(c)
+    base_cfg, _, _ = run_setup.load_base(c)
     stack = lora.init_lora_stack(
         base_cfg, 2, c.experts.rank, c.experts.targets, jax.random.key(0), scheme="random",
         init_scale=c.experts.random_scale,

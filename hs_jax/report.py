@@ -1,0 +1,134 @@
+"""What a finished run reports: results.json, best_dag.png, curves.png, the best system's
+experts as PEFT folders (best_experts/), and the summary printed at the end.
+
+Every file is written by process 0, under a temporary name and renamed into place;
+results.json is written last, so its presence means the run is complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+import numpy as np
+from absl import logging
+
+from hs_jax import distributed, lora, plots, tasks
+from hs_jax import workdir as workdir_lib
+from hs_jax.methods import MethodResult
+from hs_jax.run_setup import Setup
+
+
+def results(setup: Setup, found: MethodResult, seconds: float) -> dict[str, Any]:
+    """results.json of a run: the task, the best system and the best single expert (dev and
+    test utility), every single expert, the iterations, the costs, the best system's test
+    outputs, the run's duration and the method's history."""
+    c, best, singles, names = setup.config, found.best, found.singles, setup.names
+    return {
+        "task": setup.spec.name,
+        "dataset": tasks.read_task_file(setup.task_file).get("dataset"),
+        "protocol": c.protocol,
+        "scoring": setup.protocol.scoring,
+        "n_dev": len(setup.dev),
+        "n_test": len(setup.test),
+        "experts": names,
+        "best_system": {
+            "dag": best.dag.to_dict(),
+            "assignment": list(best.assignment),
+            "dev_utility": best.utility,
+            "test_utility": found.test_utility,
+            "iteration": best.iteration,
+        },
+        "best_single": {
+            "expert": singles.best,
+            "name": names[singles.best],
+            "dev_utility": singles.dev[singles.best],
+            "test_utility": singles.test[singles.best],
+        },
+        "single_experts": {"dev": list(singles.dev), "test": list(singles.test)},
+        "iterations": found.iterations,
+        "stop_reason": found.stop_reason,
+        "cost": found.cost,
+        "cost_per_iteration": found.cost_per_iteration,
+        "best_system_test_outputs": found.test_outputs,
+        "seconds": seconds,
+        "history": found.history,
+    }
+
+
+def report(setup: Setup, found: MethodResult, workdir: Path, seconds: float) -> dict[str, Any]:
+    """Writes the run's files (process 0), prints its summary and returns results.json."""
+    summary = results(setup, found, seconds)
+    # The best weights may be spread over other processes' devices: gathered (by all), written
+    # (by process 0).
+    best = dataclasses.replace(found.best, weights=distributed.host_tree(found.best.weights))
+    distributed.on_primary(lambda: write_outputs(setup.config, workdir, summary, best, setup.names))
+    if distributed.is_primary():
+        print_summary(summary)
+    return summary
+
+
+def curves(history) -> dict[str, dict[str, list[float]]]:
+    """Best, mean and worst utility of each step's swarm per iteration (curves.png)."""
+    out: dict[str, dict[str, list[float]]] = {}
+    for step, title in (("role", "role step"), ("weight", "weight step")):
+        stats: dict[str, list[float]] = {"best": [], "mean": [], "worst": []}
+        for record in history:
+            u = np.asarray(record[step].get("utilities", []), float) if record[step]["ran"] else []
+            u = u[np.isfinite(u)] if len(u) else u
+            for name, fn in (("best", np.max), ("mean", np.mean), ("worst", np.min)):
+                stats[name].append(float(fn(u)) if len(u) else float("nan"))
+        out[title] = stats
+    return out
+
+
+def write_outputs(c: ml_collections.ConfigDict, workdir: Path, summary, best, names) -> None:
+    """Pictures and exported experts first, results.json last (its presence marks a finished
+    run); each written under a temporary name and renamed into place."""
+    if c.outputs.plots:
+        with workdir_lib.atomic_path(workdir / "best_dag.png") as tmp:
+            plots.plot_dag(
+                best.dag, tmp, assignment=best.assignment, expert_names=names,
+                title=f"best system: dev {best.utility:.3f}",
+            )  # fmt: skip
+        workdir_lib.kill_point("outputs")  # test hook: between two output files
+        with workdir_lib.atomic_path(workdir / "curves.png") as tmp:
+            plots.plot_curves(
+                curves(summary["history"]),
+                tmp,
+                reference={"best single (dev)": summary["best_single"]["dev_utility"]},
+            )
+        workdir_lib.kill_point("outputs")
+    if c.outputs.export_experts:
+        with workdir_lib.atomic_path(workdir / "best_experts") as tmp:
+            for expert in sorted(set(best.assignment)):
+                lora.export_peft_adapter(
+                    best.weights, expert, tmp / names[expert],
+                    base_model_name_or_path=c.model.spec,
+                )  # fmt: skip
+                workdir_lib.kill_point("outputs")
+    workdir_lib.write_json(workdir / workdir_lib.RESULTS_JSON, summary)
+    logging.info("results written to %s", workdir)
+
+
+def print_summary(s: dict[str, Any]) -> None:
+    """The run's result in a few lines: the best single expert and the system found, dev and
+    test."""
+    b, single = s["best_system"], s["best_single"]
+
+    def cell(u: float | None) -> str:
+        return "n/a" if u is None else f"{u:.3f}"
+
+    rows = [
+        (f"best single ({single['name']})", single["dev_utility"], single["test_utility"]),
+        ("H-Swarms system", b["dev_utility"], b["test_utility"]),
+    ]
+    width = max(len(label) for label, _, _ in rows)
+    lines = [f"{'':{width}s} {'dev':>7s} {'test':>7s}"]
+    lines += [f"{label:{width}s} {cell(dev):>7s} {cell(test):>7s}" for label, dev, test in rows]
+    print(
+        f"\n{s['task']}: {s['iterations']} iterations ({s['stop_reason']}), "
+        f"{s['seconds']:.0f} s\n" + "\n".join(lines) + "\n"
+    )

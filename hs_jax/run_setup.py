@@ -1,0 +1,307 @@
+"""What a run is set up with: task, protocol, base model, expert pool, engine, scorer, mesh.
+
+`Setup` is that whole, as a method (`hs_jax.methods`) receives it. `hs_jax.pipeline.run`
+builds it step by step (the workdir records are written between the steps: run.json once task
+and model have loaded, the pool's fingerprint once the pool is built); `assemble` makes the
+last part (mesh, engine, scorer) once the pool is known. The loaders are shared with
+`make_pool`, `hs_jax.found_system` and the benchmarks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging as std_logging
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.sharding
+import ml_collections
+import numpy as np
+from absl import logging
+
+from hs_jax import checkpointing, lora, sharding, tasks
+from hs_jax import config as config_lib
+from hs_jax import workdir as workdir_lib
+from hs_jax.engine import Engine
+from hs_jax.experts import Example, SFTConfig, build_or_load_pool
+from hs_jax.models import config as model_config
+from hs_jax.models.convert import init_params
+from hs_jax.models.loading import load_model, resolve_model_path
+from hs_jax.models.tokenizer import load_tokenizer
+from hs_jax.run_identity import TaskSource, gen_config, peft_folders, task_source
+from hs_jax.utility import SystemScorer
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """Everything a method runs on: the resolved config, the task (spec, dev and test items,
+    the task file), the protocol, the base model, the expert pool and its labels, and the
+    engine and scorer on the run's mesh."""
+
+    config: ml_collections.ConfigDict
+    spec: tasks.TaskSpec
+    dev: list
+    test: list
+    task_file: Path
+    protocol: tasks.Protocol
+    base_config: Any
+    params: Any
+    tokenizer: Any
+    experts: lora.LoraStack
+    names: list[str]
+    engine: Engine
+    scorer: SystemScorer
+    mesh: jax.sharding.Mesh
+
+
+class _OnlyOrbaxWarnings(std_logging.Filter):
+    """orbax logs every step of every save at INFO; keep its warnings, drop the rest."""
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+
+
+def quiet_orbax() -> None:
+    for handler in (logging.get_absl_handler(), *std_logging.getLogger().handlers):
+        if not any(isinstance(f, _OnlyOrbaxWarnings) for f in handler.filters):
+            handler.addFilter(_OnlyOrbaxWarnings())
+
+
+# ----------------------------------------------------------------------------- task, protocol
+
+
+def task_spec(c: ml_collections.ConfigDict, path: Path) -> tasks.TaskSpec:
+    """The task's spec: a registered task named by config.task.name, else the registered task
+    the file's `dataset` field names (so any config, configs/tiny.py included, gets that task's
+    type, budget and per-dataset rules), else config.task.type. Named after the dataset."""
+    dataset = tasks.read_task_file(path).get("dataset")
+    name = c.task.name
+    if name not in tasks.TASKS or tasks.TASKS[name].filename is None:
+        name = tasks.registered_name(dataset) or name
+    if name in tasks.TASKS and (name != c.task.name or tasks.TASKS[name].filename is not None):
+        spec = tasks.get_spec(name)
+        if c.task.type and c.task.type != spec.type:
+            raise ValueError(
+                f"config.task.type={c.task.type!r}: {path} holds dataset {dataset!r}, the "
+                f"registered {spec.type} task {name!r}; leave task.type empty"
+            )
+    elif c.task.type:
+        spec = tasks.make_spec(str(dataset or c.task.name), c.task.type)
+    elif name in tasks.TASKS:  # the generated task's rules, labelled by the file's dataset
+        spec = dataclasses.replace(tasks.get_spec(name), name=str(dataset or name))
+    else:
+        raise ValueError(
+            f"config.task.type is empty and {path} names dataset {dataset!r}, which is not a "
+            f"registered task ({', '.join(sorted(tasks.TASKS))}): set task.type"
+        )
+    if c.task.max_new_tokens:
+        spec = dataclasses.replace(spec, max_new_tokens=c.task.max_new_tokens)
+    elif c.protocol == "authors" and spec.type == "abstain":
+        spec = dataclasses.replace(spec, max_new_tokens=tasks.AUTHORS_ABSTAIN_MAX_NEW_TOKENS)
+    return spec
+
+
+def protocol_for(c: ml_collections.ConfigDict, spec: tasks.TaskSpec) -> tasks.Protocol:
+    """The prompts and answer reading of `config.protocol` for this task."""
+    dataset = spec.name if spec.name in tasks.TASKS else ""
+    if c.protocol == "authors":
+        templates = tasks.authors_templates(dataset, chat=c.task.chat_template)
+        templates = dataclasses.replace(templates, answer_prefix=c.task.answer_prefix)
+    else:
+        templates = tasks.NodeTemplates(
+            answer_prefix=c.task.answer_prefix, chat=bool(c.task.chat_template)
+        )
+    return tasks.Protocol(
+        name=c.protocol,
+        task_type=spec.type,
+        dataset=dataset,
+        templates=templates,
+        scoring=c.task.scoring or c.protocol,
+    )
+
+
+def read_items(c: ml_collections.ConfigDict, path: Path):
+    """(spec, dev items, test items) of the task file at `path`."""
+    spec = task_spec(c, path)
+    dev_limit, test_limit = c.task.dev_limit or None, c.task.test_limit or None
+    dev = tasks.load_task(path, "dev", spec=spec, limit=dev_limit, seed=c.seed)
+    test = tasks.load_task(path, "test", spec=spec, limit=test_limit, seed=c.seed)
+    return spec, dev, test
+
+
+def write_task(c: ml_collections.ConfigDict, source: TaskSource) -> None:
+    """Writes a generated task file atomically, after reading it back through the loader (a
+    file the run could not use is never left behind)."""
+    with workdir_lib.atomic_path(source.path) as tmp:
+        tmp.write_bytes(source.data)
+        read_items(c, tmp)
+
+
+def load_items(c: ml_collections.ConfigDict, workdir: Path, source: TaskSource | None = None):
+    """(spec, dev items, test items, task file). Generated tasks are written into the workdir
+    first (atomically), so every run reads its items through the same validating loader."""
+    source = source or task_source(c, workdir)
+    if source.pending:
+        write_task(c, source)
+    spec, dev, test = read_items(c, source.path)
+    return spec, dev, test, source.path
+
+
+# ----------------------------------------------------------------------------- model, pool
+
+
+def load_base(c: ml_collections.ConfigDict):
+    """(GemmaConfig, params, tokenizer). 'tiny' is a random tiny Gemma 3 with the real
+    tokenizer's vocabulary (tests and smoke runs)."""
+    dtype = c.model.param_dtype or model_config.default_param_dtype()
+    if c.model.spec != "tiny":
+        resolve_model_path(c.model.spec)  # a missing model is named as such, not as a tokenizer
+    tokenizer = load_tokenizer(c.model.tokenizer or _tokenizer_spec(c.model.spec))
+    if c.model.spec == "tiny":
+        cfg = model_config.tiny_config("gemma3", param_dtype=dtype).replace(
+            vocab_size=len(tokenizer)
+        )
+        return cfg, init_params(cfg, seed=c.seed), tokenizer
+    cfg, params = load_model(c.model.spec, param_dtype=dtype)
+    return cfg, params, tokenizer
+
+
+def _tokenizer_spec(model_spec: str) -> str:
+    return config_lib.PYPI_MODEL if model_spec == "tiny" else model_spec
+
+
+def _training_slices(c, spec, protocol, dev, test) -> tuple[list[str], list[list[Example]]]:
+    """One generated training slice per expert: expert i learns question type i (the last
+    experts, if more than the types, learn a mix). Half of the examples show the expert
+    'previous responses' (right or wrong) so it also learns its middle/end-node role."""
+    if c.task.name != "nlgraph_gen":
+        raise ValueError(
+            "experts.source='train' builds pools only for the generated task (task.name="
+            "'nlgraph_gen'); for other tasks set experts.source='peft' and experts.peft_dirs"
+        )
+    types = list(c.task.gen.types)
+    names = [types[i] if i < len(types) else f"mixed_{i}" for i in range(c.experts.n)]
+    seen = {item.question for item in [*dev, *test]}
+    rng = np.random.default_rng(c.seed + 1)
+    slices = []
+    for i, name in enumerate(names):
+        gen = gen_config(c)
+        if name in types:
+            gen = tasks.GraphGenConfig(node_range=gen.node_range, types=(name,))
+        seed = np.random.SeedSequence([c.seed, 17, i])
+        raw = tasks.generate_items(c.experts.train_examples, seed=seed, config=gen, exclude=seen)
+        examples = []
+        for k, item in enumerate(raw):
+            parents = []
+            if k % 2:
+                wrong = (
+                    "No" if item["answer"] == "Yes" else ("Yes" if item["answer"] == "No" else "0")
+                )
+                parents = [item["answer"] if rng.random() < 0.5 else wrong for _ in range(2)]
+            question = tasks.Item(index=k, id=k, question=item["question"], answer=item["answer"])
+            prompt = protocol.node_prompt(question, parents, is_end=bool(parents), position=0)
+            examples.append(Example(prompt=prompt, answer=" " + item["answer"]))
+        slices.append(examples)
+    return names, slices
+
+
+def expert_names(experts: lora.LoraStack) -> list[str]:
+    """One label per expert: the pool's folder names, or expert_<i> for unnamed experts."""
+    return list(experts.names) or [f"expert_{i}" for i in range(experts.n_experts)]
+
+
+def pool_dir_of(c: ml_collections.ConfigDict, workdir: Path) -> Path:
+    """Where a trained (or exported random) pool lives: config.experts.pool_dir, else
+    workdir/experts."""
+    return Path(c.experts.pool_dir) if c.experts.pool_dir else workdir / "experts"
+
+
+def build_experts(c, workdir: Path, base_cfg, params, tokenizer, spec, dev, test) -> lora.LoraStack:
+    """The pool as one LoraStack (leading expert axis)."""
+    if c.experts.source == "peft":
+        return lora.load_peft_pool(peft_folders(c), base_cfg)
+    if c.experts.source == "random":
+        return lora.init_lora_stack(
+            base_cfg, c.experts.n, c.experts.rank, c.experts.targets, jax.random.key(c.seed),
+            scheme="random", init_scale=c.experts.random_scale,
+        )  # fmt: skip
+    names, slices = _training_slices(c, spec, protocol_for(c, spec), dev, test)
+    sft = SFTConfig(
+        rank=c.experts.rank,
+        targets=tuple(c.experts.targets),
+        steps=c.experts.train_steps,
+        batch_per_expert=c.experts.batch_per_expert,
+        learning_rate=c.experts.learning_rate,
+        max_len=c.experts.max_len,
+        seed=c.seed,
+        last_layers=c.experts.last_layers,
+    )
+    return build_or_load_pool(
+        pool_dir_of(c, workdir), base_cfg, params, tokenizer, slices, names, sft,
+        base_model_name_or_path=c.model.spec,
+    )  # fmt: skip
+
+
+def make_pool(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[str]:
+    """Builds the expert pool of `config` as PEFT folders, without a search; returns them.
+
+    source='train' fine-tunes the pool (skipped when its folders already exist, as in `run`);
+    source='random' exports random experts (smoke tests). The folders go to
+    config.experts.pool_dir, else workdir/experts; a later `run` with the same workdir or
+    pool_dir loads them instead of training, and any run can take them with
+    experts.source='peft', experts.peft_dirs=<that folder>.
+    """
+    c = config_lib.resolve(config)
+    config_lib.check_config(c)
+    if c.experts.source == "peft":
+        raise ValueError(
+            "config.experts.source='peft': the pool already exists as PEFT folders "
+            f"({c.experts.peft_dirs!r}); make_pool builds 'train' or 'random' pools"
+        )
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    with workdir_lib.lock(workdir):
+        workdir_lib.remove_temp_files(workdir, skip=(checkpointing.SEARCH_SUBDIR,))
+        # Only fine-tuning reads the task (its question types are the experts' slices).
+        spec, dev, test, _ = load_items(c, workdir) if c.experts.source == "train" else (None,) * 4
+        base_cfg, params, tokenizer = load_base(c)
+        experts = build_experts(c, workdir, base_cfg, params, tokenizer, spec, dev, test)
+        names = expert_names(experts)
+        folders = [str(pool_dir_of(c, workdir) / name) for name in names]
+        for i, folder in enumerate(folders):
+            if not os.path.exists(os.path.join(folder, lora.ADAPTER_WEIGHTS)):
+                with workdir_lib.atomic_path(folder) as tmp:
+                    lora.export_peft_adapter(experts, i, tmp, base_model_name_or_path=c.model.spec)
+    logging.info("expert pool: %s", ", ".join(folders))
+    return folders
+
+
+# ----------------------------------------------------------------------------- the whole
+
+
+def assemble(
+    c, task: tuple, task_file: Path, base: tuple, experts: lora.LoraStack, layout: dict[str, int]
+) -> Setup:
+    """The Setup of a run whose task (spec, dev, test), base model (config, params, tokenizer)
+    and pool have loaded: the mesh of `layout`, the engine on it, the protocol and the
+    scorer."""
+    spec, dev, test = task
+    base_cfg, params, tokenizer = base
+    mesh = sharding.make_mesh(**layout)
+    logging.info(
+        "mesh %s over %d devices of %d process(es)",
+        dict(mesh.shape), mesh.devices.size, jax.process_count(),
+    )  # fmt: skip
+    engine = Engine(
+        base_cfg, params, tokenizer, experts=experts, mesh=mesh, max_batch=c.engine.max_batch,
+        max_prompt_len=c.engine.max_prompt_len, batch_buckets=tuple(c.engine.batch_buckets),
+    )  # fmt: skip
+    protocol = protocol_for(c, spec)
+    scorer = SystemScorer(engine, spec, protocol, max_batch=c.engine.max_batch)
+    return Setup(
+        config=c, spec=spec, dev=dev, test=test, task_file=task_file, protocol=protocol,
+        base_config=base_cfg, params=params, tokenizer=tokenizer, experts=experts,
+        names=expert_names(experts), engine=engine, scorer=scorer, mesh=mesh,
+    )  # fmt: skip
