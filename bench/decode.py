@@ -1,29 +1,27 @@
 """The decode step's parts, hs_jax's current formulation vs the one it replaced, in one run.
 
-Each pair computes the same values on the real Gemma 3 270M shapes (float32, CPU); the earlier
-formulations are kept here as the baselines:
+Each pair computes the same values on the real Gemma 3 270M shapes (float32); the replaced
+formulations are kept here only as the baselines of the figures the README quotes:
 
-- greedy head: `argmax(h @ E^T)` (row-major logits, XLA's argmax) vs `Embedder.greedy`
-  (vocabulary-major logits, blocked argmax);
+- greedy head: `argmax(Embedder.decode(h))` (row-major logits, XLA's argmax) vs
+  `Embedder.greedy` (vocabulary-major logits, blocked argmax);
 - screened greedy head, in a jitted loop: `Embedder.greedy` vs `Embedder.screened_greedy`
   (bfloat16 candidates + float32 certificate, `hs_jax/models/screened_head.py`);
-- attention core of one decode step, 64 rows x 512 cache slots: the query-major einsum over a
-  [B, S, Kh, Dh] cache vs `_attend` over hs_jax's cache (keys [B * Kh, Dh, S], values
+- attention core of one decode step, 64 rows x 512 cache slots: query-major einsums over a
+  [B, S, Kh, Dh] cache vs hs_jax's `_attend` over its cache (keys [B * Kh, Dh, S], values
   [B * Kh, S, Dh]);
 - a decode loop of 6 layers' cache update + attention (lax.fori_loop, cache donated): the
-  [B, S, Kh, Dh] layout (XLA copies the cache every step) vs hs_jax's, and the layout hs_jax
-  used before (keys [B * Kh, S, Dh], scores with the keys as the left operand) vs hs_jax's.
+  [B, S, Kh, Dh] layout (XLA copies the cache every step) vs hs_jax's.
 
+It reads model internals (`gemma._attend`, `_keys_major`, `_heads_major`): it measures them.
 Times are best of the repeats after a warm-up call.
 
-  python bench/decode.py            # writes the 'decode' section of bench/RESULTS.md
+  python -m bench.decode            # writes the 'decode' section of bench/RESULTS.md
 """
 
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -32,28 +30,19 @@ from absl import app, flags
 from flax import nnx
 from jax import lax
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common  # noqa: E402
-
-from hs_jax.models import gemma, screened_head  # noqa: E402
-from hs_jax.models.config import PRESETS  # noqa: E402
+from bench import _common
+from hs_jax.models import gemma, screened_head
+from hs_jax.models.config import PRESETS
 
 _REPEATS = flags.DEFINE_integer("repeats", 20, "timed calls per variant (best is reported)")
-_WRITE = flags.DEFINE_bool("write", True, "Write the section of bench/RESULTS.md.")
+_WRITE = flags.DEFINE_bool("write", True, "write the section of bench/RESULTS.md")
 
 CFG = PRESETS["gemma3-270m"]
 ROWS, SLOTS, LOOP_LAYERS, LOOP_STEPS = 64, 512, 6, 20
-HEAD_STEPS = 8
 
 
 def _best(fn, *args) -> float:
-    jax.block_until_ready(fn(*args))
-    best = float("inf")
-    for _ in range(_REPEATS.value):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        best = min(best, time.perf_counter() - start)
-    return best
+    return _common.best_time(fn, *args, repeats=_REPEATS.value)
 
 
 def _old_attend(q, k, v, mask):
@@ -67,23 +56,13 @@ def _old_attend(q, k, v, mask):
     return out.reshape(b, t, h, dh)
 
 
-def _keys_left_attend(q, k, v, mask):
-    """The replaced decode core over keys [B * Kh, S, Dh]: scores key-major, keys on the left
-    (with the keys on the right XLA CPU transposes the cache every step)."""
-    b, _, h, dh = q.shape
-    kh = k.shape[0] // b
-    q = q.reshape(b * kh, h // kh, dh)
-    scores = lax.dot_general(k, q, (((2,), (2,)), ((0,), (0,))))  # [BK, S, G]
-    key_mask = jnp.broadcast_to(mask[:, None], (b, kh, 1, mask.shape[-1])).reshape(b * kh, -1)
-    scores = jnp.where(key_mask[:, :, None], scores, -1e30)
-    probs = jnp.swapaxes(jax.nn.softmax(scores, axis=1), 1, 2)  # [BK, G, S]
-    out = lax.dot_general(probs, v, (((2,), (1,)), ((0,), (0,))))  # [BK, G, Dh]
-    return out.reshape(b, 1, h, dh)
+def _embedder():
+    emb = gemma.Embedder(CFG.vocab_size, CFG.d_model, dtype=jnp.float32, rngs=nnx.Rngs(0))
+    return emb, *nnx.split(emb)
 
 
 def head_rows(rng) -> list[dict]:
-    emb = gemma.Embedder(CFG.vocab_size, CFG.d_model, dtype=jnp.float32, rngs=nnx.Rngs(0))
-    graphdef, state = nnx.split(emb)
+    _, graphdef, state = _embedder()
     old = jax.jit(lambda s, h: jnp.argmax(nnx.merge(graphdef, s).decode(h), axis=-1))
     new = jax.jit(lambda s, h: nnx.merge(graphdef, s).greedy(h))
     rows = []
@@ -97,36 +76,11 @@ def head_rows(rng) -> list[dict]:
     return rows
 
 
-def _head_loop(graphdef, screened: bool):
-    """HEAD_STEPS greedy steps feeding each chosen token back (as a decode loop does), so the
-    head runs inside a while loop as in the sampler; returns the tokens and whether every step
-    was certified (no step needed the plain head)."""
-
-    def run(state, screen, h):
-        emb = nnx.merge(graphdef, state)
-        w = jnp.eye(h.shape[1], dtype=h.dtype) * 0.5
-
-        def body(i, carry):
-            h, toks, ok = carry
-            if screened:
-                tok, used_plain = emb.screened_greedy(h, screen)
-                ok = ok & ~used_plain
-            else:
-                tok = emb.greedy(h)
-            h = jnp.tanh(h @ w) * 20.0 + emb.embedding[...][tok]
-            return h, toks.at[i].set(tok), ok
-
-        toks = jnp.zeros((HEAD_STEPS, h.shape[0]), jnp.int32)
-        return lax.fori_loop(0, HEAD_STEPS, body, (h, toks, jnp.bool_(True)))[1:]
-
-    return jax.jit(run)
-
-
 def screen_rows(rng) -> list[dict]:
-    emb = gemma.Embedder(CFG.vocab_size, CFG.d_model, dtype=jnp.float32, rngs=nnx.Rngs(0))
-    graphdef, state = nnx.split(emb)
+    emb, graphdef, state = _embedder()
     screen = jax.jit(screened_head.make_head_screen)(emb.embedding[...])
-    plain, screened = _head_loop(graphdef, False), _head_loop(graphdef, True)
+    plain, screened = _common.head_loop(graphdef, False), _common.head_loop(graphdef, True)
+    steps = _common.HEAD_STEPS
     rows = []
     for batch in (1, 2, 8, 16, 64):
         h = jnp.asarray(20.0 * rng.normal(size=(batch, CFG.d_model)), jnp.float32)
@@ -135,8 +89,8 @@ def screen_rows(rng) -> list[dict]:
         same = bool(np.array_equal(want, got))
         rows.append(
             {"part": f"screened greedy head in a loop, {batch} rows, per step",
-             "old": _best(plain, state, screen, h) / HEAD_STEPS,
-             "new": _best(screened, state, screen, h) / HEAD_STEPS,
+             "old": _best(plain, state, screen, h) / steps,
+             "new": _best(screened, state, screen, h) / steps,
              "same": f"{same}, certified {bool(certified)}"}
         )  # fmt: skip
     return rows
@@ -160,9 +114,9 @@ def attention_row(rng) -> dict:
     }
 
 
-def _cache_loop(layout: str, slots: int):
+def _cache_loop(old_layout: bool):
     """A jitted decode loop: per layer, write this step's key/value, then attend over the cache."""
-    b, s, kh, dh, h = ROWS, slots, CFG.n_kv_heads, CFG.head_dim, CFG.n_heads
+    b, s, kh, dh, h = ROWS, SLOTS, CFG.n_kv_heads, CFG.head_dim, CFG.n_heads
     mask = jnp.ones((b, 1, s), bool)
 
     def body(step, carry):
@@ -171,14 +125,10 @@ def _cache_loop(layout: str, slots: int):
         for i in range(LOOP_LAYERS):
             kv = jnp.tanh(x[:, : kh * dh]).reshape(b, 1, kh, dh)  # [B, 1, Kh, Dh]
             q = jnp.tile(x[:, None, None, :dh], (1, 1, h, 1))  # [B, 1, H, Dh]
-            if layout == "old":
+            if old_layout:
                 k = lax.dynamic_update_slice(ks[i], kv, (0, step, 0, 0))
                 v = lax.dynamic_update_slice(vs[i], kv, (0, step, 0, 0))
                 out = _old_attend(q, k, v, mask)
-            elif layout == "keys_left":
-                k = lax.dynamic_update_slice(ks[i], gemma._heads_major(kv), (0, step, 0))
-                v = lax.dynamic_update_slice(vs[i], gemma._heads_major(kv), (0, step, 0))
-                out = _keys_left_attend(q, k, v, mask)
             else:
                 k = lax.dynamic_update_slice(ks[i], gemma._keys_major(kv), (0, 0, step))
                 v = lax.dynamic_update_slice(vs[i], gemma._heads_major(kv), (0, step, 0))
@@ -194,28 +144,18 @@ def _cache_loop(layout: str, slots: int):
     return jax.jit(run, donate_argnums=(0, 1))
 
 
-def _cache_shapes(layout: str, slots: int) -> tuple[tuple, tuple]:
-    """(key shape, value shape) of one layer's cache."""
-    b, kh, dh = ROWS, CFG.n_kv_heads, CFG.head_dim
-    if layout == "old":
-        return (b, slots, kh, dh), (b, slots, kh, dh)
-    if layout == "keys_left":
-        return (b * kh, slots, dh), (b * kh, slots, dh)
-    return (b * kh, dh, slots), (b * kh, slots, dh)
-
-
-def _time_cache_loop(layout: str, slots: int) -> tuple[float, int, np.ndarray]:
+def _time_cache_loop(old_layout: bool) -> tuple[float, int, np.ndarray]:
     """(seconds per layer and step, whole-cache copies in the HLO, final x)."""
-    fn = _cache_loop(layout, slots)
-    k_shape, v_shape = _cache_shapes(layout, slots)
+    fn = _cache_loop(old_layout)
+    b, s, kh, dh = ROWS, SLOTS, CFG.n_kv_heads, CFG.head_dim
+    shapes = [(b, s, kh, dh)] * 2 if old_layout else [(b * kh, dh, s), (b * kh, s, dh)]
 
     def make():
-        ks = tuple(jnp.zeros(k_shape) for _ in range(LOOP_LAYERS))
-        return ks, tuple(jnp.zeros(v_shape) for _ in range(LOOP_LAYERS))
+        return tuple(tuple(jnp.zeros(shape) for _ in range(LOOP_LAYERS)) for shape in shapes)
 
-    x = jnp.ones((ROWS, max(CFG.n_kv_heads * CFG.head_dim, CFG.head_dim)), jnp.float32)
+    x = jnp.ones((ROWS, max(kh * dh, dh)), jnp.float32)
     hlo = fn.lower(*make(), x).compile().as_text()
-    names = {"f32[" + ",".join(map(str, shape)) + "]" for shape in (k_shape, v_shape)}
+    names = {"f32[" + ",".join(map(str, shape)) + "]" for shape in shapes}
     copies = sum(any(n in ln for n in names) and " copy(" in ln for ln in hlo.splitlines())
     best, out = float("inf"), None
     for _ in range(3):
@@ -226,26 +166,37 @@ def _time_cache_loop(layout: str, slots: int) -> tuple[float, int, np.ndarray]:
     return best / (LOOP_STEPS * LOOP_LAYERS), copies, np.asarray(out)
 
 
-def cache_rows() -> list[dict]:
-    rows = []
-    for old, slots in (("old", SLOTS), ("keys_left", 88), ("keys_left", SLOTS)):
-        t_old, c_old, x_old = _time_cache_loop(old, slots)
-        t_new, c_new, x_new = _time_cache_loop("new", slots)
-        what = "[B, S, Kh, Dh] cache" if old == "old" else "keys [B * Kh, S, Dh]"
-        rows.append(
-            {"part": f"cache update + attention per layer and step ({ROWS} rows x {slots} "
-                     f"slots, loop), vs {what}",
-             "old": t_old, "new": t_new,
-             "same": f"cache copies in the HLO: {c_old} -> {c_new}; max abs diff "
-                     f"{float(np.max(np.abs(x_old - x_new))):.1e}"}
-        )  # fmt: skip
-    return rows
+def cache_row() -> dict:
+    t_old, c_old, x_old = _time_cache_loop(True)
+    t_new, c_new, x_new = _time_cache_loop(False)
+    return {
+        "part": f"cache update + attention per layer and step ({ROWS} rows x {SLOTS} slots, "
+        "loop), vs [B, S, Kh, Dh] cache",
+        "old": t_old,
+        "new": t_new,
+        "same": f"cache copies in the HLO: {c_old} -> {c_new}; max abs diff "
+        f"{float(np.max(np.abs(x_old - x_new))):.1e}",
+    }
 
 
 def main(argv):
     del argv
     rng = np.random.default_rng(0)
-    rows = [*head_rows(rng), *screen_rows(rng), attention_row(rng), *cache_rows()]
+    rows = [*head_rows(rng), *screen_rows(rng), attention_row(rng), cache_row()]
+    description = (
+        "Gemma 3 270M shapes, float32. Greedy head = token choice from the final hidden states "
+        "(row-major logits + XLA argmax vs vocabulary-major logits + blocked argmax; 'check' = "
+        "identical tokens). Screened greedy head = the plain float32 head above vs "
+        "`screened_head` (bfloat16 candidates, float32 certificate), both inside a jitted loop "
+        f"of {_common.HEAD_STEPS} steps that feeds each token back, as the sampler runs them; "
+        "'check' = identical tokens, and whether every step was certified (a step with an "
+        "uncertified row also runs the plain head). Attention core = one decode step of one "
+        "layer (query-major einsums over [B, S, Kh, Dh] vs batched dots over keys "
+        "[B * Kh, Dh, S] and values [B * Kh, S, Dh]). Cache loop = a jitted fori_loop of "
+        f"{LOOP_STEPS} steps x {LOOP_LAYERS} layers doing only the cache update and the "
+        "attention, cache donated, against the [B, S, Kh, Dh] cache; 'check' counts whole-cache "
+        "copies in its compiled HLO."
+    )
     table = [
         "| part | replaced formulation ms | hs_jax now ms | speed-up | check |",
         "|---|---|---|---|---|",
@@ -255,32 +206,8 @@ def main(argv):
             f"| {r['part']} | {r['old'] * 1e3:.2f} | {r['new'] * 1e3:.2f} | "
             f"{r['old'] / r['new']:.2f}x | {r['same']} |"
         )
-    text = "\n".join(
-        [
-            "## Decode step: current formulation vs the one it replaced",
-            "",
-            "Gemma 3 270M shapes, float32. Greedy head = token choice from the final hidden "
-            "states (row-major logits + XLA argmax vs vocabulary-major logits + blocked argmax; "
-            "'check' = identical tokens). Screened greedy head = the plain float32 head above vs "
-            "`screened_head` (bfloat16 candidates, float32 certificate), both inside a jitted "
-            f"loop of {HEAD_STEPS} steps that feeds each token back, as the sampler runs them; "
-            "'check' = identical tokens, and whether every step was certified (a step with an "
-            "uncertified row also runs the plain head). Attention core = one decode step of "
-            "one layer "
-            "(query-major einsums over [B, S, Kh, Dh] vs batched dots over keys [B * Kh, Dh, S] "
-            "and values [B * Kh, S, Dh]). Cache loop = a jitted fori_loop of "
-            f"{LOOP_STEPS} steps x {LOOP_LAYERS} layers doing only the cache update and the "
-            "attention, cache donated, against the [B, S, Kh, Dh] cache and against the layout "
-            "hs_jax used before (keys [B * Kh, S, Dh], scores with the keys as the left operand); "
-            "'check' counts whole-cache copies in its compiled HLO.",
-            "",
-            "Command: `python bench/decode.py`",
-            "",
-            f"Machine: {_common.machine_line('jax', 'numpy')}",
-            "",
-            *table,
-        ]
-    )
+    title = "Decode step: current formulation vs the one it replaced"
+    text = "\n".join([_common.header(title, description, "jax", "numpy"), "", *table])
     print(text)
     if _WRITE.value:
         _common.write_section("decode", text)

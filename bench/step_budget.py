@@ -10,63 +10,45 @@ bench/generate.py setting), float32 weights:
   matmuls), in a jitted loop of steps as the sampler runs it;
 - head: the screened greedy head (bfloat16 screen, float32 certificate) in the same kind of loop.
 
-Peaks, same run: float32 and bfloat16 2048^3 matmuls (FLOP/s) and a streaming multiply over a
-512 MB array (bytes/s). 'floor' is max(FLOPs / matmul peak, bytes / bandwidth) of the part.
-The table shows how far each part is from what the hardware allows, and so how much any
-formulation change inside XLA can still buy.
+Peaks, same run: float32 and bfloat16 2048^3 matmuls (FLOP/s) and the best of three streaming
+kernels over 512 MB arrays (bytes/s, `_common.bandwidth`). 'floor' is max(FLOPs / matmul
+peak, bytes / bandwidth) of the part. The table shows how far each part is from what the
+hardware allows, and so how much any formulation change inside XLA can still buy.
 
-  python bench/step_budget.py --repeats=7   # writes the 'step_budget' section of RESULTS.md
+  python -m bench.step_budget --repeats=7   # writes the 'step_budget' section of RESULTS.md
 """
 
 from __future__ import annotations
 
-import sys
-import time
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app
+from absl import app, flags
 from flax import nnx
 from jax import lax
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common  # noqa: E402
-import decode  # noqa: E402  (its jitted screened-head loop)
+from bench import _common
+from hs_jax.models import gemma, screened_head
+from hs_jax.models.config import PRESETS
+from hs_jax.models.convert import init_params
 
-from hs_jax.models import gemma, screened_head  # noqa: E402
-from hs_jax.models.config import PRESETS  # noqa: E402
-from hs_jax.models.convert import init_params  # noqa: E402
-
-# Flags: bench/decode.py's --write and --repeats (imported with it).
+_REPEATS = flags.DEFINE_integer("repeats", 7, "timed calls per part (best is reported)")
+_WRITE = flags.DEFINE_bool("write", True, "write the section of bench/RESULTS.md")
 
 CFG = PRESETS["gemma3-270m"]
 SLOTS, PROMPT, STEPS = 88, 24, 16
 
 
-_best = decode._best  # best of --repeats calls after a warm-up
+def _best(fn, *args) -> float:
+    return _common.best_time(fn, *args, repeats=_REPEATS.value)
 
 
 def peaks() -> dict[str, float]:
     """Best float32 / bfloat16 matmul FLOP/s and streaming bandwidth (bytes/s)."""
-    n = 2048
-    key = jax.random.key(0)
-    a = jax.random.normal(key, (n, n), jnp.float32)
-    b = jax.random.normal(jax.random.fold_in(key, 1), (n, n), jnp.float32)
-    mm = jax.jit(lambda x, y: jnp.matmul(x, y, preferred_element_type=jnp.float32))
-    # x donated: XLA scales it in place (1 read + 1 write), no fresh 512 MB buffer per call.
-    scale = jax.jit(lambda x: x * 0.5, donate_argnums=0)
-    big = scale(jnp.ones((128 * 1024 * 1024,), jnp.float32))  # 512 MB
-    seconds = float("inf")
-    for _ in range(decode._REPEATS.value):
-        start = time.perf_counter()
-        big = jax.block_until_ready(scale(big))
-        seconds = min(seconds, time.perf_counter() - start)
     return {
-        "f32": 2 * n**3 / _best(mm, a, b),
-        "bf16": 2 * n**3 / _best(mm, a.astype(jnp.bfloat16), b.astype(jnp.bfloat16)),
-        "bandwidth": 2 * big.nbytes / seconds,
+        "f32": _common.matmul_rate(2048, "float32", _REPEATS.value),
+        "bf16": _common.matmul_rate(2048, "bfloat16", _REPEATS.value),
+        "bandwidth": max(_common.bandwidth(1 << 29, _REPEATS.value).values()),
     }
 
 
@@ -131,9 +113,9 @@ def screened_head_step(rows: int, rng) -> float:
     emb = gemma.Embedder(CFG.vocab_size, CFG.d_model, dtype=jnp.float32, rngs=nnx.Rngs(0))
     graphdef, state = nnx.split(emb)
     screen = jax.jit(screened_head.make_head_screen)(emb.embedding[...])
-    loop = decode._head_loop(graphdef, True)
+    loop = _common.head_loop(graphdef, True)
     h = jnp.asarray(20.0 * rng.normal(size=(rows, CFG.d_model)), jnp.float32)
-    return _best(loop, state, screen, h) / decode.HEAD_STEPS
+    return _best(loop, state, screen, h) / _common.HEAD_STEPS
 
 
 def main(argv):
@@ -176,28 +158,21 @@ def main(argv):
             f"| {rows} | step = layers + head | {total * 1e3:.1f} | | | | | {floor * 1e3:.1f} | "
             f"{total / floor:.2f}x |"
         )
-    text = "\n".join(
-        [
-            "## Decode step budget: each part against this machine's peaks",
-            "",
-            f"Gemma 3 270M shapes, {SLOTS} cache slots ({PROMPT}-token prompt bucket + 64 new "
-            "tokens, as in the generation benchmark), float32 weights, random values. Peaks "
-            f"measured in the same run: float32 matmul {peak['f32'] / 1e9:.0f} GFLOP/s, "
-            f"bfloat16 matmul {peak['bf16'] / 1e9:.0f} GFLOP/s (2048^3), streaming bandwidth "
-            f"{peak['bandwidth'] / 1e9:.1f} GB/s (a multiply over 512 MB). floor = max(FLOPs / "
-            "matmul peak, bytes / bandwidth); the layers' floor counts their matmuls only "
-            "(attention, norms and the cache add little work). The head reads the 335 MB "
-            "bfloat16 screen table; its float32 certificate gathers 16 rows per token.",
-            "",
-            f"Command: `{' '.join(['python bench/step_budget.py', *sys.argv[1:]])}`",
-            "",
-            f"Machine: {_common.machine_line('jax', 'numpy')}",
-            "",
-            *table,
-        ]
+    description = (
+        f"Gemma 3 270M shapes, {SLOTS} cache slots ({PROMPT}-token prompt bucket + 64 new "
+        "tokens, as in the generation benchmark), float32 weights, random values. Peaks "
+        f"measured in the same run: float32 matmul {peak['f32'] / 1e9:.0f} GFLOP/s, bfloat16 "
+        f"matmul {peak['bf16'] / 1e9:.0f} GFLOP/s (2048^3), streaming bandwidth "
+        f"{peak['bandwidth'] / 1e9:.1f} GB/s (best of a numpy copy, a jitted scale and a jitted "
+        "triad over 512 MB). floor = max(FLOPs / matmul peak, bytes / bandwidth); the layers' "
+        "floor counts their matmuls only (attention, norms and the cache add little work). The "
+        "head reads the 335 MB bfloat16 screen table; its float32 certificate gathers 16 rows "
+        "per token."
     )
+    title = "Decode step budget: each part against this machine's peaks"
+    text = "\n".join([_common.header(title, description, "jax", "numpy"), "", *table])
     print(text)
-    if decode._WRITE.value:
+    if _WRITE.value:
         _common.write_section("step_budget", text)
 
 
