@@ -2,13 +2,14 @@
 and each against the compute floor of the tokens it ran.
 
 The setting is the config's (default configs/demo.py: its model, task items, protocol, N, M,
-token budget and engine buckets, through `hs_jax.pipeline`'s own loaders); the experts are a
+token budget and engine buckets, through `hs_jax.run_setup`'s loaders); the experts are a
 trained PEFT pool (--pool_dir, e.g. the demo run's workdir/experts) or, without one, random
 LoRA experts. Same engine, model, experts, items and systems for both executors; only the order
 of work differs. The node-by-node executor is the authors' order (each system, each node in
 topological order, one generate call over the items), with the models kept in memory (the
 authors also reload them from disk, which is not counted here). Each executor runs the workload
-once to compile its shapes, then is timed on a second run with an empty output cache.
+once to compile its shapes, then --repeats times (the fastest is kept), each with an empty
+output cache.
 
 Floor: the FLOPs of every prompt and generated token the engine reports for the timed run
 (`GenerationResult.prompt_tokens`, `num_tokens`; `bench/_common.py` counts them) over the
@@ -33,7 +34,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from bench import _common
-from hs_jax import call_plan, graph, jfk, lora, pipeline
+from hs_jax import call_plan, graph, jfk, lora, run_setup
 from hs_jax.engine import Engine
 from hs_jax.executor import Executor, Generation, System, run_node_by_node
 
@@ -83,7 +84,7 @@ def _experts(c, config):
 def main(argv):
     del argv
     c = _CONFIG.value
-    config, params, tokenizer = pipeline.load_base(c)
+    config, params, tokenizer = run_setup.load_base(c)
     experts = _experts(c, config)
     n = experts.n_experts
     engine = Engine(
@@ -91,8 +92,8 @@ def main(argv):
         max_prompt_len=c.engine.max_prompt_len, batch_buckets=tuple(c.engine.batch_buckets),
     )  # fmt: skip
     workdir = Path(tempfile.mkdtemp(prefix="hs_bench_search_"))
-    spec, items, _, _ = pipeline.load_items(c, workdir)
-    protocol = pipeline.protocol_for(c, spec)
+    spec, items, _, _ = run_setup.load_items(c, workdir)
+    protocol = run_setup.protocol_for(c, spec)
     # Per expert, the LoRA factors every token of its rows multiplies with (both factors).
     lora_params = lora.num_params(experts) // n
     rate = _common.matmul_rate(2048, "float32")
