@@ -59,11 +59,6 @@ from hs_jax import checkpointing, distributed, methods, report, run_identity, ru
 from hs_jax import config as config_lib
 from hs_jax import workdir as workdir_lib
 
-# The loaders under their former names here (bench/ imports them from this module).
-load_base = run_setup.load_base
-load_items = run_setup.load_items
-protocol_for = run_setup.protocol_for
-
 
 def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
     """Runs (or resumes) the method described by `config` in `workdir`; returns results.json.
