@@ -32,7 +32,7 @@ from jax import lax
 
 from bench import _common
 from hs_jax.models import gemma, screened_head
-from hs_jax.models.config import PRESETS
+from hs_jax.models.gemma_config import PRESETS
 
 _REPEATS = flags.DEFINE_integer("repeats", 20, "timed calls per variant (best is reported)")
 _WRITE = flags.DEFINE_bool("write", True, "write the section of bench/RESULTS.md")

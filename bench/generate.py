@@ -128,8 +128,8 @@ def _tokenizer():
 
 def _random_params(param_dtype: str):
     """(config, params): random weights of the 270M's shapes, the same in every worker."""
-    from hs_jax.models.config import PRESETS
     from hs_jax.models.convert import init_params
+    from hs_jax.models.gemma_config import PRESETS
 
     config = PRESETS["gemma3-270m"].replace(param_dtype=param_dtype)
     return config, init_params(config, seed=0)

@@ -12,7 +12,7 @@ Names are imported on first use, so `import hs_jax.graph` does not load the mode
 import importlib
 
 _EXPORTS = {
-    "run": "hs_jax.pipeline",
+    "run": "hs_jax.runner",
     "make_pool": "hs_jax.run_setup",
     "load_system": "hs_jax.found_system",
     "FoundSystem": "hs_jax.found_system",
@@ -32,7 +32,7 @@ _EXPORTS = {
     "make_mesh": "hs_jax.sharding",
     "Executor": "hs_jax.executor",
     "System": "hs_jax.executor",
-    "SystemScorer": "hs_jax.utility",
+    "SystemScorer": "hs_jax.scoring",
     "LoraStack": "hs_jax.lora",
     "load_peft_pool": "hs_jax.lora",
     "export_peft_adapter": "hs_jax.lora",

@@ -2,7 +2,7 @@
 
 `Engine.generate` (hs_jax.engine) adds each call's costs to its `costs`, so one counter covers
 every generation of a run: a system's node calls, AbstainQA's checks and the judge's ratings
-alike (`utility.SystemScorer.costs` reads it). The executor's `ExecutionStats`
+alike (`scoring.SystemScorer.costs` reads it). The executor's `ExecutionStats`
 (hs_jax.executor) stays the executor's own account of its rows and cache hits.
 """
 

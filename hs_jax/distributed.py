@@ -4,7 +4,7 @@ A run on a TPU pod slice, a GPU cluster or several CPU processes is one JAX prog
 (SPMD): each process executes the whole of `hs_jax.run`, the device programs span every
 process's devices (one global mesh), and the host-side work (tokenising, G-decode, JFK draws,
 answer parsing) is repeated on every process. Files are another matter: one workdir, one
-writer. This module gives the pipeline and the search the pieces for that:
+writer. This module gives the runner and the search the pieces for that:
 
 - `initialize(config)`: `jax.distributed.initialize` with `config.coordinator_address`,
   `config.num_processes` and `config.process_id` (each left at ''/0/-1 is detected from the

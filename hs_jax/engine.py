@@ -29,7 +29,7 @@ from jax.sharding import Mesh
 from hs_jax import call_plan, distributed, expert_sets, sampling, stops, text, token_choice
 from hs_jax.costs import GenerationCosts
 from hs_jax.models import gemma
-from hs_jax.models.config import GemmaConfig
+from hs_jax.models.gemma_config import GemmaConfig
 from hs_jax.placement import Placement
 
 

@@ -16,7 +16,7 @@ What counts as a user error (:func:`is_user_error`): :class:`UserError` and its 
 the package's own input errors (TaskDataError, AdapterError, CheckpointError, GGUFError,
 ConfigMismatchError, NoUsableCheckpointError); missing or unreadable paths (FileNotFoundError,
 NotADirectoryError, IsADirectoryError, PermissionError); a ValueError whose message starts with
-``config.`` (hs_jax.pipeline and hs_jax.config name the config field first); and any exception
+``config.`` (hs_jax.runner and hs_jax.config name the config field first); and any exception
 raised while the command line is parsed (an unknown ``--config.<field>``, a config file that
 does not load).
 

@@ -49,7 +49,7 @@ class Generation:
     """What a generate function returns for a batch of rows (same order as the prompts).
 
     prompt_tokens / generated_tokens: the batch's token counts as the model counted them
-    (`utility.SystemScorer` passes on the engine's `GenerationResult.costs`).
+    (`scoring.SystemScorer` passes on the engine's `GenerationResult.costs`).
     """
 
     texts: list[str]

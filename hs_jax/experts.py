@@ -23,8 +23,8 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from hs_jax import distributed, lora
-from hs_jax.models.config import GemmaConfig
 from hs_jax.models.gemma import abstract_model
+from hs_jax.models.gemma_config import GemmaConfig
 
 
 @dataclasses.dataclass(frozen=True)

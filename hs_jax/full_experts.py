@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
 
-from hs_jax.models.config import GemmaConfig
+from hs_jax.models.gemma_config import GemmaConfig
 
 
 @struct.dataclass

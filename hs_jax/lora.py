@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from hs_jax.models.config import GemmaConfig
+from hs_jax.models.gemma_config import GemmaConfig
 from hs_jax.models.safetensors_io import read_safetensors
 
 PROJ_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import ml_collections
 
-from hs_jax.models.config import PRESETS, GemmaConfig, tiny_config
+from hs_jax.models.gemma_config import PRESETS, GemmaConfig, tiny_config
 
 _BYTES = {"float32": 4, "bfloat16": 2}
 # The largest generation budget of any task type (judged tasks), for a task the registry does

@@ -1,6 +1,6 @@
 """What defines a run, and the workdir checks made before anything is loaded or written.
 
-One workdir holds one run (`hs_jax.workdir` has the file-level helpers; `hs_jax.pipeline` the
+One workdir holds one run (`hs_jax.workdir` has the file-level helpers; `hs_jax.runner` the
 rules as a whole). This module holds what is compared and recorded:
 
 - the run's identity (`static_identity` plus the task file's size and sha256): the resolved
@@ -30,7 +30,7 @@ from absl import logging
 from hs_jax import checkpointing, distributed, lora, tasks
 from hs_jax import config as config_lib
 from hs_jax import workdir as workdir_lib
-from hs_jax.models import config as model_config
+from hs_jax.models import gemma_config as model_config
 from hs_jax.models.gguf_io import PYPI_MODEL_NAME
 from hs_jax.models.loading import resolve_model_path
 

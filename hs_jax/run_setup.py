@@ -1,6 +1,6 @@
 """What a run is set up with: task, protocol, base model, expert pool, engine, scorer, mesh.
 
-`Setup` is that whole, as a method (`hs_jax.methods`) receives it. `hs_jax.pipeline.run`
+`Setup` is that whole, as a method (`hs_jax.methods`) receives it. `hs_jax.runner.run`
 builds it step by step (the workdir records are written between the steps: run.json once task
 and model have loaded, the pool's fingerprint once the pool is built); `assemble` makes the
 last part (mesh, engine, scorer) once the pool is known. The loaders are shared with
@@ -26,12 +26,12 @@ from hs_jax import config as config_lib
 from hs_jax import workdir as workdir_lib
 from hs_jax.engine import Engine
 from hs_jax.experts import Example, SFTConfig, build_or_load_pool
-from hs_jax.models import config as model_config
+from hs_jax.models import gemma_config as model_config
 from hs_jax.models.convert import init_params
 from hs_jax.models.loading import load_model, resolve_model_path
 from hs_jax.models.tokenizer import load_tokenizer
 from hs_jax.run_identity import TaskSource, gen_config, peft_folders, task_source
-from hs_jax.utility import SystemScorer
+from hs_jax.scoring import SystemScorer
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,7 +28,7 @@ from jax.sharding import PartitionSpec as P
 
 from hs_jax import expert_sets, stops
 from hs_jax.models import gemma
-from hs_jax.models.config import GemmaConfig
+from hs_jax.models.gemma_config import GemmaConfig
 from hs_jax.token_choice import TokenChoice
 
 # Incremented by a Python side effect while `Sampler.generate_tokens` is traced: tests read it to

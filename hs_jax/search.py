@@ -106,7 +106,7 @@ Checkpoints (``workdir``): see :mod:`hs_jax.checkpointing`; a run with a workdir
 the latest readable step and ends bitwise identical to an uninterrupted run (under 'authors'
 the stop history is read back from the checkpointed history). The caller may keep its own
 JSON state in every checkpoint (``run_search``'s ``extra_meta``) and gets it back on resume
-(``on_resume``): the loop knows nothing of what it holds (the pipeline keeps its cost counters
+(``on_resume``): the loop knows nothing of what it holds (the runner keeps its cost counters
 there).
 """
 
@@ -128,8 +128,10 @@ from hs_jax.graph import Dag
 from hs_jax.workdir import kill_point
 
 PyTree = Any
-System = tuple[Dag, tuple[int, ...]]
-ScoreSystems = Callable[[list[System], PyTree], Any]
+# A candidate the loop scores: a DAG and its assignment (assignment[k] = the expert at node k);
+# hs_jax.executor.System is the checked dataclass the executor makes of it.
+Candidate = tuple[Dag, tuple[int, ...]]
+ScoreSystems = Callable[[list[Candidate], PyTree], Any]
 TestScorer = Callable[[Dag, tuple[int, ...], PyTree], float]
 ExtraMeta = Callable[[dict[str, Any]], Mapping[str, Any]]
 
@@ -376,7 +378,7 @@ class _Loop:
 
 def _role_score(
     loop: _Loop, cfg: SearchConfig, score_systems: ScoreSystems
-) -> tuple[dict[str, Any], list[tuple[float, System]], np.ndarray]:
+) -> tuple[dict[str, Any], list[tuple[float, Candidate]], np.ndarray]:
     """Decode the role swarm's positions, score them (identity assignment) with the weight
     swarm's current positions and set this iteration's best graph; returns the record's
     fields, the scored systems and the objective ``[N]`` (utility - L1 term)."""
@@ -417,7 +419,7 @@ def _role_step(
     key: jax.Array,
     *,
     move: bool,
-) -> tuple[dict[str, Any], list[tuple[float, System]]]:
+) -> tuple[dict[str, Any], list[tuple[float, Candidate]]]:
     """hs_jax role-step: decode, score (identity assignment), optionally tell + PSO-move."""
     fields, candidates, objective = _role_score(loop, cfg, score_systems)
     if move:
@@ -427,7 +429,7 @@ def _role_step(
 
 def _weight_step_score(
     loop: _Loop, cfg: SearchConfig, score_systems: ScoreSystems, n_experts: int
-) -> tuple[dict[str, Any], list[tuple[float, System]], np.ndarray]:
+) -> tuple[dict[str, Any], list[tuple[float, Candidate]], np.ndarray]:
     """JFK: M assignments on this iteration's best graph, scored with the weight swarm's
     current positions; returns the record (``moved``: whether the swarm moves in this step,
     after the scoring under 'hs_jax', before it under 'authors'), the systems, JFK-scores."""
@@ -490,7 +492,7 @@ def _iteration(
     t = loop.iteration
     loop.key, k_role, k_weight = jax.random.split(loop.key, 3)
     drop_r, drop_w = loop.rng.random(2)  # always drawn: the stream does not depend on flags
-    candidates: list[tuple[float, System]] = []
+    candidates: list[tuple[float, Candidate]] = []
 
     # Role-step.
     if cfg.role_step and (loop.graph is None or drop_r >= cfg.dropout_role):
@@ -528,7 +530,7 @@ def _iteration(
     return _record(loop, t, role, weight, improved)
 
 
-def _consider(loop: _Loop, candidates: list[tuple[float, System]], t: int) -> bool:
+def _consider(loop: _Loop, candidates: list[tuple[float, Candidate]], t: int) -> bool:
     """Make the first finite maximum of ``candidates`` (scored with the weight swarm's current
     positions) the all-time best if it is strictly better; returns whether it was."""
     utils = np.array([c[0] for c in candidates], np.float64)

@@ -13,7 +13,7 @@ when launches are killed, repeated or started twice:
   temporary entries (a killed writer's) carry `TMP_MARK` and are removed by
   `remove_temp_files` once the lock is held.
 - **Run identity.** `flat_config` / `identity_diff` compare what defines a run (the resolved
-  config without the fields that do not change results, plus file identities the pipeline
+  config without the fields that do not change results, plus file identities the runner
   adds) with the one saved in `run.json`; a difference is refused field by field.
 - **Starting over.** `move_aside` moves a run's files into `previous/<UTC time>/`; nothing is
   deleted.
@@ -339,7 +339,7 @@ def kill_point(name: str, watch: str | os.PathLike | None = None) -> None:
     which `watch` holds a temporary entry (an orbax save in progress), from a polling thread:
     the process dies in the middle of a write. No-op when the variable is unset.
 
-    The points: 'setup' (pipeline: 1 task file written, 2 run.json written, 3 pool built;
+    The points: 'setup' (runner: 1 task file written, 2 run.json written, 3 pool built;
     methods: 4 baseline scored), 'role_step' / 'weight_step' (search: after the step's
     scoring), 'checkpoint_write' (search: during a save), 'checkpoint_committed' (search:
     after one), 'outputs' (report: after each picture, after each exported expert).

@@ -3,7 +3,7 @@
 import pytest
 
 from hs_jax import call_plan
-from hs_jax.models.config import tiny_config
+from hs_jax.models.gemma_config import tiny_config
 
 CFG = tiny_config("gemma3")
 COST = call_plan.CostModel.for_model(CFG.vocab_size, CFG.d_model, CFG.num_params(), 16)

@@ -20,7 +20,7 @@ from hs_jax import config as config_lib
 from hs_jax import found_system, lora, run_setup, sharding
 from hs_jax.engine import Engine
 from hs_jax.executor import System
-from hs_jax.utility import SystemScorer
+from hs_jax.scoring import SystemScorer
 from hs_jax.workdir import WorkdirError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,8 +8,8 @@ import torch
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
 from hs_jax import full_experts as fe
-from hs_jax.models.config import tiny_config
 from hs_jax.models.gemma import abstract_model, from_params
+from hs_jax.models.gemma_config import tiny_config
 from hs_jax.models.safetensors_io import load_hf_dir
 
 TOKENS = np.array([[2, 5, 17, 33, 9, 61, 4, 88, 12, 7], [2, 40, 41, 42, 1, 90, 77, 6, 5, 5]])

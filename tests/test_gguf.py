@@ -12,9 +12,9 @@ import torch
 from flax import nnx
 
 from hs_jax.models import gguf_io
-from hs_jax.models.config import GemmaConfig
 from hs_jax.models.convert import params_from_state_dict
 from hs_jax.models.gemma import KVCache, abstract_model
+from hs_jax.models.gemma_config import GemmaConfig
 from hs_jax.models.gguf_io import GGUFError, read_gguf, read_gguf_state_dict
 from hs_jax.models.loading import load_model
 

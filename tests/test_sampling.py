@@ -11,7 +11,7 @@ from hs_jax import sampling, token_choice
 from hs_jax import stops as stops_lib
 from hs_jax.lora import LoraStack
 from hs_jax.models import gemma
-from hs_jax.models.config import tiny_config
+from hs_jax.models.gemma_config import tiny_config
 
 CFG = tiny_config("gemma3")  # sliding window 8: the test prompts are longer
 

@@ -1,6 +1,5 @@
 """Gemma models: config, Flax NNX decoder, checkpoint conversion and loading."""
 
-from hs_jax.models.config import PRESETS, GemmaConfig, tiny_config
 from hs_jax.models.convert import (
     CheckpointError,
     config_from_hf,
@@ -9,6 +8,7 @@ from hs_jax.models.convert import (
     state_dict_from_params,
 )
 from hs_jax.models.gemma import Gemma, KVCache, abstract_model, from_params
+from hs_jax.models.gemma_config import PRESETS, GemmaConfig, tiny_config
 from hs_jax.models.gguf_io import PYPI_MODEL_NAME, GGUFError, pypi_gguf_path, read_gguf
 from hs_jax.models.loading import load_model
 from hs_jax.models.safetensors_io import load_hf_dir

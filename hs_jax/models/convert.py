@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from hs_jax.models.config import GemmaConfig
 from hs_jax.models.gemma import Gemma, abstract_model
+from hs_jax.models.gemma_config import GemmaConfig
 
 # Prefixes under which checkpoints store the text decoder; all map to "model.".
 _PREFIXES = ("model.language_model.", "language_model.model.", "model.")

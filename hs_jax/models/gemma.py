@@ -28,7 +28,7 @@ from flax import nnx, struct
 from jax import lax
 
 from hs_jax.models import screened_head
-from hs_jax.models.config import GemmaConfig
+from hs_jax.models.gemma_config import GemmaConfig
 
 # Finite stand-in for -inf: a fully masked row (a padding query) gets a uniform softmax instead
 # of NaN, and a partly masked row gives exactly zero weight to the masked keys.

@@ -394,7 +394,7 @@ def config_from_metadata(meta: dict, *, param_dtype: str = "float32"):
     local rope base come from the family; the query scale is 1/sqrt(head_dim) except for the
     27B models (Gemma 2: 46 layers, Gemma 3: 62 layers), which use 1/sqrt(d_model / n_heads).
     """
-    from hs_jax.models.config import GemmaConfig
+    from hs_jax.models.gemma_config import GemmaConfig
 
     family = meta["family"]
     n = meta["n_layers"]

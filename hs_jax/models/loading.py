@@ -7,8 +7,8 @@ from pathlib import Path
 
 from flax import nnx
 
-from hs_jax.models.config import GemmaConfig, default_param_dtype
 from hs_jax.models.convert import params_from_state_dict
+from hs_jax.models.gemma_config import GemmaConfig, default_param_dtype
 from hs_jax.models.gguf_io import PYPI_MODEL_NAME, pypi_gguf_path, read_gguf
 
 _PYPI_ALIASES = {PYPI_MODEL_NAME, PYPI_MODEL_NAME.replace("-", "_")}

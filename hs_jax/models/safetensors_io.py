@@ -18,8 +18,8 @@ import ml_dtypes
 import numpy as np
 from flax import nnx
 
-from hs_jax.models.config import GemmaConfig, default_param_dtype
 from hs_jax.models.convert import CheckpointError, config_from_hf, params_from_state_dict
+from hs_jax.models.gemma_config import GemmaConfig, default_param_dtype
 
 _DTYPES = {
     "F64": np.float64,

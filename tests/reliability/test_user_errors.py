@@ -440,7 +440,7 @@ def adapter(tmp_path_factory):
     """(model config, a valid exported PEFT folder)."""
     import jax
 
-    from hs_jax.models.config import tiny_config
+    from hs_jax.models.gemma_config import tiny_config
 
     config = tiny_config("gemma3")
     stack = lora.init_lora_stack(

@@ -10,7 +10,7 @@ from test_sampling import CFG, random_params
 from hs_jax import tasks
 from hs_jax.engine import Engine
 from hs_jax.graph import Dag
-from hs_jax.utility import SystemScorer
+from hs_jax.scoring import SystemScorer
 
 
 class AnyCharTokenizer(CharTokenizer):
