@@ -53,6 +53,14 @@ def _pso(**overrides) -> ml_collections.ConfigDict:
     return pso
 
 
+def baselines_config() -> ml_collections.ConfigDict:
+    """Settings of the baselines (hs_jax.baselines); the paper's where it gives them."""
+    b = ml_collections.ConfigDict()
+    # Chain and star: the best of this many random expert orders on dev.
+    b.permutations = 20
+    return b
+
+
 def base_config() -> ml_collections.ConfigDict:
     """The paper's search setting on the default model; tasks and pools are set by configs."""
     c = ml_collections.ConfigDict()
@@ -60,6 +68,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.protocol = "hs_jax"  # hs_jax | authors (docs/FIDELITY.md)
     # How the system is found: a name in hs_jax.methods.METHODS ('hs': Heterogeneous Swarms).
     c.method = "hs"
+    # Utility evaluations on dev a budgeted baseline may make (random search, greedy soup,
+    # LoRAHub, Model Swarms, GPT-Swarm, ...): 0 = the most the search can make,
+    # search.max_iterations * (n_graphs + n_assignments) (hs_jax.method_api.default_budget).
+    c.budget = 0
     # Start over in a workdir that holds an earlier run: its files are moved aside into
     # workdir/previous/<time>/, never deleted. Without it such a workdir is resumed or refused.
     c.restart = False
@@ -149,6 +161,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh.expert = 1
     c.mesh.model = 1
 
+    # The baselines' own settings (hs_jax.baselines), one section per method family.
+    c.baselines = baselines_config()
+
     c.outputs = ml_collections.ConfigDict()
     c.outputs.export_experts = True  # the best system's experts as PEFT folders
     c.outputs.plots = True
@@ -172,7 +187,10 @@ _PROTOCOL_PSO = {
 def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """A copy of `config` with every protocol-dependent field made concrete (see the module
     docstring); fails naming config.protocol when it is unknown."""
+    from hs_jax.methods import apply_overrides
+
     c = ml_collections.ConfigDict(config.to_dict())
+    apply_overrides(c)  # an ablation is 'hs' with one switch changed (methods.MethodSpec)
     if c.protocol not in PROTOCOLS:
         raise ValueError(f"config.protocol={c.protocol!r}: expected one of {PROTOCOLS}")
     for field, value in _PROTOCOL_SEARCH[c.protocol].items():
@@ -298,6 +316,11 @@ def check_config(c: ml_collections.ConfigDict) -> None:
         bad("protocol", c.protocol, f"expected one of {PROTOCOLS}")
     if c.method not in METHODS:
         bad("method", c.method, f"expected one of {tuple(METHODS)}")
+    else:
+        why = METHODS[c.method].applies(c)
+        if why:
+            bad("method", c.method, f"does not apply here: {why}")
+    at_least("budget", c.budget, 0)
 
     if not c.model.spec:
         bad(

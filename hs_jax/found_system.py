@@ -41,7 +41,7 @@ from hs_jax import workdir as workdir_lib
 from hs_jax.engine import Engine
 from hs_jax.executor import System
 from hs_jax.graph import Dag
-from hs_jax.methods import SINGLE
+from hs_jax.method_api import SINGLE
 from hs_jax.scoring import SystemScorer
 
 Question = str | Mapping[str, Any] | tasks.Item

@@ -1,20 +1,21 @@
 """The methods a run can use to find a system, selected by `config.method` (`METHODS`).
 
 A method takes the run's `Setup` (hs_jax.run_setup: config, dev/test items, protocol, expert
-pool, engine, scorer, mesh) and its workdir, and returns a `MethodResult`: what `hs_jax.report`
-needs for results.json (the best system, its test utility and outputs, the history, the
-iterations and stop reason, the costs, the single experts' utilities). The first and default
-method is 'hs', the Heterogeneous Swarms search (`heterogeneous_swarms`).
+pool, engine, scorer, mesh) and its workdir, and returns a `MethodResult`
+(hs_jax.method_api): what `hs_jax.report` needs for results.json (the best system, its test
+utility, outputs and per-item scores, the history, the costs, the single experts). The first
+and default method is 'hs', the Heterogeneous Swarms search (`heterogeneous_swarms`); its
+ablations are 'hs' with one config switch changed (`MethodSpec.overrides`); the baselines live
+in `hs_jax.baselines`, one module per family.
 
 A new method plugs in by
 - a function `def my_method(setup, workdir, *, callbacks=(), progress=True) -> MethodResult`:
-  it scores systems with `setup.scorer` (so costs are counted as for the search), writes
-  what it checkpoints under `workdir` (resumed when the run is), calls each of `callbacks`
-  with each iteration's record, and leaves every file other than its checkpoints to the
-  report (it may write `test_prompts.jsonl` through `setup.scorer.audit_rows`, as 'hs' does);
-- an entry `METHODS["my_method"] = my_method` here: `config.check_config` accepts only these
-  names, and `config.method` is part of the run identity (run.json), so a workdir holds the
-  results of one method.
+  it scores its candidates through a `method_api.Evaluator` (dev utility with every
+  generation counted by the engine, the budget `method_api.budget_of(config)`, the archive,
+  replay on resume) and ends with `Evaluator.finish`, which scores the best system on test;
+- `register("my_method", MethodSpec(...))` (below): `config.check_config` accepts only
+  registered names, `MethodSpec.applies` says when the method cannot run in a setting, and
+  `config.method` is part of the run identity (run.json), so a workdir holds one method's run.
 The single experts (`score_singles`) are every method's baseline and are in every result.
 """
 
@@ -29,49 +30,19 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from hs_jax import archive as archive_lib
 from hs_jax import checkpointing, distributed, search
 from hs_jax import workdir as workdir_lib
-from hs_jax.executor import ExecutionStats
-from hs_jax.graph import Dag
+from hs_jax.method_api import (
+    MethodResult,
+    cost_snapshot,
+    restore_costs,
+    score_singles,
+)
 from hs_jax.run_identity import RESTART_HINT
 
 if TYPE_CHECKING:
     from hs_jax.run_setup import Setup
-
-SINGLE = Dag(1, (), 0)  # one expert alone: the best-single baseline as a one-node system
-
-
-@dataclasses.dataclass(frozen=True)
-class Singles:
-    """Every expert alone on dev and test, and the best of them on dev."""
-
-    dev: list[float]
-    test: list[float]
-    best: int
-
-
-@dataclasses.dataclass(frozen=True)
-class MethodResult:
-    """What a method found, in the terms results.json reports it.
-
-    best: the best system (`search.BestSystem`: dag, assignment, weights, dev utility, the
-      iteration it was found at); its weights may be spread over the mesh.
-    test_utility / test_outputs: its test utility and each node's test outputs.
-    history: one record per iteration (results.json's `history`; `curves.png` reads its
-      'role' / 'weight' steps).
-    costs: the scorer's counters at the end (results.json's `cost`) and per_iteration: the
-      change per iteration (results.json's `cost_per_iteration`).
-    """
-
-    best: Any
-    history: list[dict[str, Any]]
-    iterations: int
-    stop_reason: str
-    test_utility: float | None
-    test_outputs: dict[str, list[str]]
-    cost: dict[str, Any]
-    cost_per_iteration: list[dict[str, Any]]
-    singles: Singles
 
 
 def search_config(c: ml_collections.ConfigDict) -> search.SearchConfig:
@@ -85,38 +56,26 @@ def search_config(c: ml_collections.ConfigDict) -> search.SearchConfig:
         raise ValueError(f"config.search: {e}") from e
 
 
-def score_singles(setup: Setup) -> Singles:
-    """Every expert alone, on the pool as loaded (before any weight step). A resumed run
-    scores them again (same results); its cost is then replaced by the checkpointed
-    counters."""
-    singles = [(SINGLE, (i,)) for i in range(setup.experts.n_experts)]
-    single_dev = setup.scorer.score(singles, setup.experts, setup.dev)
-    single_test = setup.scorer.score(singles, setup.experts, setup.test)
-    logging.info("single experts dev utility: %s", np.round(single_dev, 3).tolist())
-    return Singles(
-        dev=[float(u) for u in single_dev],
-        test=[float(u) for u in single_test],
-        best=int(np.argmax(single_dev)),
-    )
-
-
 def heterogeneous_swarms(
     setup: Setup, workdir: Path, *, callbacks: Sequence[Callable] = (), progress: bool = True
 ) -> MethodResult:
     """The Heterogeneous Swarms search (`search.run_search`), checkpointed in workdir/search
-    and resumed from it, with its costs: the counters, the per-iteration costs and the test
-    outputs are saved with each iteration and restored on resume, so work redone after a kill
-    is counted once; each iteration starts with an empty generation cache."""
+    and resumed from it, with its costs: the counters, the per-iteration costs, the test
+    outputs and the archive's length are saved with each iteration and restored on resume, so
+    work redone after a kill is counted once (and archived once); each iteration starts with
+    an empty generation cache."""
     c, scorer = setup.config, setup.scorer
     singles = score_singles(setup)
     workdir_lib.kill_point("setup")  # test hook (4th): baseline scored, search not started
 
     test_outputs: dict[str, list[str]] = {}
+    test_items: list[float] = []
 
     def test_scorer(dag, assignment, weights):
         utility = float(scorer.score([(dag, assignment)], weights, setup.test)[0])
         node_outputs = scorer.last_run.node_outputs[0]
         test_outputs.update({str(node): outs for node, outs in sorted(node_outputs.items())})
+        test_items[:] = [float(x) for x in scorer.last_item_scores[0]]
         if c.outputs.save_prompts:
             rows = scorer.audit_rows((dag, assignment), setup.test)
             distributed.on_primary(
@@ -124,43 +83,80 @@ def heterogeneous_swarms(
             )
         return utility
 
+    archive = archive_lib.Archive(workdir / archive_lib.ARCHIVE)
+    archived = {"rows": 0, "iteration": 0}
+
+    def score_dev(systems, weights):
+        utilities = scorer.score(systems, weights, setup.dev)
+        fp = archive_lib.weights_fingerprint(distributed.host_tree(weights))
+        rows = [
+            {
+                "method": c.method,
+                "evaluation": archived["rows"] + k,
+                "step": "search",
+                "iteration": archived["iteration"],
+                "system": archive_lib.system_key(dag, a),
+                "weights": fp,
+                "dev_utility": float(u) if np.isfinite(u) else None,
+                "cost": None,
+            }
+            for k, ((dag, a), u) in enumerate(zip(systems, utilities, strict=True))
+        ]
+        distributed.on_primary(lambda: archive.append(rows))
+        archived["rows"] += len(rows)
+        return utilities
+
     costs: list[dict[str, Any]] = []
-    start_cost = scorer.stats.as_dict()
+    start_cost = cost_snapshot(setup)
 
     def extra_meta(record):
         # Cost of this iteration (its test scoring included): the counters' change since the
         # previous record. Saved with the iteration's checkpoint, with the test outputs.
-        now = scorer.stats.as_dict()
+        now = cost_snapshot(setup)
         before = costs[-1]["total"] if costs else start_cost
         costs.append({"iteration": record["iteration"], **{k: now[k] - before[k] for k in now}})
         costs[-1]["total"] = now
-        return {"cost": now, "cost_per_iteration": costs, "test_outputs": test_outputs}
+        return {
+            "cost": now,
+            "cost_per_iteration": costs,
+            "test_outputs": test_outputs,
+            "test_items": test_items,
+            "archive_rows": archived["rows"],
+        }
 
     def on_resume(extra):
         if "cost" not in extra:
             logging.warning("the checkpoint holds no cost counters: costs cover this process")
             return
-        scorer.executor.stats = ExecutionStats(**extra["cost"])
+        restore_costs(setup, extra["cost"])
         costs[:] = extra["cost_per_iteration"]
         test_outputs.update(extra["test_outputs"])
+        test_items[:] = extra.get("test_items", [])
+        # The rows of the iteration being redone come back identical: drop them once.
+        archived["rows"] = int(extra.get("archive_rows", 0))
+        archived["iteration"] = len(costs)
+        distributed.on_primary(lambda: archive.truncate(archived["rows"]))
 
     def end_of_iteration(record):
         # A fresh generation cache per iteration: what an iteration generates (its cost) then
         # does not depend on whether the process that runs it also ran the previous one.
         scorer.executor.clear_cache()
         scorer.check_executor.clear_cache()
+        archived["iteration"] = record["iteration"] + 1
         delta = costs[-1]
         logging.info(
-            "iteration %d cost: %d generate calls, %d rows generated (%d from cache), "
+            "iteration %d cost: %d generate calls, %d rows, %d from cache, "
             "%d prompt + %d generated tokens",
-            record["iteration"], delta["generate_calls"], delta["rows_generated"],
+            record["iteration"], delta["generate_calls"], delta["rows"],
             delta["cache_hits"], delta["prompt_tokens"], delta["generated_tokens"],
         )  # fmt: skip
 
+    if not distributed.on_primary(lambda: (workdir / checkpointing.SEARCH_SUBDIR).exists()):
+        distributed.on_primary(lambda: archive.truncate(0))  # a search from scratch
     try:
         result = search.run_search(
             setup.experts,
-            lambda systems, weights: scorer.score(systems, weights, setup.dev),
+            score_dev,
             search_config(c),
             workdir=str(workdir / checkpointing.SEARCH_SUBDIR),
             test_scorer=test_scorer,
@@ -182,10 +178,83 @@ def heterogeneous_swarms(
         stop_reason=result.stop_reason,
         test_utility=result.test_utility,
         test_outputs=test_outputs,
-        cost=scorer.stats.as_dict(),
+        cost=cost_snapshot(setup),
         cost_per_iteration=[{k: v for k, v in r.items() if k != "total"} for r in costs],
         singles=singles,
+        test_items=list(test_items),
+        evaluations=archived["rows"],
     )
 
 
-METHODS: dict[str, Callable[..., MethodResult]] = {"hs": heterogeneous_swarms}
+def _always(c: ml_collections.ConfigDict) -> str | None:
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodSpec:
+    """A registered method.
+
+    run: `(setup, workdir, *, callbacks=(), progress=True) -> MethodResult`.
+    family: the paper's grouping (Table 1): trivial, static weight, dynamic weight, static
+      role, dynamic role, control, ablation.
+    summary: one line for tables and --help.
+    overrides: config fields (dotted names) the method sets, applied by `config.resolve`
+      over whatever the config says (an ablation is 'hs' with one switch changed).
+    applies: None when the method can run in this (resolved) config, else why not (the
+      comparison reports it in the method's cell; a run refuses it in one line).
+    """
+
+    run: Callable[..., MethodResult]
+    family: str
+    summary: str
+    overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+    applies: Callable[[ml_collections.ConfigDict], str | None] = _always
+
+
+METHODS: dict[str, MethodSpec] = {
+    "hs": MethodSpec(heterogeneous_swarms, "heterogeneous swarms", "Heterogeneous Swarms"),
+    "hs_no_role": MethodSpec(
+        heterogeneous_swarms, "ablation", "w/o role step",
+        {"search.role_step": False},
+    ),
+    "hs_no_weight": MethodSpec(
+        heterogeneous_swarms, "ablation", "w/o weight step", {"search.weight_step": False}
+    ),
+    "hs_dropout": MethodSpec(
+        heterogeneous_swarms, "ablation", "dropout-R/W 0.2 / 0.2",
+        {"search.dropout_role": 0.2, "search.dropout_weight": 0.2},
+    ),
+    "hs_prune": MethodSpec(
+        heterogeneous_swarms, "ablation", "tau pruning at 0.5", {"search.prune_tau": 0.5}
+    ),
+    "hs_l1": MethodSpec(
+        heterogeneous_swarms, "ablation", "L1 term lambda 0.05", {"search.l1_lambda": 0.05}
+    ),
+    "hs_authors": MethodSpec(
+        heterogeneous_swarms, "ablation", "the authors' protocol preset",
+        {"protocol": "authors"},
+    ),
+}  # fmt: skip
+"""Every method by name; baselines register themselves in `hs_jax.baselines` (imported at
+the end of this module)."""
+
+
+def register(name: str, spec: MethodSpec) -> None:
+    if name in METHODS:
+        raise ValueError(f"method {name!r} is registered twice")
+    METHODS[name] = spec
+
+
+def apply_overrides(c: ml_collections.ConfigDict) -> None:
+    """Sets the fields config.method's spec overrides (in place; `config.resolve` calls it
+    before it fills the protocol's fields, so an override of config.protocol takes effect)."""
+    spec = METHODS.get(c.method)
+    for dotted, value in (spec.overrides if spec else {}).items():
+        *path, leaf = dotted.split(".")
+        node = c
+        for part in path:
+            node = node[part]
+        node[leaf] = value
+
+
+from hs_jax import baselines  # noqa: E402,F401  (registers the baselines)

@@ -15,18 +15,32 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from hs_jax import distributed, lora, plots, tasks
+from hs_jax import distributed, lora, plots, stats, tasks
 from hs_jax import workdir as workdir_lib
-from hs_jax.methods import MethodResult
+from hs_jax.method_api import MethodResult
 from hs_jax.run_setup import Setup
 
 
+def _with_interval(scores: list[float]) -> dict[str, Any]:
+    if not scores:
+        return {"test_interval": None}
+    return {"test_interval": list(stats.interval(scores))}
+
+
 def results(setup: Setup, found: MethodResult, seconds: float) -> dict[str, Any]:
-    """results.json of a run: the task, the best system and the best single expert (dev and
-    test utility), every single expert, the iterations, the costs, the best system's test
-    outputs, the run's duration and the method's history."""
+    """results.json of a run: the method, the task, the best system and the best single
+    expert (dev and test utility, the test utility's 95% bootstrap interval and per-item
+    scores), the paired test of the two on the test items, every single expert, the
+    iterations, the costs, the best system's test outputs, the run's duration and the
+    method's history."""
     c, best, singles, names = setup.config, found.best, found.singles, setup.names
+    single_items = singles.test_items[singles.best] if singles.test_items else []
+    comparison = None
+    if found.test_items and single_items:
+        comparison = stats.paired(found.test_items, single_items).as_dict()
     return {
+        "method": c.method,
+        "seed": c.seed,
         "task": setup.spec.name,
         "dataset": tasks.read_task_file(setup.task_file).get("dataset"),
         "protocol": c.protocol,
@@ -35,21 +49,35 @@ def results(setup: Setup, found: MethodResult, seconds: float) -> dict[str, Any]
         "n_test": len(setup.test),
         "experts": names,
         "best_system": {
+            "kind": found.kind,
             "dag": best.dag.to_dict(),
             "assignment": list(best.assignment),
             "dev_utility": best.utility,
             "test_utility": found.test_utility,
+            **_with_interval(found.test_items),
+            "test_item_scores": list(found.test_items),
             "iteration": best.iteration,
+            "details": found.details,
         },
         "best_single": {
             "expert": singles.best,
             "name": names[singles.best],
             "dev_utility": singles.dev[singles.best],
             "test_utility": singles.test[singles.best],
+            **_with_interval(single_items),
         },
-        "single_experts": {"dev": list(singles.dev), "test": list(singles.test)},
+        # best system - best single on the same test items (paired bootstrap).
+        "vs_best_single": comparison,
+        "single_experts": {
+            "dev": list(singles.dev),
+            "test": list(singles.test),
+            "test_item_scores": [list(u) for u in singles.test_items],
+        },
         "iterations": found.iterations,
         "stop_reason": found.stop_reason,
+        "evaluations": found.evaluations,
+        # Every generation the engine made (node calls, checks, judge), and the executor's rows
+        # asked for and answered from its cache.
         "cost": found.cost,
         "cost_per_iteration": found.cost_per_iteration,
         "best_system_test_outputs": found.test_outputs,
@@ -74,26 +102,30 @@ def curves(history) -> dict[str, dict[str, list[float]]]:
     """Best, mean and worst utility of each step's swarm per iteration (curves.png)."""
     out: dict[str, dict[str, list[float]]] = {}
     for step, title in (("role", "role step"), ("weight", "weight step")):
-        stats: dict[str, list[float]] = {"best": [], "mean": [], "worst": []}
+        series: dict[str, list[float]] = {"best": [], "mean": [], "worst": []}
         for record in history:
+            if step not in record:
+                continue
             u = np.asarray(record[step].get("utilities", []), float) if record[step]["ran"] else []
             u = u[np.isfinite(u)] if len(u) else u
             for name, fn in (("best", np.max), ("mean", np.mean), ("worst", np.min)):
-                stats[name].append(float(fn(u)) if len(u) else float("nan"))
-        out[title] = stats
+                series[name].append(float(fn(u)) if len(u) else float("nan"))
+        if series["best"]:
+            out[title] = series
     return out
 
 
 def write_outputs(c: ml_collections.ConfigDict, workdir: Path, summary, best, names) -> None:
     """Pictures and exported experts first, results.json last (its presence marks a finished
     run); each written under a temporary name and renamed into place."""
-    if c.outputs.plots:
+    if c.outputs.plots and summary["best_system"]["kind"] == "dag":
         with workdir_lib.atomic_path(workdir / "best_dag.png") as tmp:
             plots.plot_dag(
                 best.dag, tmp, assignment=best.assignment, expert_names=names,
                 title=f"best system: dev {best.utility:.3f}",
             )  # fmt: skip
         workdir_lib.kill_point("outputs")  # test hook: between two output files
+    if c.outputs.plots and curves(summary["history"]):
         with workdir_lib.atomic_path(workdir / "curves.png") as tmp:
             plots.plot_curves(
                 curves(summary["history"]),
@@ -113,6 +145,10 @@ def write_outputs(c: ml_collections.ConfigDict, workdir: Path, summary, best, na
     logging.info("results written to %s", workdir)
 
 
+def _system_label(method: str) -> str:
+    return "H-Swarms system" if method == "hs" else f"{method} system"
+
+
 def print_summary(s: dict[str, Any]) -> None:
     """The run's result in a few lines: the best single expert and the system found, dev and
     test."""
@@ -123,7 +159,7 @@ def print_summary(s: dict[str, Any]) -> None:
 
     rows = [
         (f"best single ({single['name']})", single["dev_utility"], single["test_utility"]),
-        ("H-Swarms system", b["dev_utility"], b["test_utility"]),
+        (_system_label(s.get("method", "hs")), b["dev_utility"], b["test_utility"]),
     ]
     width = max(len(label) for label, _, _ in rows)
     lines = [f"{'':{width}s} {'dev':>7s} {'test':>7s}"]

@@ -129,5 +129,5 @@ def _run_locked(c, workdir: Path, static: dict[str, Any], layout: dict[str, int]
     setup = run_setup.assemble(
         c, (spec, dev, test), source.path, (base_cfg, params, tokenizer), experts, layout
     )
-    found = methods.METHODS[c.method](setup, workdir, progress=distributed.is_primary())
+    found = methods.METHODS[c.method].run(setup, workdir, progress=distributed.is_primary())
     return report.report(setup, found, workdir, time.perf_counter() - start)

@@ -1,0 +1,32 @@
+"""The baselines of the paper's Table 1 and the random-search control, as registered methods.
+
+One module per family; each registers its methods with `hs_jax.methods.register` when
+imported (this package imports them all):
+
+- `trivial`: best single expert, prediction merge (plurality vote);
+- `static_weight`: uniform soup, DARE-TIES, data merge;
+- `dynamic_weight`: greedy soup, LoRAHub-style, Model Swarms;
+- `ensemble`: Pack-of-LLMs-style logit ensemble;
+- `static_role`: chain and star;
+- `dynamic_role`: GPT-Swarm-style, Agent-Prune-style, GNN edge predictor, Meta-Agent-style;
+- `random_search`: the control at the Heterogeneous Swarms budget.
+"""
+
+import importlib
+
+_FAMILIES = (
+    "trivial",
+    "static_weight",
+    "dynamic_weight",
+    "ensemble",
+    "static_role",
+    "dynamic_role",
+    "random_search",
+)
+
+for _name in _FAMILIES:
+    try:
+        importlib.import_module(f"hs_jax.baselines.{_name}")
+    except ModuleNotFoundError as _e:  # a family not written yet
+        if _e.name != f"hs_jax.baselines.{_name}":
+            raise

@@ -1,0 +1,291 @@
+"""What every method shares: its result, the single experts, and the `Evaluator` it scores with.
+
+A method (`hs_jax.methods.METHODS`) gets the run's `Setup` and its workdir and returns a
+`MethodResult`. Methods other than the search score their candidates through an `Evaluator`:
+
+- every candidate is scored on dev by `setup.scorer` (the engine counts every generation, so
+  costs are comparable across methods) with an empty generation cache per scoring call (what a
+  call costs then depends on nothing scored before it, which keeps costs of resumed and
+  uninterrupted runs equal);
+- every candidate is appended to the archive (`hs_jax.archive`), with its weights'
+  fingerprint, dev utility and the call's cost;
+- the budget (`budget`: utility evaluations on dev) is enforced: scoring past it is a bug of
+  the method, and raises;
+- the best candidate (strictly higher dev utility; ties keep the earlier one) is kept;
+- on resume, the archived calls are replayed (utilities and costs) instead of scored, as long
+  as the method asks for the same systems with the same weights in the same order (a method
+  is a deterministic function of its seed and the utilities it is given); the first call that
+  was not archived is scored.
+
+`Evaluator.finish` scores the best system on the test split and returns the `MethodResult`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from absl import logging
+
+from hs_jax import archive as archive_lib
+from hs_jax import distributed
+from hs_jax import workdir as workdir_lib
+from hs_jax.costs import GenerationCosts
+from hs_jax.executor import ExecutionStats
+from hs_jax.graph import Dag
+from hs_jax.search import BestSystem
+
+if TYPE_CHECKING:
+    from hs_jax.run_setup import Setup
+
+SINGLE = Dag(1, (), 0)  # one expert alone: the best-single baseline as a one-node system
+
+
+class BudgetExceeded(RuntimeError):
+    """A method asked for more utility evaluations than its budget (a bug of the method)."""
+
+
+class NotApplicable(ValueError):
+    """A method that does not apply to this setting (say data merge with random experts)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Singles:
+    """Every expert alone on dev and test, the best of them on dev, and each expert's per-item
+    test scores (for paired tests and the collaborative gain)."""
+
+    dev: list[float]
+    test: list[float]
+    best: int
+    test_items: list[list[float]] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodResult:
+    """What a method found, in the terms results.json reports it.
+
+    best: the best system (`search.BestSystem`: dag, assignment, weights, dev utility, the
+      iteration it was found at); its weights may be spread over the mesh.
+    test_utility / test_outputs / test_items: its test utility, each node's test outputs and
+      its per-item test scores.
+    history: one record per iteration (results.json's `history`; `curves.png` reads its
+      'role' / 'weight' steps when they are there).
+    cost: the run's costs (results.json's `cost`, `cost_totals`); cost_per_iteration: the
+      change per iteration.
+    evaluations: utility evaluations on dev the method made (its budget's unit).
+    kind: what `best` is: 'dag' (a DAG of experts with an assignment), or a method's own kind
+      ('vote', 'ensemble') described by `details`.
+    details: method-specific JSON (mixing weights, the designer's proposals, ...).
+    """
+
+    best: Any
+    history: list[dict[str, Any]]
+    iterations: int
+    stop_reason: str
+    test_utility: float | None
+    test_outputs: dict[str, list[str]]
+    cost: dict[str, Any]
+    cost_per_iteration: list[dict[str, Any]]
+    singles: Singles
+    test_items: list[float] = dataclasses.field(default_factory=list)
+    evaluations: int = 0
+    kind: str = "dag"
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def default_budget(c) -> int:
+    """Utility evaluations on dev a budgeted method gets when config.budget is 0: what the
+    Heterogeneous Swarms search can spend at most (N role + M weight evaluations per
+    iteration, and under the authors' schedule the extra round 0)."""
+    rounds = c.search.max_iterations + (1 if c.search.schedule == "authors" else 0)
+    return int(rounds * (c.search.n_graphs + c.search.n_assignments))
+
+
+def budget_of(c) -> int:
+    return int(c.budget) if c.budget else default_budget(c)
+
+
+def score_singles(setup: Setup) -> Singles:
+    """Every expert alone, on the pool as loaded. A resumed run scores them again (same
+    results); its cost is then replaced by the checkpointed or replayed counters."""
+    singles = [(SINGLE, (i,)) for i in range(setup.experts.n_experts)]
+    single_dev = setup.scorer.score(singles, setup.experts, setup.dev)
+    single_test = setup.scorer.score(singles, setup.experts, setup.test)
+    test_items = [[float(x) for x in u] for u in setup.scorer.last_item_scores]
+    logging.info("single experts dev utility: %s", np.round(single_dev, 3).tolist())
+    return Singles(
+        dev=[float(u) for u in single_dev],
+        test=[float(u) for u in single_test],
+        best=int(np.argmax(single_dev)),
+        test_items=test_items,
+    )
+
+
+def cost_snapshot(setup: Setup) -> dict[str, int]:
+    """Every counter: the engine's (all generations) and the node executor's (rows asked,
+    cache hits), as one flat dict (`cost_of`)."""
+    engine = setup.scorer.costs.as_dict()
+    stats = setup.scorer.stats.as_dict()
+    return {
+        **{k: engine[k] for k in engine},
+        "rows_requested": stats["rows_requested"],
+        "cache_hits": stats["cache_hits"],
+        "node_rows": stats["rows_generated"],
+    }
+
+
+def restore_costs(setup: Setup, snapshot: dict[str, int]) -> None:
+    """Sets the counters to a `cost_snapshot` (a resumed run continues them)."""
+    engine_fields = GenerationCosts().as_dict()
+    setup.scorer.costs = GenerationCosts(**{k: int(snapshot.get(k, 0)) for k in engine_fields})
+    stats = ExecutionStats(
+        rows_requested=int(snapshot.get("rows_requested", 0)),
+        cache_hits=int(snapshot.get("cache_hits", 0)),
+        rows_generated=int(snapshot.get("node_rows", 0)),
+    )
+    setup.scorer.executor.stats = stats
+
+
+def _delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    return {k: int(after[k]) - int(before.get(k, 0)) for k in after}
+
+
+def _add(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+    return {k: int(a.get(k, 0)) + int(b.get(k, 0)) for k in set(a) | set(b)}
+
+
+class Evaluator:
+    """Scores one method's candidates on dev (module docstring): budget, archive, best, replay."""
+
+    def __init__(self, setup: Setup, workdir: Path, method: str, *, budget: int | None):
+        self.setup = setup
+        self.workdir = Path(workdir)
+        self.method = method
+        self.budget = budget
+        self.archive = archive_lib.Archive(self.workdir / archive_lib.ARCHIVE)
+        self._replay = distributed.on_primary(self.archive.read) or []
+        self.evaluations = 0
+        self.best: BestSystem | None = None
+        self._fingerprints: dict[int, tuple[Any, str]] = {}
+        self.replayed = 0
+
+    @property
+    def remaining(self) -> int | None:
+        return None if self.budget is None else self.budget - self.evaluations
+
+    def fingerprint(self, weights: Any) -> str:
+        # Keyed by identity (weights are immutable arrays); the object is kept alive with it.
+        hit = self._fingerprints.get(id(weights))
+        if hit is None or hit[0] is not weights:
+            hit = (weights, archive_lib.weights_fingerprint(distributed.host_tree(weights)))
+            self._fingerprints[id(weights)] = hit
+        return hit[1]
+
+    def consider(self, dag: Dag, assignment, weights: Any, utility: float, iteration: int = 0):
+        """Offers a system already scored (say a single expert) as the best."""
+        if np.isfinite(utility) and (self.best is None or utility > self.best.utility):
+            self.best = BestSystem(dag, tuple(int(e) for e in assignment), weights, float(utility),
+                                   iteration)  # fmt: skip
+
+    def score(
+        self, systems: Sequence[tuple[Dag, Sequence[int]]], weights: Any, *, step: str,
+        iteration: int = 0,
+    ) -> np.ndarray:  # fmt: skip
+        """Dev utility of each system with these expert weights, [len(systems)] float64."""
+        systems = [(dag, tuple(int(e) for e in a)) for dag, a in systems]
+        if not systems:
+            return np.zeros(0)
+        if self.budget is not None and self.evaluations + len(systems) > self.budget:
+            raise BudgetExceeded(
+                f"method {self.method!r} asked for {self.evaluations + len(systems)} utility "
+                f"evaluations, its budget is {self.budget}"
+            )
+        fp = self.fingerprint(weights)
+        keys = [archive_lib.system_key(dag, a) for dag, a in systems]
+        start = self.evaluations
+        archived = self._replay[start : start + len(systems)]
+        if len(archived) == len(systems) and all(
+            r["system"] == k and r["weights"] == fp for r, k in zip(archived, keys, strict=True)
+        ):
+            utilities = np.asarray([r["dev_utility"] for r in archived], float)
+            call_cost = archived[0].get("cost") or {}
+            restore_costs(self.setup, _add(cost_snapshot(self.setup), call_cost))
+            self.replayed += len(systems)
+        else:
+            if self._replay[start:]:
+                # The archive goes another way from here (a run changed since, or a torn call):
+                # its rows from here on are not this run's, and are redone.
+                logging.warning("%s: archive differs from row %d on; rescoring", self.method, start)
+                distributed.on_primary(lambda: self.archive.truncate(start))
+                self._replay = self._replay[:start]
+            self.setup.scorer.executor.clear_cache()
+            self.setup.scorer.check_executor.clear_cache()
+            before = cost_snapshot(self.setup)
+            utilities = np.asarray(self.setup.scorer.score(systems, weights, self.setup.dev), float)
+            call_cost = _delta(cost_snapshot(self.setup), before)
+            rows = [
+                {
+                    "method": self.method,
+                    "evaluation": start + k,
+                    "step": step,
+                    "iteration": int(iteration),
+                    "system": key,
+                    "weights": fp,
+                    "dev_utility": float(u) if np.isfinite(u) else None,
+                    "cost": call_cost if k == 0 else None,
+                }
+                for k, (key, u) in enumerate(zip(keys, utilities, strict=True))
+            ]
+            distributed.on_primary(lambda: self.archive.append(rows))
+        self.evaluations += len(systems)
+        for (dag, a), u in zip(systems, utilities, strict=True):
+            self.consider(dag, a, weights, float(u), iteration)
+        return utilities
+
+    def finish(
+        self,
+        singles: Singles,
+        *,
+        history: list[dict[str, Any]],
+        iterations: int,
+        stop_reason: str,
+        kind: str = "dag",
+        details: dict[str, Any] | None = None,
+    ) -> MethodResult:
+        """Scores the best system on test (with its audit trail when config.outputs.
+        save_prompts) and returns the method's result."""
+        setup, best = self.setup, self.best
+        if best is None:
+            raise RuntimeError(f"method {self.method!r} found no system with a finite utility")
+        setup.scorer.executor.clear_cache()
+        test_utility = float(
+            setup.scorer.score([(best.dag, best.assignment)], best.weights, setup.test)[0]
+        )
+        outputs = setup.scorer.last_run.node_outputs[0]
+        test_outputs = {str(node): outs for node, outs in sorted(outputs.items())}
+        test_items = [float(x) for x in setup.scorer.last_item_scores[0]]
+        if setup.config.outputs.save_prompts:
+            rows = setup.scorer.audit_rows((best.dag, best.assignment), setup.test)
+            distributed.on_primary(
+                lambda: workdir_lib.write_jsonl(self.workdir / "test_prompts.jsonl", rows)
+            )
+        if self.replayed:
+            logging.info("%s: %d archived evaluations replayed", self.method, self.replayed)
+        return MethodResult(
+            best=best,
+            history=history,
+            iterations=iterations,
+            stop_reason=stop_reason,
+            test_utility=test_utility,
+            test_outputs=test_outputs,
+            cost=cost_snapshot(setup),
+            cost_per_iteration=[],
+            singles=singles,
+            test_items=test_items,
+            evaluations=self.evaluations,
+            kind=kind,
+            details=dict(details or {}),
+        )
