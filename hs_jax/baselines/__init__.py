@@ -8,7 +8,8 @@ imported (this package imports them all):
 - `dynamic_weight`: greedy soup, LoRAHub-style, Model Swarms;
 - `ensemble`: Pack-of-LLMs-style logit ensemble;
 - `static_role`: chain and star;
-- `dynamic_role`: GPT-Swarm-style, Agent-Prune-style, GNN edge predictor, Meta-Agent-style;
+- `dynamic_role`: GPT-Swarm-style, GNN edge predictor, Meta-Agent-style;
+- `prune`: Agent-Prune-style (dynamic role);
 - `random_search`: the control at the Heterogeneous Swarms budget.
 """
 
@@ -22,6 +23,7 @@ _FAMILIES = (
     "static_role",
     "dynamic_role",
     "random_search",
+    "prune",
 )
 
 for _name in _FAMILIES:

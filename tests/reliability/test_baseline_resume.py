@@ -1,0 +1,73 @@
+"""Baselines resume from their archive: SIGKILL a baseline's run after a scoring call, relaunch
+it, and it ends with the results.json (costs included) and the archive of an uninterrupted run;
+the Heterogeneous Swarms search, which resumes from its checkpoints, archives every system once.
+
+The kills use the test hook of hs_jax.workdir.kill_point ('evaluation': after each archived
+scoring call of a `method_api.Evaluator`; 'weight_step': after the search's weight step).
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hs_jax.workdir import KILL_ENV
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _launch(workdir, method, kill=None):
+    cmd = [
+        sys.executable, "-m", "launch.main", "--config=configs/tiny.py", f"--workdir={workdir}",
+        f"--config.method={method}", "--config.outputs.plots=False",
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != KILL_ENV}
+    env["PYTHONUNBUFFERED"] = "1"
+    if kill is not None:
+        env[KILL_ENV] = kill
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _results(workdir):
+    r = json.loads((workdir / "results.json").read_text())
+    r.pop("seconds")
+    return json.dumps(r, sort_keys=True)
+
+
+def _archive(workdir):
+    return (workdir / "archive.jsonl").read_text().splitlines()
+
+
+def _killed_then_finished(workdir, method, kill):
+    proc = _launch(workdir, method, kill)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    assert not (workdir / "results.json").exists()
+    proc = _launch(workdir, method)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("method", ["random_search", "gpt_swarm", "greedy_soup"])
+def test_a_killed_baseline_ends_as_an_uninterrupted_one(tmp_path, method):
+    whole = tmp_path / "whole"
+    assert _launch(whole, method).returncode == 0
+    killed = tmp_path / "killed"
+    _killed_then_finished(killed, method, "evaluation:2")
+    assert _results(killed) == _results(whole)
+    assert _archive(killed) == _archive(whole)
+
+
+def test_the_search_archives_every_system_once_across_a_kill(tmp_path):
+    whole = tmp_path / "whole"
+    assert _launch(whole, "hs").returncode == 0
+    rows = [json.loads(r) for r in _archive(whole)]
+    results = json.loads((whole / "results.json").read_text())
+    assert len(rows) == results["evaluations"] > 0
+    assert [r["evaluation"] for r in rows] == list(range(len(rows)))
+    killed = tmp_path / "killed"
+    _killed_then_finished(killed, "hs", "weight_step:2")
+    assert _archive(killed) == _archive(whole)
+    assert _results(killed) == _results(whole)
