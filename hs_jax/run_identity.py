@@ -59,6 +59,8 @@ RUN_ENTRIES = (
     "curves.png",
     "best_experts",
     "test_prompts.jsonl",
+    "archive.jsonl",  # hs_jax.archive.ARCHIVE: every system the method scored
+    "data_merge",  # the data-merge baseline's adapter (hs_jax.baselines.static_weight)
 )
 POOL_SUBDIR = "experts"
 # The config fields a trained pool depends on (the search and how it is executed aside).

@@ -25,9 +25,10 @@ from hs_jax import checkpointing, lora, sharding, tasks
 from hs_jax import config as config_lib
 from hs_jax import workdir as workdir_lib
 from hs_jax.engine import Engine
-from hs_jax.experts import Example, SFTConfig, build_or_load_pool
+from hs_jax.experts import Example, build_or_load_pool
 from hs_jax.models import gemma_config as model_config
 from hs_jax.models.convert import init_params
+from hs_jax.models.gguf_io import PYPI_MODEL_NAME
 from hs_jax.models.loading import load_model, resolve_model_path
 from hs_jax.models.tokenizer import load_tokenizer
 from hs_jax.run_identity import TaskSource, gen_config, peft_folders, task_source
@@ -169,7 +170,7 @@ def load_base(c: ml_collections.ConfigDict):
 
 
 def _tokenizer_spec(model_spec: str) -> str:
-    return config_lib.PYPI_MODEL if model_spec == "tiny" else model_spec
+    return PYPI_MODEL_NAME if model_spec == "tiny" else model_spec
 
 
 def _training_slices(c, spec, protocol, dev, test) -> tuple[list[str], list[list[Example]]]:
@@ -228,16 +229,7 @@ def build_experts(c, workdir: Path, base_cfg, params, tokenizer, spec, dev, test
             scheme="random", init_scale=c.experts.random_scale,
         )  # fmt: skip
     names, slices = _training_slices(c, spec, protocol_for(c, spec), dev, test)
-    sft = SFTConfig(
-        rank=c.experts.rank,
-        targets=tuple(c.experts.targets),
-        steps=c.experts.train_steps,
-        batch_per_expert=c.experts.batch_per_expert,
-        learning_rate=c.experts.learning_rate,
-        max_len=c.experts.max_len,
-        seed=c.seed,
-        last_layers=c.experts.last_layers,
-    )
+    sft = config_lib.sft_config(c)  # checked at the door (config.check_config)
     return build_or_load_pool(
         pool_dir_of(c, workdir), base_cfg, params, tokenizer, slices, names, sft,
         base_model_name_or_path=c.model.spec,
@@ -304,4 +296,24 @@ def assemble(
         config=c, spec=spec, dev=dev, test=test, task_file=task_file, protocol=protocol,
         base_config=base_cfg, params=params, tokenizer=tokenizer, experts=experts,
         names=expert_names(experts), engine=engine, scorer=scorer, mesh=mesh,
+    )  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- data merge
+
+
+def data_merge_adapter(setup: Setup, directory: Path) -> lora.LoraStack:
+    """The data-merge baseline's adapter (hs_jax.baselines.static_weight): one LoRA expert
+    fine-tuned on the union of the pool's training slices (`_training_slices`), with the pool's
+    settings and seed; each step takes as many rows as one step of the pool (n x
+    batch_per_expert), so it gets the pool's training compute. Saved as a PEFT folder in
+    `directory` and loaded from there when present (`build_or_load_pool`)."""
+    c = setup.config
+    _, slices = _training_slices(c, setup.spec, setup.protocol, setup.dev, setup.test)
+    pool = config_lib.sft_config(c)
+    sft = dataclasses.replace(pool, batch_per_expert=pool.batch_per_expert * len(slices))
+    union = [example for piece in slices for example in piece]
+    return build_or_load_pool(
+        directory, setup.base_config, setup.params, setup.tokenizer, [union], ["data_merge"], sft,
+        base_model_name_or_path=c.model.spec,
     )  # fmt: skip
