@@ -217,7 +217,7 @@ class Evaluator:
         self._replay = distributed.on_primary(self.archive.read) or []
         self.evaluations = 0
         self.best: BestSystem | None = None
-        self._fingerprints: dict[int, tuple[Any, str]] = {}
+        self._last_weights: tuple[Any, str] | None = None
         self.replayed = 0
 
     @property
@@ -225,12 +225,12 @@ class Evaluator:
         return None if self.budget is None else self.budget - self.evaluations
 
     def fingerprint(self, weights: Any) -> str:
-        # Keyed by identity (weights are immutable arrays); the object is kept alive with it.
-        hit = self._fingerprints.get(id(weights))
-        if hit is None or hit[0] is not weights:
-            hit = (weights, archive_lib.weights_fingerprint(distributed.host_tree(weights)))
-            self._fingerprints[id(weights)] = hit
-        return hit[1]
+        # Only the last weights are remembered (methods score one set many times in a row);
+        # keeping every candidate stack alive would hold them all in memory.
+        if self._last_weights is None or self._last_weights[0] is not weights:
+            fp = archive_lib.weights_fingerprint(distributed.host_tree(weights))
+            self._last_weights = (weights, fp)
+        return self._last_weights[1]
 
     def consider(self, dag: Dag, assignment, weights: Any, utility: float, iteration: int = 0):
         """Offers a system already scored (say a single expert) as the best."""
