@@ -50,7 +50,7 @@ def _killed_then_finished(workdir, method, kill):
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
-@pytest.mark.parametrize("method", ["random_search", "gpt_swarm", "greedy_soup"])
+@pytest.mark.parametrize("method", ["random_search", "gpt_swarm", "greedy_soup", "meta_agent"])
 def test_a_killed_baseline_ends_as_an_uninterrupted_one(tmp_path, method):
     whole = tmp_path / "whole"
     assert _launch(whole, method).returncode == 0
