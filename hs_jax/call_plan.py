@@ -2,8 +2,10 @@
 
 Input: the prompts' token lengths, the shape buckets, the largest batch and a cost model;
 output: the planned calls (`PlannedCall`: the rows each call runs and the padded shapes it runs
-them at). Nothing here touches a model or an array library: `Engine.generate` (hs_jax.engine)
-plans every expert group's rows with `plan_calls` and runs each call on the device.
+them at). A prompt may stand for several rows that must share a call (an ensemble's experts on
+one prompt, `rows_per_prompt`). Nothing here touches a model or an array library:
+`Engine.generate` (hs_jax.engine) plans every expert group's rows with `plan_calls` and runs
+each call on the device.
 
 Calls whose shapes round to the same buckets share one compiled program, so every shape is
 rounded up: the prompt length to a length bucket, the token budget to a new-token bucket and the
@@ -100,8 +102,9 @@ class CostModel:
 
 @dataclasses.dataclass(frozen=True)
 class PlannedCall:
-    """One device call: `rows` (indices into the planned prompts, shortest prompt first) padded
-    to `batch` rows of `length` tokens, decoding up to the `new_tokens` bucket."""
+    """One device call: `rows` (indices into the planned prompts, shortest prompt first; each
+    runs as `rows_per_prompt` consecutive rows) padded to `batch` rows of `length` tokens,
+    decoding up to the `new_tokens` bucket."""
 
     rows: tuple[int, ...]
     batch: int
@@ -123,11 +126,12 @@ def chunk_size(n: int, buckets: Buckets) -> int:
     return max(fitting) if fitting else n
 
 
-def split(rows: Sequence[int], buckets: Buckets) -> list[list[int]]:
-    """`rows` in order, cut into consecutive calls of `chunk_size` rows each."""
+def split(rows: Sequence[int], buckets: Buckets, rows_per_prompt: int = 1) -> list[list[int]]:
+    """`rows` (prompts of `rows_per_prompt` rows each) in order, cut into consecutive calls of
+    `chunk_size` rows each (whole prompts: the rows of a prompt never straddle two calls)."""
     rows, out = list(rows), []
     while rows:
-        size = chunk_size(len(rows), buckets)
+        size = max(1, chunk_size(len(rows) * rows_per_prompt, buckets) // rows_per_prompt)
         out.append(rows[:size])
         rows = rows[size:]
     return out
@@ -140,9 +144,14 @@ def call_cost(n_rows: int, prompt_len: int, new_tokens: int, buckets: Buckets, c
 
 
 def plan_calls(
-    prompt_lengths: Sequence[int], max_new_tokens: int, buckets: Buckets, cost: CostModel
+    prompt_lengths: Sequence[int],
+    max_new_tokens: int,
+    buckets: Buckets,
+    cost: CostModel,
+    rows_per_prompt: int = 1,
 ) -> list[PlannedCall]:
-    """The calls that run prompts of these token lengths, each with up to `max_new_tokens`.
+    """The calls that run prompts of these token lengths, each with up to `max_new_tokens`;
+    every prompt runs as `rows_per_prompt` rows of the same call (at most `max_batch`).
 
     Rows are sorted by prompt length (stable) and each length bucket starts as its own group, so
     that a short prompt is not padded to a long neighbour's bucket (prefill cost grows with the
@@ -151,6 +160,9 @@ def plan_calls(
     with short answers (a search's node calls) stay split, short prompts with long answers run
     as one batch. Every group is then cut into calls by `split`.
     """
+    per = int(rows_per_prompt)
+    if not 1 <= per <= buckets.max_batch:
+        raise ValueError(f"rows_per_prompt must be in 1..{buckets.max_batch}, got {per}")
     lengths = [int(n) for n in prompt_lengths]
     rows = sorted(range(len(lengths)), key=lambda r: lengths[r])
     groups = [
@@ -160,7 +172,8 @@ def plan_calls(
     def group_cost(group: list[int]) -> float:
         longest = max(lengths[r] for r in group)
         return sum(
-            call_cost(len(c), longest, max_new_tokens, buckets, cost) for c in split(group, buckets)
+            call_cost(len(c) * per, longest, max_new_tokens, buckets, cost)
+            for c in split(group, buckets, per)
         )
 
     while len(groups) > 1:
@@ -176,10 +189,10 @@ def plan_calls(
     return [
         PlannedCall(
             rows=tuple(part),
-            batch=buckets.rows_for(len(part)),
+            batch=buckets.rows_for(len(part) * per),
             length=buckets.length_for(max(lengths[r] for r in part)),
             new_tokens=new_tokens,
         )
         for group in groups
-        for part in split(group, buckets)
+        for part in split(group, buckets, per)
     ]

@@ -124,10 +124,11 @@ def baselines_config() -> ml_collections.ConfigDict:
     b.merge_scale = 1.0
     # Pack of LLMs (ensemble.pack_llm): expert i's weight on a prompt is
     # softmax_i(-log ppl_i / packllm_tau), ppl_i its perplexity of the prompt (tau = 1: weights
-    # proportional to 1 / ppl); packllm_fusion mixes the experts' next-token 'probs' or, as
-    # PackLLM does, their 'logits'.
+    # proportional to 1 / ppl); packllm_fusion: 'logits' (PackLLM's fusion: the softmax of the
+    # weighted sum of the experts' logits) or 'probs' (the weighted mean of their next-token
+    # distributions).
     b.packllm_tau = 1.0
-    b.packllm_fusion = "probs"
+    b.packllm_fusion = "logits"
     return b
 
 

@@ -1,7 +1,11 @@
 """Engine: a Gemma model, its tokenizer, an expert set and a mesh behind one `generate` call.
 
 `generate(prompts, expert_ids)` runs a batch in which every row names its expert (-1 = the base
-model). The engine joins the pieces that do the work, one module each:
+model). Two more calls run on the same pieces: `generate_ensemble` answers each prompt with a
+weighted ensemble of experts (k rows per prompt in one batch whose next-token distributions are
+mixed into one token choice per step), and `prompt_nll` scores prompts under experts (a prefill
+without decoding: each prompt's negative log-likelihood). The engine joins the pieces that do
+the work, one module each:
 
 - `expert_sets`: the expert kinds (a LoRA stack runs as one program whose rows gather their own
   factors; full-weight experts run one group of rows per expert), placed by `placement`;
@@ -10,7 +14,10 @@ model). The engine joins the pieces that do the work, one module each:
 - `call_plan`: which rows run together in which device call, at which padded shapes;
 - `token_choice` and `sampling`: the token choice strategy and the jitted generation program.
 
-It also counts every generation (`costs`, a `costs.GenerationCosts`), whoever asks for it.
+It also counts every generation (`costs`, a `costs.GenerationCosts`), whoever asks for it: an
+ensemble call counts its k rows per prompt (k times the prompt's tokens and k times the tokens
+generated, as processed), a scoring call its rows and prompt tokens (no generated tokens); each
+call with at least one prompt is one `generate_calls`.
 """
 
 from __future__ import annotations
@@ -54,6 +61,30 @@ class GenerationResult:
     finish_reasons: list[str]
     logits: np.ndarray | None = None
     costs: GenerationCosts = dataclasses.field(default_factory=GenerationCosts)
+
+
+@dataclasses.dataclass
+class PromptScores:
+    """Outputs of one `Engine.prompt_nll` call, one entry per row in the caller's order.
+
+    nll_sum: [n] float64, the sum over the prompt's tokens after the first of
+      -log p(token | the tokens before it), under the row's expert.
+    num_scored: [n] int32 tokens scored (the prompt's length as run minus one).
+    prompt_tokens: the prompt ids actually run (BOS added, after any left truncation).
+    costs: this call's costs (also added to the engine's `costs`).
+    """
+
+    nll_sum: np.ndarray
+    num_scored: np.ndarray
+    prompt_tokens: list[list[int]]
+    costs: GenerationCosts = dataclasses.field(default_factory=GenerationCosts)
+
+    @property
+    def mean_nll(self) -> np.ndarray:
+        """[n] float64 mean NLL per scored token, the log of the prompt's perplexity (NaN for a
+        prompt with no token to score)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self.num_scored > 0, self.nll_sum / self.num_scored, np.nan)
 
 
 class Engine:
@@ -245,6 +276,128 @@ class Engine:
         self.costs += costs
         return GenerationResult(texts, out_tokens, num_tokens, prompt_ids, reasons, logits, costs)
 
+    def generate_ensemble(
+        self,
+        prompts: Sequence[str],
+        expert_ids: Sequence[int] | np.ndarray,
+        weights: Sequence[float] | np.ndarray,
+        *,
+        max_new_tokens: int,
+        fusion: str = "probs",
+        stop: str | Sequence[str] | Sequence[Sequence[str]] = (),
+    ) -> GenerationResult:
+        """Continues every prompt with a weighted ensemble of k experts, greedily.
+
+        expert_ids: the ensemble's experts, [k] for every prompt or [n, k] per prompt (-1 = the
+        base model); weights: [k] or [n, k], >= 0 and not all 0 for a prompt, normalised per
+        prompt. Every prompt runs as k rows of one device call, one row per expert, through the
+        multi-expert forward pass; each step mixes the k rows' next-token distributions
+        (`token_choice.MixtureGreedy`: their probabilities, or with fusion='logits' their
+        logits) and feeds the mixture's greedy token to all k rows, so they generate the same
+        tokens and stop together (EOS, a stop string, or `max_new_tokens`).
+
+        Returns one entry per prompt (no logits); its costs count the k rows of every prompt.
+        Needs experts whose rows run in one program (a LoRA stack): full-weight experts run
+        one expert per device call and are refused.
+        """
+        prompts = list(prompts)
+        n = len(prompts)
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if fusion not in token_choice.FUSIONS:
+            raise ValueError(f"fusion must be one of {token_choice.FUSIONS}, got {fusion!r}")
+        ids, w = _ensemble_rows(expert_ids, weights, n)
+        k = ids.shape[1]
+        if k > self.max_batch:
+            raise ValueError(f"an ensemble of {k} experts needs max_batch >= {k}")
+        flat_ids = expert_sets.row_expert_ids(ids.reshape(-1), n * k, self.n_experts)
+        if n == 0:
+            return GenerationResult([], [], np.zeros((0,), np.int32), [], [])
+        groups = list(self._row_groups(flat_ids))
+        if len(groups) != 1:
+            raise ValueError(
+                "an ensemble needs experts whose rows run in one program (a LoRA stack); "
+                f"these run in {len(groups)} groups"
+            )
+        group = groups[0]
+        row_stops = stops.normalise_stops(stop, n)
+        prompt_ids = self.encode_prompts(prompts)
+        out_tokens: list[np.ndarray] = [np.zeros((0,), np.int32)] * n
+        lengths = [len(p) for p in prompt_ids]
+        plan = call_plan.plan_calls(
+            lengths, max_new_tokens, self.buckets, self.cost_model, rows_per_prompt=k
+        )
+        for call in plan:
+            members = list(call.rows)  # prompts; prompt members[g] runs rows g*k .. g*k + k-1
+            rows = [p * k + j for p in members for j in range(k)]
+            choice = token_choice.MixtureGreedy(
+                *_mixture_arrays(w[members], call.batch), fusion=fusion
+            )
+            res = self._run(
+                group,
+                call,
+                [prompt_ids[r // k] for r in rows],
+                flat_ids[rows],
+                [row_stops[r // k] for r in rows],
+                max_new_tokens=max_new_tokens,
+                choice=jax.tree.map(self.placement.rows, choice),
+                key=jax.random.key(0),
+                return_logits=False,
+            )
+            for g, p in enumerate(members):
+                tokens = res["tokens"][g * k : (g + 1) * k]
+                nums = res["num_tokens"][g * k : (g + 1) * k]
+                if (nums != nums[0]).any() or (tokens != tokens[0]).any():
+                    raise RuntimeError(f"the ensemble rows of prompt {p} generated differently")
+                out_tokens[p] = tokens[0, : nums[0]]
+
+        texts, reasons = text.continuations(self.tokenizer, out_tokens, row_stops, self.eos_ids)
+        num_tokens = np.asarray([len(t) for t in out_tokens], np.int32)
+        costs = GenerationCosts(
+            generate_calls=1,
+            rows=n * k,
+            prompt_tokens=k * sum(lengths),
+            generated_tokens=k * int(np.sum(num_tokens)),
+        )
+        self.costs += costs
+        return GenerationResult(texts, out_tokens, num_tokens, prompt_ids, reasons, None, costs)
+
+    def prompt_nll(
+        self, prompts: Sequence[str], expert_ids: Sequence[int] | np.ndarray | int | None = None
+    ) -> PromptScores:
+        """Each prompt's negative log-likelihood under its row's expert (-1 or None = the base
+        model): one prefill per call, no decoding (`sampling.Sampler.prompt_nll`). The prompt
+        is scored as `generate` runs it (BOS added, the long-prompt policy applied)."""
+        prompts = list(prompts)
+        n = len(prompts)
+        ids = expert_sets.row_expert_ids(expert_ids, n, self.n_experts)
+        prompt_ids = self.encode_prompts(prompts)
+        nll_sum = np.zeros((n,), np.float64)
+        num_scored = np.zeros((n,), np.int32)
+        if n == 0:
+            return PromptScores(nll_sum, num_scored, [])
+        for group in self._row_groups(ids):
+            lengths = [len(prompt_ids[r]) for r in group.rows]
+            # Planned as one-token generations: the planner weighs prefill against padding.
+            for call in call_plan.plan_calls(lengths, 1, self.buckets, self.cost_model):
+                rows = [group.rows[i] for i in call.rows]
+                batch = sampling.PromptBatch.build(
+                    [prompt_ids[r] for r in rows], ids[rows], call.length, call.batch,
+                    self.sampler.pad_id,
+                )  # fmt: skip
+                out = self.sampler.prompt_nll(
+                    group.params, group.lora, jax.tree.map(self.placement.rows, batch)
+                )
+                out = {key: distributed.host(v)[: len(rows)] for key, v in out.items()}
+                self.stats["calls"] += 1
+                nll_sum[rows] = out["nll_sum"]
+                num_scored[rows] = out["num_scored"]
+        costs = GenerationCosts(
+            generate_calls=1, rows=n, prompt_tokens=sum(len(p) for p in prompt_ids)
+        )
+        self.costs += costs
+        return PromptScores(nll_sum, num_scored, prompt_ids, costs)
+
     def _row_groups(self, ids: np.ndarray):
         """The expert set's row groups; all rows on the base model when no row names an
         expert."""
@@ -306,6 +459,38 @@ class Engine:
         self.stats["steps"] += int(np.max(out["num_tokens"], initial=0))
         self.stats["head_fallback_steps"] += int(out.pop("head_fallbacks"))
         return {k: v[:n] for k, v in out.items()}
+
+
+def _ensemble_rows(expert_ids, weights, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(expert ids [n, k] int32, weights [n, k] float64 normalised per prompt) of an ensemble
+    call, from one row for every prompt or one per prompt; raises on bad weights."""
+    ids = np.asarray(expert_ids, np.int32)
+    if ids.ndim == 1:
+        ids = np.broadcast_to(ids, (n, ids.shape[0]))
+    w = np.asarray(weights, np.float64)
+    if w.ndim == 1:
+        w = np.broadcast_to(w, (n, w.shape[0]))
+    if ids.ndim != 2 or ids.shape[0] != n or ids.shape[1] < 1:
+        raise ValueError(f"expert_ids has shape {np.shape(expert_ids)}, expected (k,) or ({n}, k)")
+    if w.shape != ids.shape:
+        raise ValueError(f"weights has shape {np.shape(weights)}, expert_ids {ids.shape}")
+    if not np.isfinite(w).all() or (w < 0).any():
+        raise ValueError("ensemble weights must be finite and >= 0")
+    totals = w.sum(axis=1, keepdims=True)
+    if (totals <= 0).any():
+        raise ValueError("every prompt's ensemble weights must not all be 0")
+    return ids, w / totals
+
+
+def _mixture_arrays(weights: np.ndarray, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """(row weights [rows] float32, row groups [rows] int32) of a call whose prompt g holds
+    rows g*k .. g*k + k-1 (weights [G, k]); padding rows are groups of one, of weight 1."""
+    g, k = weights.shape
+    row_w = np.ones((rows,), np.float32)
+    row_w[: g * k] = weights.reshape(-1)
+    group = np.arange(rows, dtype=np.int32)
+    group[: g * k] = np.repeat(np.arange(g, dtype=np.int32), k)
+    return row_w, group
 
 
 def load_engine(

@@ -9,6 +9,9 @@ weights after a PSO step never retrace), the rows (`PromptBatch`), their stop ta
 (`token_choice.TokenChoice`, whose class selects the compiled variant). Per token, everything
 runs on the device inside one `lax.while_loop` whose body is a single decode step for all rows
 and whose carry is a `DecodeState`.
+
+`Sampler.prompt_nll` is the scoring program of the same rows: a prefill without decoding that
+returns each prompt's negative log-likelihood (Pack of LLMs weighs experts by it).
 """
 
 from __future__ import annotations
@@ -30,6 +33,10 @@ from hs_jax import expert_sets, stops
 from hs_jax.models import gemma
 from hs_jax.models.gemma_config import GemmaConfig
 from hs_jax.token_choice import TokenChoice
+
+# Logits one chunk of a scoring prefill may hold ([rows, chunk, V] float32: 128 MiB): a whole
+# [rows, L, V] block of a 262k-word head would be tens of gigabytes.
+NLL_CHUNK_ELEMENTS = 2**25
 
 # Incremented by a Python side effect while `Sampler.generate_tokens` is traced: tests read it to
 # prove that a second call with new prompts of the same bucket or new weights does not retrace.
@@ -133,6 +140,52 @@ class Sampler:
 
         return jax.tree.map(one, x)
 
+    @functools.partial(jax.jit, static_argnames=("self",))
+    def prompt_nll(self, params: nnx.State, lora: Any, batch: PromptBatch) -> dict[str, jax.Array]:
+        """Each row's negative log-likelihood of its own prompt: one prefill, no decoding.
+
+        Every prompt token after the first is predicted from the tokens before it (the first,
+        BOS when the engine adds one, is given). Returns nll_sum [B] float32 (the sum over
+        those tokens of -log p(token | prefix)) and num_scored [B] int32 (len - 1; 0 for
+        padding rows). The head runs over the sequence in chunks of at most
+        `NLL_CHUNK_ELEMENTS` logits.
+        """
+        TRACES["prompt_nll"] += 1
+        graphdef, _ = gemma.abstract_model(self.config)
+        model = nnx.merge(graphdef, params)
+        rows, length = batch.tokens.shape
+        expert_ids = None
+        if lora is not None:
+            lora, expert_ids = expert_sets.lora_for_rows(lora, batch.expert_ids)
+        offsets = jnp.arange(length, dtype=jnp.int32)[None, :] - (length - batch.lengths)[:, None]
+        positions = jnp.where(offsets >= 0, offsets, -1)  # [B, L]
+        hidden, _ = model.hidden(
+            batch.tokens, positions, None, lora=lora, expert_ids=expert_ids
+        )  # [B, L, D]
+        # Slot j predicts slot j + 1; left padding puts every real slot but the last before one.
+        targets = jnp.concatenate([batch.tokens[:, 1:], batch.tokens[:, :1]], axis=1)  # [B, L]
+        scored = (offsets >= 0) & (jnp.arange(length)[None, :] < length - 1)
+        scored = scored & batch.active[:, None]
+        chunk = _nll_chunk(rows, length, self.config.vocab_size)
+        n_chunks = length // chunk
+
+        def by_chunk(x):  # [B, L, ...] -> [n_chunks, B, chunk, ...]
+            x = x.reshape(rows, n_chunks, chunk, *x.shape[2:])
+            return jnp.moveaxis(x, 1, 0)
+
+        def chunk_nll(args):
+            h, t, m = args  # [B, c, D], [B, c], [B, c]
+            logits = model.logits(h)  # [B, c, V]
+            picked = jnp.take_along_axis(logits, t[..., None], axis=-1)[..., 0]
+            nll = jax.nn.logsumexp(logits, axis=-1) - picked  # [B, c]
+            return jnp.sum(jnp.where(m, nll, 0.0), axis=-1)  # [B]
+
+        sums = jax.lax.map(chunk_nll, (by_chunk(hidden), by_chunk(targets), by_chunk(scored)))
+        return {
+            "nll_sum": jnp.sum(sums, axis=0),
+            "num_scored": jnp.sum(scored, axis=-1).astype(jnp.int32),
+        }
+
     @functools.partial(jax.jit, static_argnames=("self", "max_new_bucket", "return_logits"))
     def generate_tokens(
         self,
@@ -234,3 +287,10 @@ class Sampler:
         if return_logits:
             result["logits"] = last_logits
         return result
+
+
+def _nll_chunk(rows: int, length: int, vocab: int) -> int:
+    """The largest divisor of `length` whose [rows, chunk, vocab] logits fit the chunk budget."""
+    fits = [c for c in range(1, length + 1) if length % c == 0]
+    fits = [c for c in fits if rows * c * vocab <= NLL_CHUNK_ELEMENTS]
+    return max(fits, default=1)

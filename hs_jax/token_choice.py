@@ -11,6 +11,9 @@ while each kind of choice compiles its own, as it must (only sampling needs [B, 
 - `ScreenedGreedy`: the same tokens through a bfloat16 screen of the float32 head
   (hs_jax.models.screened_head), which falls back to the plain head in steps it cannot certify.
 - `RandomSampling`, `TopPSampling`: temperature sampling, over the nucleus for the latter.
+- `MixtureGreedy`: the greedy token of a weighted mixture of several rows' distributions, the
+  same token for every row of a group (an ensemble of experts answering one prompt together,
+  `Engine.generate_ensemble`).
 
 `for_call` picks the strategy of a generate call; `HeadScreenCache` decides when a greedy call
 is worth the screen and builds the screen once per set of weights.
@@ -93,6 +96,53 @@ class TopPSampling(TokenChoice):
     def __call__(self, model, hidden, logits, key, rows_that_count):
         scaled = top_p_logits(logits / self.temperature, self.top_p)
         return jax.random.categorical(key, scaled, axis=-1).astype(jnp.int32), jnp.int32(0)
+
+
+FUSIONS = ("probs", "logits")
+
+
+@struct.dataclass
+class MixtureGreedy(TokenChoice):
+    """One greedy token per group of rows, chosen from the group's mixture and fed to each row.
+
+    weights: [B] float32 >= 0, each row's weight inside its group (a group's weights sum to 1);
+    group: [B] int32 in [0, B), the row's group (padding rows each form a group of their own).
+    fusion: 'probs' mixes the rows' next-token probabilities, p(v) = sum_r w_r softmax(s_r)(v);
+      'logits' mixes their logits, softmax(sum_r w_r s_r), Pack of LLMs' fusion (static: the
+      two compile to two programs).
+    """
+
+    weights: jax.Array
+    group: jax.Array
+    fusion: str = struct.field(pytree_node=False, default="probs")
+    needs_logits: ClassVar[bool] = True
+
+    def __call__(self, model, hidden, logits, key, rows_that_count):
+        mixed = mixture_scores(logits, self.weights, self.group, self.fusion)  # [B groups, V]
+        per_group = jnp.argmax(mixed, axis=-1).astype(jnp.int32)  # [B] first index on ties
+        return per_group[self.group], jnp.int32(0)
+
+
+def mixture_scores(
+    logits: jax.Array, weights: jax.Array, group: jax.Array, fusion: str = "probs"
+) -> jax.Array:
+    """Scores [B, V] of each group's mixture (row g: group g; groups without rows: -inf or 0),
+    whose argmax is the mixture's greedy token.
+
+    'probs': log sum_r w_r softmax(s_r), as a log-sum-exp of log_softmax(s_r) + log w_r (a row of
+    weight 0 adds exactly nothing, so one row of weight 1 gives its own log-softmax unchanged);
+    'logits': sum_r w_r s_r. logits: [B, V] float32; weights: [B]; group: [B] int32 in [0, B).
+    """
+    rows = logits.shape[0]
+    if fusion == "logits":
+        return jax.ops.segment_sum(weights[:, None] * logits, group, num_segments=rows)
+    if fusion != "probs":
+        raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
+    x = jax.nn.log_softmax(logits, axis=-1) + jnp.log(weights)[:, None]  # [B, V]
+    top = jax.ops.segment_max(x, group, num_segments=rows)  # [B, V], -inf for empty groups
+    safe_top = jnp.where(jnp.isfinite(top), top, 0.0)
+    total = jax.ops.segment_sum(jnp.exp(x - safe_top[group]), group, num_segments=rows)
+    return safe_top + jnp.log(total)
 
 
 def top_p_logits(logits: jax.Array, top_p: jax.Array) -> jax.Array:
