@@ -1,0 +1,67 @@
+"""Compares methods on tasks: one run per method x task x seed, then a Table-1 style table.
+
+  python -m launch.compare --config=configs/tiny.py --methods=all --tasks=nlgraph_gen \
+    --seeds=0,1,2 --workdir=runs/compare
+
+--config is a config file as for launch.main, with the same `--config.x=...` overrides; every
+cell is that config with config.method, config.seed and the task set, run as
+`hs_jax.run(config, <workdir>/<task>/<method>/seed_<k>)`. --methods: 'all' or a comma list of
+names of hs_jax.methods.METHODS. --tasks: a comma list of task files or registered task names
+(default: the config's task; a registered task other than nlgraph_gen reads
+<--data_dir>/<its file>, --data_dir defaulting to the folder of config.task.path, else
+data/eval). The methods of --seeded_methods run once per seed of --seeds, the
+others once with config.seed. --budget_from_hs gives the budgeted methods the utility
+evaluations the 'hs' cell of the same task and seed spent.
+
+The same command resumes a killed comparison: finished cells are not recomputed, the
+unfinished one resumes. Writes cells.json, table.md, table.csv and comparison.png into
+--workdir (hs_jax.compare and hs_jax.comparison_table describe them). A method that does not
+apply, or a cell that fails, is reported in its cell; the rest runs.
+"""
+
+from absl import flags
+from ml_collections import config_flags
+
+from hs_jax import compare
+from hs_jax.errors import UserError, config_value, run_main
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", "configs/tiny.py", "Python config file (configs/*.py).", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string("workdir", "runs/compare", "The cells' runs and the table go here.")
+_METHODS = flags.DEFINE_string("methods", "all", "'all' or a comma list of method names.")
+_TASKS = flags.DEFINE_string(
+    "tasks", "", "Comma list of task files or registered task names ('' = the config's task)."
+)
+_SEEDS = flags.DEFINE_string("seeds", "0,1,2", "Seeds of the seeded methods.")
+_SEEDED = flags.DEFINE_string(
+    "seeded_methods", ",".join(compare.DEFAULT_SEEDED), "Methods run once per seed."
+)
+_BUDGET_FROM_HS = flags.DEFINE_boolean(
+    "budget_from_hs", True, "Budgeted methods get the evaluations the 'hs' cell spent."
+)
+_DATA_DIR = flags.DEFINE_string(
+    "data_dir",
+    "",
+    "Folder of the registered tasks' files ('' = config.task.path's, else data/eval).",
+)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise UserError(f"unexpected arguments: {argv[1:]}")
+    config = config_value(_CONFIG)
+    compare.compare(
+        config,
+        _WORKDIR.value,
+        method_list=compare.method_names(_METHODS.value),
+        task_list=[t.strip() for t in _TASKS.value.split(",") if t.strip()],
+        seeds=compare.parse_seeds(_SEEDS.value),
+        seeded=[m.strip() for m in _SEEDED.value.split(",") if m.strip()],
+        budget_from_hs=_BUDGET_FROM_HS.value,
+        data_dir=_DATA_DIR.value,
+    )
+
+
+if __name__ == "__main__":
+    run_main(main)
