@@ -33,7 +33,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from hs_jax import call_plan, distributed, expert_sets, sampling, stops, text, token_choice
+from hs_jax import call_plan, distributed, expert_sets, machine, sampling, stops, text, token_choice
 from hs_jax.costs import GenerationCosts
 from hs_jax.models import gemma
 from hs_jax.models.gemma_config import GemmaConfig
@@ -109,7 +109,8 @@ class Engine:
         memory-bound to larger batches, want more.
       screen_head_min_rows: greedy calls of at least this many rows on a float32 model choose
         tokens with the screened head (`token_choice.HeadScreenCache`: the same tokens, faster
-        from 2 rows on); None turns it off.
+        from 2 rows on where bfloat16 is native); None turns it off; 'auto' (default) lets the
+        machine choose (`machine.screen_head_min_rows`: on where bfloat16 is native).
 
     Attributes: `costs` (every generation, `costs.GenerationCosts`) and `stats`, a Counter of
     device calls ('calls'), calls with the head screen ('screened_calls'), decode steps
@@ -134,7 +135,7 @@ class Engine:
         add_bos: bool = True,
         eos_ids: Sequence[int] | None = None,
         decode_step_rows: int = 16,
-        screen_head_min_rows: int | None = 2,
+        screen_head_min_rows: int | None | str = "auto",
     ):
         if truncate not in ("left", "error"):
             raise ValueError(f"truncate must be 'left' or 'error', got {truncate!r}")
@@ -151,6 +152,8 @@ class Engine:
         self.max_prompt_len = max_prompt_len or self.buckets.length[-1]
         self.truncate = truncate
         self.add_bos = add_bos
+        if screen_head_min_rows == "auto":
+            screen_head_min_rows = machine.screen_head_min_rows()
         self.screen_head_min_rows = screen_head_min_rows
         self._screens = token_choice.HeadScreenCache(screen_head_min_rows, config.vocab_size)
         self.stats: collections.Counter = collections.Counter()

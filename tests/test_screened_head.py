@@ -176,3 +176,15 @@ def test_engine_screened_equals_plain_and_falls_back(params, monkeypatch):
     assert isinstance(sampled, token_choice.RandomSampling)
     greedy = screened._token_choice(screened.params, 8, temperature=0.0, top_p=1.0)
     assert isinstance(greedy, token_choice.ScreenedGreedy)
+
+
+def test_the_machine_chooses_the_screen(params):
+    """The screen pays only where bfloat16 matmuls are native: accelerators always, CPUs with
+    AVX-512 BF16 or AMX; an engine left on 'auto' follows `machine.screen_head_min_rows`."""
+    from hs_jax import machine
+
+    assert machine.screen_head_min_rows("gpu") == 2 and machine.screen_head_min_rows("tpu") == 2
+    native = any(f in machine.cpu_flags() for f in machine.NATIVE_BF16_FLAGS)
+    assert machine.screen_head_min_rows("cpu") == (2 if native else None)
+    engine = Engine(CFG, params, TOK, lora_stack(), **BUCKETS)
+    assert engine.screen_head_min_rows == machine.screen_head_min_rows()
