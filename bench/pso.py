@@ -35,6 +35,7 @@ from safetensors.numpy import load_file, save_file
 
 from bench import _common
 from hs_jax import pso
+from hs_jax.lora import PROJ_NAMES
 
 _SHAPES = flags.DEFINE_list("shapes", ["gemma-7b", "gemma3-270m"], "stack shapes to time")
 _EXPERTS = flags.DEFINE_integer("experts", 10, "particles (experts)")
@@ -44,8 +45,6 @@ _DISK_REPEATS = flags.DEFINE_integer("disk_repeats", 2, "timed steps of the disk
 _WORKDIR = flags.DEFINE_string("workdir", None, "where the disk way writes (default: tmp)")
 _CHECK = flags.DEFINE_bool("check", True, "check numpy == hs_jax after one update (270M)")
 _WRITE = flags.DEFINE_bool("write", True, "write the section of bench/RESULTS.md")
-
-PROJS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 # (d_model, n_layers, q out = heads * head_dim, k/v out, ffn) of the two models.
 SHAPES = {
@@ -68,7 +67,7 @@ def lora_shapes(name: str, rank: int) -> dict[str, tuple[int, ...]]:
     }
     out = {}
     for i in range(n_layers):
-        for proj in PROJS:
+        for proj in PROJ_NAMES:
             d_in, d_out = io[proj]
             out[f"layers.{i}.{proj}.a"] = (d_in, rank)
             out[f"layers.{i}.{proj}.b"] = (rank, d_out)

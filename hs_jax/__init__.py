@@ -24,7 +24,7 @@ _EXPORTS = {
     "SearchConfig": "hs_jax.search",
     "SearchResult": "hs_jax.search",
     "run_search": "hs_jax.search",
-    "summarize_checkpoint": "hs_jax.checkpointing",
+    "summarize_checkpoint": "hs_jax.search",
     "ConfigMismatchError": "hs_jax.checkpointing",
     "Engine": "hs_jax.engine",
     "GenerationResult": "hs_jax.engine",

@@ -31,8 +31,9 @@ both items; this module only stores, verifies and reloads them:
   integer-named directories of ``workdir`` itself, so moved-aside steps are never touched
   again. When no step is usable (all damaged now, or only moved-aside ones left from before)
   ``NoUsableCheckpointError`` is raised: the caller never silently starts over on top of them.
-- **No model needed to read.** ``summarize_checkpoint`` reads only the JSON item;
-  ``verify_checkpoint`` also reads the arrays and checks them against the recorded CRC32s.
+- **No model needed to read.** ``read_meta`` reads only the JSON item (the search's
+  ``summarize_checkpoint`` is built on it); ``verify_checkpoint`` also reads the arrays and
+  checks them against the recorded CRC32s.
 """
 
 from __future__ import annotations
@@ -514,42 +515,17 @@ def _read_meta(workdir: str, step: int | None) -> tuple[int, dict]:
         raise NoUsableCheckpointError(f"no readable checkpoint in {workdir}")
 
 
-def summarize_checkpoint(path: str | os.PathLike, step: int | None = None) -> dict[str, Any]:
-    """Summary of a search checkpoint, read from its JSON item only (no model, no arrays).
+def read_meta(path: str | os.PathLike, step: int | None = None) -> tuple[str, int, dict]:
+    """(checkpoint dir, step, meta): the JSON item of ``step`` or of the newest readable step,
+    read without a model, without opening an array file and without writing anything.
 
     ``path``: a search workdir (latest readable step unless ``step``), one step directory in it
     (``workdir/<step>``), or the workdir of a whole run (``hs_jax.run``), whose checkpoints are
-    in its ``search/`` folder. Returns iteration, whether the search finished and why, the best
-    system (utility, iteration, DAG as JSON, assignment), a per-iteration table of utilities,
-    and the saved identity (config). Damaged array files go unnoticed here: see
-    ``verify_checkpoint``.
+    in its ``search/`` folder. Damaged array files go unnoticed here: see ``verify_checkpoint``.
     """
     path, step = _resolve(path, step)
     step, meta = _read_meta(path, step)
-    history = meta.get("history", [])
-    rows = []
-    for rec in history:
-        row = {"iteration": rec.get("iteration"), "best_so_far": rec.get("best_utility")}
-        for phase in ("role", "weight"):
-            part = rec.get(phase) or {}
-            for stat in ("best", "mean", "worst"):
-                row[f"{phase}_{stat}"] = part.get(stat) if part.get("ran") else None
-        rows.append(row)
-    best = meta.get("best") or {}
-    return {
-        "workdir": path,
-        "step": step,
-        "iteration": meta.get("iteration"),
-        "finished": meta.get("stop_reason") is not None,
-        "stop_reason": meta.get("stop_reason"),
-        "best_utility": best.get("utility"),
-        "best_iteration": best.get("iteration"),
-        "best_dag": best.get("dag"),
-        "best_assignment": best.get("assignment"),
-        "test_utility": meta.get("test_utility"),
-        "utilities": rows,
-        "config": (meta.get("identity") or {}).get("config"),
-    }
+    return path, step, meta
 
 
 def read_step(
@@ -558,7 +534,7 @@ def read_step(
     """(checkpoint dir, step, meta, flat arrays) of ``step`` or of the newest readable step, read
     without writing anything and checked against the recorded CRC32s.
 
-    ``path``: as for ``summarize_checkpoint``. Unlike a resume, a damaged step is skipped with a
+    ``path``: as for ``read_meta``. Unlike a resume, a damaged step is skipped with a
     warning (a named ``step`` raises), never moved aside: the search that owns the folder may
     still be running.
     """
@@ -584,7 +560,7 @@ def verify_checkpoint(path: str | os.PathLike, step: int | None = None) -> dict[
     """Read every array of each step (or only ``step``) and check it against the CRC32s in its
     JSON item, without a model or template, changing nothing.
 
-    ``path``: as for ``summarize_checkpoint``. Returns ``{'workdir', 'steps': [{'step', 'ok',
+    ``path``: as for ``read_meta``. Returns ``{'workdir', 'steps': [{'step', 'ok',
     'reason'}], 'moved_aside': [names in corrupt/]}``; ``reason`` (None when ok) is one line
     saying which item is damaged and how.
     """

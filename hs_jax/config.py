@@ -275,18 +275,21 @@ def _problems_of(
 
     The dataclass stays the one definition of valid values. It stops at its first problem, so
     every field is first tried alone on top of valid `defaults`; a rule spanning several fields
-    (which no single field breaks) is reported once, from the whole set. `names`: a field's
-    name in the config where it differs from the dataclass's (the line shows the config's).
+    (which no single field breaks) is reported once, from the whole set. With `names` (a
+    field's name in the config where it differs from the dataclass's) a bad field's line is
+    `config.<section>.<its config name>=<value>: ...`, as for the fields checked by hand.
     """
-    defaults, names = defaults or {}, names or {}
+    defaults = defaults or {}
     problems = []
     for name, value in values.items():
         try:
             cls(**{**defaults, name: value})
         except (TypeError, ValueError) as e:
-            shown = name not in names and str(e).endswith((f"got {value!r}", f"got {value}"))
-            shown_as = f" ({names.get(name, name)}={value!r})"
-            problems.append(f"config.{section}: {e}" + ("" if shown else shown_as))
+            if names is not None:
+                problems.append(f"config.{section}.{names.get(name, name)}={value!r}: {e}")
+                continue
+            shown = str(e).endswith((f"got {value!r}", f"got {value}"))
+            problems.append(f"config.{section}: {e}" + ("" if shown else f" ({name}={value!r})"))
     if not problems:
         try:
             cls(**{**defaults, **values})
@@ -357,7 +360,8 @@ def check_config(c: ml_collections.ConfigDict) -> None:
     or the pool has trained) or quietly do something else; `resolve` has filled in the
     protocol's fields. Raises ConfigError (a ValueError) with one `config.<field>=<value>: <why>`
     line per problem (the search and PSO sections: `config.search: <why>`, the message of the
-    dataclass that checks them), so a config is fixed in one go.
+    dataclass that checks them; the fine-tuning fields of experts.source='train' are checked by
+    experts.SFTConfig, the config `sft_config` builds), so a config is fixed in one go.
     """
     from hs_jax.methods import METHODS
     from hs_jax.tasks import TASK_TYPES, GraphGenConfig

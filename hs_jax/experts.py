@@ -10,6 +10,7 @@ through that expert only, so one forward/backward pass trains every expert on it
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Sequence
 from functools import partial
@@ -43,13 +44,14 @@ class SFTConfig:
     last_layers: int = 0
 
     def __post_init__(self):
-        for name in ("rank", "steps", "batch_per_expert", "max_len"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"SFTConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.last_layers < 0:
-            raise ValueError(f"SFTConfig.last_layers must be >= 0, got {self.last_layers}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"SFTConfig.learning_rate must be > 0, got {self.learning_rate}")
+        for name, low in (("rank", 1), ("steps", 1), ("batch_per_expert", 1), ("max_len", 1),
+                          ("last_layers", 0)):  # fmt: skip
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"SFTConfig.{name} must be an int >= {low}, got {value!r}")
+        lr = self.learning_rate
+        if not isinstance(lr, int | float) or isinstance(lr, bool) or not 0 < lr < math.inf:
+            raise ValueError(f"SFTConfig.learning_rate must be a finite number > 0, got {lr!r}")
 
 
 @dataclasses.dataclass(frozen=True)

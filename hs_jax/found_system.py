@@ -98,7 +98,7 @@ class CheckpointStep:
 def read_checkpoint(path: str | os.PathLike, step: int | None = None) -> CheckpointStep:
     """A checkpoint step (default: the latest readable one), read without writing anything.
 
-    `path`: as for `checkpointing.summarize_checkpoint` (a run's workdir, its search/ folder
+    `path`: as for `checkpointing.read_meta` (a run's workdir, its search/ folder
     or one step directory). Unlike a resume, a damaged step is skipped (with a warning), not
     moved aside: the search that owns the folder may still be running.
     """

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import ml_collections
-import numpy as np
 from absl import logging
 
 from hs_jax import distributed, lora, plots, stats, tasks
@@ -99,19 +98,17 @@ def report(setup: Setup, found: MethodResult, workdir: Path, seconds: float) -> 
 
 
 def curves(history) -> dict[str, dict[str, list[float]]]:
-    """Best, mean and worst utility of each step's swarm per iteration (curves.png)."""
+    """Best, mean and worst utility of each step's swarm per iteration (curves.png), read by
+    `hs_jax.history.step_stats` (the search's typed records, or a method's records that carry
+    a step's utilities); a step no record has gets no curve."""
+    from hs_jax.history import step_stats
+
     out: dict[str, dict[str, list[float]]] = {}
     for step, title in (("role", "role step"), ("weight", "weight step")):
-        series: dict[str, list[float]] = {"best": [], "mean": [], "worst": []}
-        for record in history:
-            if step not in record:
-                continue
-            u = np.asarray(record[step].get("utilities", []), float) if record[step]["ran"] else []
-            u = u[np.isfinite(u)] if len(u) else u
-            for name, fn in (("best", np.max), ("mean", np.mean), ("worst", np.min)):
-                series[name].append(float(fn(u)) if len(u) else float("nan"))
-        if series["best"]:
-            out[title] = series
+        points = [p for p in (step_stats(record, step) for record in history) if p is not None]
+        if points:
+            best, mean, worst = (list(map(float, s)) for s in zip(*points, strict=True))
+            out[title] = {"best": best, "mean": mean, "worst": worst}
     return out
 
 

@@ -113,6 +113,7 @@ there).
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -125,6 +126,7 @@ from tqdm.auto import tqdm
 
 from hs_jax import checkpointing, distributed, graph, jfk, pso
 from hs_jax.graph import Dag
+from hs_jax.history import IterationRecord, RoleStep, Skipped, WeightStep
 from hs_jax.workdir import kill_point
 
 PyTree = Any
@@ -235,7 +237,8 @@ class BestSystem:
 class SearchResult:
     """Outcome of :func:`run_search`.
 
-    history: one JSON-able dict per iteration (see ``_record``). iterations: number run (under
+    history: one JSON object per iteration (``hs_jax.history.IterationRecord.to_json``, whose
+    module docstring is the schema). iterations: number run (under
     schedule='authors': rounds, round 0 included). stop_reason: 'patience' or
     'max_iterations'. test_utility: ``test_scorer`` on the best system (None without one).
     roles / weights: final PSO states. resumed_from: checkpoint step the call resumed from
@@ -279,6 +282,7 @@ def _utilities(raw: Any, count: int) -> np.ndarray:
 
 
 def _stats(u: np.ndarray) -> dict[str, float]:
+    """best / mean / worst of the finite utilities (NaN when none is finite)."""
     finite = u[np.isfinite(u)]
     if finite.size == 0:
         return {"best": float("nan"), "mean": float("nan"), "worst": float("nan")}
@@ -297,80 +301,110 @@ def _copy_tree(tree: PyTree) -> PyTree:
     return jax.tree.map(jnp.copy, tree)
 
 
+def _same(value: Any, *_) -> Any:
+    return value
+
+
+def _held(item: str, encode=_same, decode=_same, key: str | None = None, **field_kw):
+    """A `_Loop` field kept in a checkpoint's `item` ('state': arrays, 'meta': JSON) under
+    `key` (default: its name), written with `encode(value)` and read with `decode(saved,
+    state)`, `state` being the restored arrays."""
+    metadata = {"item": item, "encode": encode, "decode": decode, "key": key}
+    return dataclasses.field(metadata=metadata, **field_kw)
+
+
+def _generator(state: Mapping[str, Any], *_) -> np.random.Generator:
+    rng = np.random.Generator(np.random.PCG64())
+    rng.bit_generator.state = state
+    return rng
+
+
+def _optional(fn):
+    return lambda value, *_: None if value is None else fn(value)
+
+
+def _int(value, *_) -> int:
+    return int(value)
+
+
+def _best_json(best: BestSystem | None) -> dict[str, Any] | None:
+    # The best system's weights are arrays: they are the state item's 'best_weights'.
+    if best is None:
+        return None
+    return {
+        "dag": best.dag.to_dict(),
+        "assignment": list(best.assignment),
+        "utility": best.utility,
+        "iteration": best.iteration,
+    }
+
+
+def _best_from_json(b: Mapping[str, Any] | None, state: Mapping[str, Any]) -> BestSystem | None:
+    if b is None:
+        return None
+    return BestSystem(
+        dag=Dag.from_dict(b["dag"]),
+        assignment=tuple(int(i) for i in b["assignment"]),
+        weights=state["best_weights"],
+        utility=float(b["utility"]),
+        iteration=int(b["iteration"]),
+    )
+
+
 @dataclasses.dataclass
 class _Loop:
-    """Mutable search state between iterations (everything a checkpoint holds)."""
+    """Mutable search state between iterations: every field is held by a checkpoint (its
+    metadata says where and how, so `state_tree`, `meta` and `load` list no field by hand)."""
 
-    roles: pso.PSOState
-    weights: pso.PSOState
-    key: jax.Array
-    rng: np.random.Generator
-    iteration: int = 0  # iterations completed
-    stall: int = 0
-    history: list = dataclasses.field(default_factory=list)
-    best: BestSystem | None = None
-    graph: Dag | None = None  # most recent role-step best graph (or the fixed one)
-    prev_jfk: list | None = None
-    stop_reason: str | None = None
-    test_utility: float | None = None
+    roles: pso.PSOState = _held("state")
+    weights: pso.PSOState = _held("state")
+    key: jax.Array = _held("state", jax.random.key_data, _optional(jax.random.wrap_key_data))
+    rng: np.random.Generator = _held(
+        "meta", lambda g: g.bit_generator.state, _generator, key="rng_state"
+    )
+    iteration: int = _held("meta", decode=_int, default=0)  # iterations completed
+    stall: int = _held("meta", decode=_int, default=0)
+    history: list[IterationRecord] = _held(
+        "meta",
+        lambda records: [r.to_json() for r in records],
+        lambda saved, *_: [IterationRecord.from_json(r) for r in saved],
+        default_factory=list,
+    )
+    best: BestSystem | None = _held("meta", _best_json, _best_from_json, default=None)
+    # The most recent role-step best graph (or the fixed one).
+    graph: Dag | None = _held(
+        "meta", _optional(Dag.to_dict), _optional(Dag.from_dict), default=None
+    )
+    prev_jfk: list | None = _held("meta", default=None)
+    stop_reason: str | None = _held("meta", default=None)
+    test_utility: float | None = _held("meta", default=None)
+
+    def _held_in(self, item: str):
+        return [f for f in dataclasses.fields(self) if f.metadata["item"] == item]
 
     def state_tree(self) -> dict[str, Any]:
-        return {
-            "roles": self.roles,
-            "weights": self.weights,
-            # Placeholder of the right structure and sharding until a best exists.
-            "best_weights": self.best.weights if self.best is not None else self.weights.x,
-            "key": jax.random.key_data(self.key),
-        }
+        tree = {f.name: f.metadata["encode"](getattr(self, f.name)) for f in self._held_in("state")}
+        # The best system's weights; until a best exists, a placeholder of the same structure
+        # and sharding.
+        tree["best_weights"] = self.best.weights if self.best is not None else self.weights.x
+        return tree
 
     def meta(
         self, identity: Mapping[str, Any], extra: Mapping[str, Any] | None = None
     ) -> dict[str, Any]:
-        best = None
-        if self.best is not None:
-            best = {
-                "dag": self.best.dag.to_dict(),
-                "assignment": list(self.best.assignment),
-                "utility": self.best.utility,
-                "iteration": self.best.iteration,
-            }
-        return {
-            "identity": identity,
-            "iteration": self.iteration,
-            "stall": self.stall,
-            "rng_state": self.rng.bit_generator.state,
-            "history": self.history,
-            "best": best,
-            "graph": self.graph.to_dict() if self.graph is not None else None,
-            "prev_jfk": self.prev_jfk,
-            "stop_reason": self.stop_reason,
-            "test_utility": self.test_utility,
-            # The caller's own state at this step (run_search's extra_meta), handed back on resume.
-            "extra": dict(extra) if extra is not None else None,
-        }
+        out: dict[str, Any] = {"identity": identity}
+        for f in self._held_in("meta"):
+            out[f.metadata["key"] or f.name] = f.metadata["encode"](getattr(self, f.name))
+        # The caller's own state at this step (run_search's extra_meta), handed back on resume.
+        out["extra"] = dict(extra) if extra is not None else None
+        return out
 
     def load(self, state: Mapping[str, Any], meta: Mapping[str, Any]) -> None:
-        self.roles = state["roles"]
-        self.weights = state["weights"]
-        self.key = jax.random.wrap_key_data(state["key"])
-        self.rng.bit_generator.state = meta["rng_state"]
-        self.iteration = int(meta["iteration"])
-        self.stall = int(meta["stall"])
-        self.history = list(meta["history"])
-        b = meta["best"]
-        self.best = None
-        if b is not None:
-            self.best = BestSystem(
-                dag=Dag.from_dict(b["dag"]),
-                assignment=tuple(int(i) for i in b["assignment"]),
-                weights=state["best_weights"],
-                utility=float(b["utility"]),
-                iteration=int(b["iteration"]),
-            )
-        self.graph = Dag.from_dict(meta["graph"]) if meta["graph"] is not None else None
-        self.prev_jfk = meta["prev_jfk"]
-        self.stop_reason = meta["stop_reason"]
-        self.test_utility = meta["test_utility"]
+        for f in self._held_in("state"):
+            setattr(self, f.name, f.metadata["decode"](state[f.name]))
+        for f in self._held_in("meta"):
+            saved = meta[f.metadata["key"] or f.name]
+            setattr(self, f.name, f.metadata["decode"](saved, state))
 
 
 # ----------------------------------------------------------------------------- steps
@@ -380,8 +414,8 @@ def _role_score(
     loop: _Loop, cfg: SearchConfig, score_systems: ScoreSystems
 ) -> tuple[dict[str, Any], list[tuple[float, Candidate]], np.ndarray]:
     """Decode the role swarm's positions, score them (identity assignment) with the weight
-    swarm's current positions and set this iteration's best graph; returns the record's
-    fields, the scored systems and the objective ``[N]`` (utility - L1 term)."""
+    swarm's current positions and set this iteration's best graph; returns the `RoleStep`'s
+    fields but ``moved``, the scored systems and the objective ``[N]`` (utility - L1 term)."""
     adjacency = np.asarray(loop.roles.x, dtype=np.float64)  # [N, n, n]
     n = adjacency.shape[-1]
     penalty = np.asarray(graph.l1_penalty(adjacency, cfg.l1_lambda), np.float64)  # [N]
@@ -401,15 +435,15 @@ def _role_score(
         loop.graph = dags[i_best]
     elif loop.graph is None:
         loop.graph = dags[0]  # nothing finite yet: any graph lets the weight-step proceed
-    record = {
-        "utilities": u.tolist(),
-        "objective": objective.tolist(),
-        "dags": [d.to_dict() for d in dags],
+    fields = {
+        "utilities": tuple(u.tolist()),
+        "objective": tuple(objective.tolist()),
+        "dags": tuple(dags),
         "best_index": i_best,
         "weight_moves": weight_moves,
         **_stats(u),
     }
-    return record, list(zip(u.tolist(), systems, strict=True)), objective
+    return fields, list(zip(u.tolist(), systems, strict=True)), objective
 
 
 def _role_step(
@@ -419,17 +453,17 @@ def _role_step(
     key: jax.Array,
     *,
     move: bool,
-) -> tuple[dict[str, Any], list[tuple[float, Candidate]]]:
+) -> tuple[RoleStep, list[tuple[float, Candidate]]]:
     """hs_jax role-step: decode, score (identity assignment), optionally tell + PSO-move."""
     fields, candidates, objective = _role_score(loop, cfg, score_systems)
     if move:
         loop.roles = pso.update(loop.roles, objective, key, cfg.roles_pso)
-    return {"ran": True, "moved": move, **fields}, candidates
+    return RoleStep(moved=move, **fields), candidates
 
 
 def _weight_step_score(
     loop: _Loop, cfg: SearchConfig, score_systems: ScoreSystems, n_experts: int
-) -> tuple[dict[str, Any], list[tuple[float, Candidate]], np.ndarray]:
+) -> tuple[WeightStep, list[tuple[float, Candidate]], np.ndarray]:
     """JFK: M assignments on this iteration's best graph, scored with the weight swarm's
     current positions; returns the record (``moved``: whether the swarm moves in this step,
     after the scoring under 'hs_jax', before it under 'authors'), the systems, JFK-scores."""
@@ -444,21 +478,16 @@ def _weight_step_score(
     kill_point("weight_step")  # test hook: a kill inside a weight-step
     previous = None if loop.prev_jfk is None else np.asarray(loop.prev_jfk, np.float64)
     scores = jfk.jfk_scores(assignments, u, n_experts, previous)  # [n]
-    record = {
-        "ran": True,
-        "moved": cfg.schedule == "hs_jax" or loop.iteration > 0,
-        "dag": dag.to_dict(),
-        "assignments": assignments.tolist(),
-        "utilities": u.tolist(),
-        "jfk": scores.tolist(),
-        "weight_moves": weight_moves,
+    record = WeightStep(
+        moved=cfg.schedule == "hs_jax" or loop.iteration > 0,
+        dag=dag,
+        assignments=tuple(tuple(a) for a in assignments.tolist()),
+        utilities=tuple(u.tolist()),
+        jfk=tuple(scores.tolist()),
+        weight_moves=weight_moves,
         **_stats(u),
-    }
+    )
     return record, list(zip(u.tolist(), systems, strict=True)), scores
-
-
-def _skipped(reason: str) -> dict[str, Any]:
-    return {"ran": False, "reason": reason}
 
 
 def _finite_or_none(value: jax.Array) -> float | None:
@@ -467,27 +496,26 @@ def _finite_or_none(value: jax.Array) -> float | None:
 
 
 def _record(
-    loop: _Loop, t: int, role: dict[str, Any], weight: dict[str, Any], improved: bool
-) -> dict[str, Any]:
+    loop: _Loop, t: int, role: RoleStep | Skipped, weight: WeightStep | Skipped, improved: bool
+) -> IterationRecord:
     """The history record of iteration (round) ``t``: both steps' records, whether the
     all-time best improved, its utility, ``stall``, and each swarm's all-time global best
     after the iteration (None while it has none; the role swarm's is on its objective)."""
-    record = {
-        "iteration": t,
-        "role": role,
-        "weight": weight,
-        "improved": improved,
-        "best_utility": loop.best.utility if loop.best is not None else None,
-        "stall": loop.stall,
-        "role_global_best": _finite_or_none(loop.roles.g_util),
-        "weight_global_best": _finite_or_none(loop.weights.g_util),
-    }
-    return checkpointing.jsonable(record)
+    return IterationRecord(
+        iteration=t,
+        role=role,
+        weight=weight,
+        improved=improved,
+        best_utility=loop.best.utility if loop.best is not None else None,
+        stall=int(loop.stall),
+        role_global_best=_finite_or_none(loop.roles.g_util),
+        weight_global_best=_finite_or_none(loop.weights.g_util),
+    )
 
 
 def _iteration(
     loop: _Loop, cfg: SearchConfig, score_systems: ScoreSystems, n_experts: int, fixed: bool
-) -> dict[str, Any]:
+) -> IterationRecord:
     """One iteration of Algorithm 4 (schedule 'hs_jax'); mutates ``loop``, returns its record."""
     t = loop.iteration
     loop.key, k_role, k_weight = jax.random.split(loop.key, 3)
@@ -502,7 +530,7 @@ def _iteration(
         role, cands = _role_step(loop, cfg, score_systems, k_role, move=False)
         candidates += cands
     else:
-        role = _skipped("off" if not cfg.role_step else "dropout")
+        role = Skipped("off" if not cfg.role_step else "dropout")
 
     # Weight-step: score now, move after the best system has been copied.
     jfk_scores = None
@@ -510,7 +538,7 @@ def _iteration(
         weight, cands, jfk_scores = _weight_step_score(loop, cfg, score_systems, n_experts)
         candidates += cands
     else:
-        weight = _skipped("off" if not cfg.weight_step else "dropout")
+        weight = Skipped("off" if not cfg.weight_step else "dropout")
 
     improved = False
     if candidates:
@@ -544,7 +572,7 @@ def _consider(loop: _Loop, candidates: list[tuple[float, Candidate]], t: int) ->
 
 def _authors_round(
     loop: _Loop, cfg: SearchConfig, score_systems: ScoreSystems, n_experts: int, fixed: bool
-) -> dict[str, Any]:
+) -> IterationRecord:
     """One round of schedule 'authors' (round 0: score the initial swarms, no moves; later
     rounds: move-score-tell the role swarm, then the weight swarm); mutates ``loop``."""
     t = loop.iteration
@@ -559,16 +587,16 @@ def _authors_round(
             loop.roles = pso.step(loop.roles, k_role, cfg.roles_pso)
         fields, candidates, objective = _role_score(loop, cfg, score_systems)
         loop.roles = pso.tell(loop.roles, objective)
-        role = {"ran": True, "moved": t > 0, **fields}
+        role = RoleStep(moved=t > 0, **fields)
         improved = _consider(loop, candidates, t)
         scored = True
     elif not cfg.role_step and t == 0 and not fixed:
         fields, candidates, _ = _role_score(loop, cfg, score_systems)
-        role = {"ran": True, "moved": False, **fields}
+        role = RoleStep(moved=False, **fields)
         improved = _consider(loop, candidates, t)
         scored = True
     else:
-        role = _skipped("off" if not cfg.role_step else "dropout")
+        role = Skipped("off" if not cfg.role_step else "dropout")
 
     # Weight-step: move first, then score the moved experts on this round's best graph.
     if cfg.weight_step and (t == 0 or drop_w >= cfg.dropout_weight):
@@ -580,7 +608,7 @@ def _authors_round(
         loop.weights = pso.tell(loop.weights, jfk_scores)
         scored = True
     else:
-        weight = _skipped("off" if not cfg.weight_step else "dropout")
+        weight = Skipped("off" if not cfg.weight_step else "dropout")
 
     if scored:
         loop.stall = 0 if improved else loop.stall + 1
@@ -588,10 +616,11 @@ def _authors_round(
     return _record(loop, t, role, weight, improved)
 
 
-def _stop_history(history: Sequence[Mapping[str, Any]], cfg: SearchConfig) -> list:
+def _stop_history(history: Sequence[IterationRecord], cfg: SearchConfig) -> list:
     """Schedule 'authors': the stopping swarm's global best after each round its step ran."""
-    side = "role" if cfg.role_step else "weight"
-    return [rec[f"{side}_global_best"] for rec in history if rec[side]["ran"]]
+    if cfg.role_step:
+        return [rec.role_global_best for rec in history if rec.role.ran]
+    return [rec.weight_global_best for rec in history if rec.weight.ran]
 
 
 def _stop_reason(loop: _Loop, cfg: SearchConfig) -> str | None:
@@ -640,22 +669,22 @@ def _fresh(experts: PyTree, cfg: SearchConfig, n: int, fixed_dag: Dag | None, me
     return _Loop(roles=roles, weights=weights, key=key, rng=rng, graph=fixed_dag)
 
 
-def _log(loop: _Loop, record: Mapping[str, Any], seconds: float) -> None:
+def _log(loop: _Loop, record: IterationRecord, seconds: float) -> None:
     def part(name: str) -> str:
-        r = record[name]
-        if not r["ran"]:
+        r = record.step(name)
+        if not r.ran:
             return f"{name} -"
-        return f"{name} best {r['best']:.4g} mean {r['mean']:.4g}"
+        return f"{name} best {r.best:.4g} mean {r.mean:.4g}"
 
-    best = record["best_utility"]
+    best = record.best_utility
     logging.info(
         "iteration %d: %s | %s | all-time best %s%s | stall %d | %.1fs",
-        record["iteration"],
+        record.iteration,
         part("role"),
         part("weight"),
         "-" if best is None else f"{best:.4g}",
-        " (improved)" if record["improved"] else "",
-        record["stall"],
+        " (improved)" if record.improved else "",
+        record.stall,
         seconds,
     )
 
@@ -688,11 +717,12 @@ def run_search(
         best system (e.g. test-split accuracy); stored in the result and the last checkpoint.
       fixed_dag: the graph of a run without role-step (``cfg.role_step`` must be False).
       mesh: optional mesh with an ``'expert'`` axis to shard the weight swarm along.
-      callbacks: each called with an iteration's history record after its checkpoint is saved.
-      extra_meta: called once per iteration with its history record, after the iteration (its
-        test scoring included) and before its checkpoint is saved; the JSON-able mapping it
-        returns is stored in that checkpoint. It lets the caller keep its own state (e.g. cost
-        counters) in step with the search's.
+      callbacks: each called with an iteration's history record (its JSON, hs_jax.history)
+        after its checkpoint is saved.
+      extra_meta: called once per iteration with its history record (JSON), after the
+        iteration (its test scoring included) and before its checkpoint is saved; the JSON-able
+        mapping it returns is stored in that checkpoint. It lets the caller keep its own state
+        (e.g. cost counters) in step with the search's.
       on_resume: called once, when the search resumes from a checkpoint, with the mapping
         ``extra_meta`` returned for that step ({} if there was none), before any iteration.
       progress: show a tqdm bar over iterations.
@@ -729,8 +759,9 @@ def run_search(
         with bar:
             while loop.stop_reason is None:
                 start = time.perf_counter()
-                record = one_iteration(loop, cfg, score_systems, n, fixed)
-                loop.history.append(record)
+                typed = one_iteration(loop, cfg, score_systems, n, fixed)
+                loop.history.append(typed)
+                record = typed.to_json()
                 loop.stop_reason = _stop_reason(loop, cfg)
                 if loop.stop_reason is not None and test_scorer is not None and loop.best:
                     b = loop.best
@@ -745,15 +776,15 @@ def run_search(
                         force=loop.stop_reason is not None,
                     ):
                         kill_point("checkpoint_committed")  # test hook: kill after a save
-                _log(loop, record, time.perf_counter() - start)
+                _log(loop, typed, time.perf_counter() - start)
                 if distributed.multi():
                     logging.info(
                         "iteration %d: all %d processes agree on its DAGs, assignments and "
                         "utilities (%d checks so far)",
-                        record["iteration"], jax.process_count(), distributed.checks,
+                        typed.iteration, jax.process_count(), distributed.checks,
                     )  # fmt: skip
                 bar.update(1)
-                bar.set_postfix(best=record["best_utility"], stall=loop.stall)
+                bar.set_postfix(best=typed.best_utility, stall=loop.stall)
                 for callback in callbacks:
                     callback(record)
     finally:
@@ -762,7 +793,7 @@ def run_search(
 
     return SearchResult(
         best=loop.best,
-        history=loop.history,
+        history=[r.to_json() for r in loop.history],
         iterations=loop.iteration,
         stop_reason=loop.stop_reason,
         test_utility=loop.test_utility,
@@ -770,3 +801,41 @@ def run_search(
         weights=loop.weights,
         resumed_from=resumed_from,
     )
+
+
+# ----------------------------------------------------------------------------- inspection
+
+
+def summarize_checkpoint(path: str | os.PathLike, step: int | None = None) -> dict[str, Any]:
+    """Summary of a search checkpoint, read from its JSON item only (no model, no arrays).
+
+    ``path``: as for ``checkpointing.read_meta`` (a search workdir, one step directory in it,
+    or a run's workdir). Returns iteration, whether the search finished and why, the best
+    system (utility, iteration, DAG as JSON, assignment), a per-iteration table of utilities
+    (None for a step that did not run), and the saved identity (config). Damaged array files
+    go unnoticed here: see ``checkpointing.verify_checkpoint``.
+    """
+    path, step, meta = checkpointing.read_meta(path, step)
+    rows = []
+    for record in (IterationRecord.from_json(r) for r in meta.get("history", [])):
+        row = {"iteration": record.iteration, "best_so_far": record.best_utility}
+        for phase in ("role", "weight"):
+            part = record.step(phase)
+            for stat in ("best", "mean", "worst"):
+                row[f"{phase}_{stat}"] = getattr(part, stat) if part.ran else None
+        rows.append(row)
+    best = meta.get("best") or {}
+    return {
+        "workdir": path,
+        "step": step,
+        "iteration": meta.get("iteration"),
+        "finished": meta.get("stop_reason") is not None,
+        "stop_reason": meta.get("stop_reason"),
+        "best_utility": best.get("utility"),
+        "best_iteration": best.get("iteration"),
+        "best_dag": best.get("dag"),
+        "best_assignment": best.get("assignment"),
+        "test_utility": meta.get("test_utility"),
+        "utilities": rows,
+        "config": (meta.get("identity") or {}).get("config"),
+    }

@@ -16,11 +16,8 @@ import sys
 
 from absl import app, flags, logging
 
-from hs_jax.checkpointing import (
-    NoUsableCheckpointError,
-    summarize_checkpoint,
-    verify_checkpoint,
-)
+from hs_jax.checkpointing import NoUsableCheckpointError, verify_checkpoint
+from hs_jax.search import summarize_checkpoint
 
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "run workdir, its search/ folder, or one step directory in it"

