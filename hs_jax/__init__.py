@@ -1,11 +1,12 @@
 """hs_jax: Heterogeneous Swarms (Feng et al., 2025) in JAX/Flax.
 
 The main entry points are `hs_jax.run(config, workdir)` (one method, `config.method`) and
-`hs_jax.compare(...)` (every method x task x seed, the comparison table); the pieces they join
-are importable on their own: `graph` (DAGs, G-decode), `pso` (particle swarms over pytrees), `jfk` (JFK-score),
-`search` (the alternating loop, checkpointed), `engine` (batched multi-expert generation on
-Flax Gemma models), `executor` (multi-LLM systems, level by level), `tasks` (data, prompts,
-parsers, metrics), `lora` / `experts` (expert pools), `models` (Gemma and its loaders).
+`hs_jax.compare.compare(...)` (every method x task x seed, the comparison table). The pieces
+they join are importable on their own: `graph` (DAGs, G-decode), `pso` (particle swarms over
+pytrees), `jfk` (JFK-score), `search` (the alternating loop, checkpointed), `engine` (batched
+multi-expert generation on Flax Gemma models), `executor` (multi-LLM systems, level by level),
+`tasks` (data, prompts, parsers, metrics), `lora` / `experts` (expert pools), `models` (Gemma
+and its loaders), `baselines` (the other methods), `analysis` (C-Gain, curves, topology).
 
 Names are imported on first use, so `import hs_jax.graph` does not load the model stack.
 """
@@ -14,7 +15,6 @@ import importlib
 
 _EXPORTS = {
     "run": "hs_jax.runner",
-    "compare": "hs_jax.compare",
     "METHODS": "hs_jax.methods",
     "make_pool": "hs_jax.run_setup",
     "load_system": "hs_jax.found_system",

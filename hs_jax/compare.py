@@ -230,6 +230,7 @@ def cell_config(
     c = ml_collections.ConfigDict(config.to_dict())
     c.method = cell.method
     c.seed = cell.seed
+    c.seeds = ""  # a cell is one run
     c.task.name = cell.task.name
     c.task.path = cell.task.path
     if budget is not None:

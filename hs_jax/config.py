@@ -136,6 +136,10 @@ def base_config() -> ml_collections.ConfigDict:
     """The paper's search setting on the default model; tasks and pools are set by configs."""
     c = ml_collections.ConfigDict()
     c.seed = 0
+    # Several seeds, e.g. '0,1,2': the method runs once per seed, in <workdir>/<task>/<method>/
+    # seed_<k>, and the table (mean and spread over seeds) is written in the workdir, as
+    # `launch.compare` does for one method and one task ('' = one run with `seed`).
+    c.seeds = ""
     c.protocol = "hs_jax"  # hs_jax | authors (docs/FIDELITY.md)
     # How the system is found: a name in hs_jax.methods.METHODS ('hs': Heterogeneous Swarms).
     c.method = "hs"
@@ -386,6 +390,10 @@ def check_config(c: ml_collections.ConfigDict) -> None:
         if why:
             bad("method", c.method, f"does not apply here: {why}")
     at_least("budget", c.budget, 0)
+    if c.seeds:
+        parts = str(c.seeds).split(",")
+        if not all(p.strip().isdigit() for p in parts):
+            bad("seeds", c.seeds, "expected a comma list of ints >= 0, e.g. '0,1,2'")
 
     if not c.model.spec:
         bad(

@@ -45,6 +45,7 @@ FREE_FIELDS = (
     "process_id",
     "engine.compilation_cache",
     "singles_cache",
+    "seeds",
     "search.checkpoint_every",
     "search.max_to_keep",
     "outputs.",

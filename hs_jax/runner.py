@@ -65,10 +65,14 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[s
 
     A finished run with the same identity is returned as it is; a workdir that holds another
     run, or that another process is using, is refused (hs_jax.workdir.WorkdirError) before
-    anything is loaded or written (module docstring).
+    anything is loaded or written (module docstring). With config.seeds ('0,1,2') the method
+    runs once per seed, each run in `<workdir>/<task>/<method>/seed_<k>`, and the table of
+    their mean and spread is written in workdir (`hs_jax.compare`); the cells are returned.
     """
     c = config_lib.resolve(config)
     config_lib.check_config(c)
+    if c.seeds:
+        return _run_seeds(config, workdir)
     methods.search_config(c)  # a bad config.search fails here, before anything is loaded
     run_setup.quiet_orbax()
     if c.engine.compilation_cache:
@@ -84,6 +88,23 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[s
     workdir = Path(workdir)
     with run_identity.workdir_lock(workdir):
         return _run_locked(c, workdir, static, layout)
+
+
+def _run_seeds(config: ml_collections.ConfigDict, workdir) -> dict[str, Any]:
+    """config.seeds: the method once per seed, as one row of a comparison (hs_jax.compare);
+    returns {'cells': [...], 'table': path of table.md}."""
+    from hs_jax import compare
+
+    seeds = [int(s) for s in str(config.seeds).split(",")]
+    task = config.task.path or config.task.name
+    cells = compare.compare(
+        config, workdir, method_list=[config.method], task_list=[task], seeds=seeds,
+        seeded=[config.method], budget_from_hs=False, progress=distributed.is_primary(),
+    )  # fmt: skip
+    table = Path(workdir) / "table.md"
+    if distributed.is_primary() and table.exists():
+        print(table.read_text())
+    return {"cells": cells, "table": str(table)}
 
 
 def _run_locked(c, workdir: Path, static: dict[str, Any], layout: dict[str, int]) -> dict[str, Any]:
