@@ -190,8 +190,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.task.gen.types = ("connectivity", "cycle", "shortest_path")
 
     c.experts = ml_collections.ConfigDict()
-    c.experts.source = "train"  # train | peft | random
+    c.experts.source = "train"  # train | peft | random | full
     c.experts.peft_dirs = ""  # comma-separated PEFT folders, or one folder holding them
+    # 'full': comma-separated HF model folders (config.json + safetensors), one full-weight
+    # expert each, all of the base model's architecture; the search moves their whole weights
+    # (hs_jax.full_experts). config.model.spec stays the base model (the judge, the engine's
+    # compiled program).
+    c.experts.model_dirs = ""
     c.experts.pool_dir = ""  # where trained experts are saved ('' = <workdir>/experts)
     c.experts.n = 4  # pool size for 'train' and 'random'
     # rank and targets ('random' too) and, for 'train' (expert i fine-tuned on slice i of a
@@ -224,7 +229,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.baselines = baselines_config()
 
     c.outputs = ml_collections.ConfigDict()
-    c.outputs.export_experts = True  # the best system's experts as PEFT folders
+    # The best system's experts as PEFT folders (HF model folders for experts.source='full').
+    c.outputs.export_experts = True
     c.outputs.plots = True
     # test_prompts.jsonl: every node call of the best system on the test split (exact prompt,
     # output, parsed answer): what the models were asked.
@@ -319,12 +325,20 @@ def peft_folders(peft_dirs: str) -> list[str]:
     return dirs
 
 
+def model_folders(model_dirs: str) -> list[str]:
+    """The HF model folders `experts.model_dirs` names (source='full'), in order."""
+    return [d for d in str(model_dirs or "").split(",") if d]
+
+
 def pool_size(c: ml_collections.ConfigDict) -> int | None:
     """The number of experts the run's pool will hold, known before anything is loaded: the
-    PEFT folders found for 'peft', config.experts.n otherwise (None when it cannot be told)."""
+    PEFT folders found for 'peft', the model folders listed for 'full', config.experts.n
+    otherwise (None when it cannot be told)."""
     if c.experts.source == "peft":
         n = len(peft_folders(c.experts.peft_dirs)) if c.experts.peft_dirs else 0
         return n or None
+    if c.experts.source == "full":
+        return len(model_folders(c.experts.model_dirs)) or None
     return c.experts.n if _is_int(c.experts.n) and c.experts.n >= 1 else None
 
 
@@ -441,8 +455,17 @@ def check_config(c: ml_collections.ConfigDict) -> None:
             bad("task.gen.types", types, str(e))
 
     source = c.experts.source
-    if source not in ("train", "peft", "random"):
-        bad("experts.source", source, "expected 'train', 'peft' or 'random'")
+    if source not in ("train", "peft", "random", "full"):
+        bad("experts.source", source, "expected 'train', 'peft', 'random' or 'full'")
+    if source == "full":
+        listed = model_folders(c.experts.model_dirs)
+        missing = [d for d in listed if not os.path.isdir(d)]
+        if not listed:
+            bad("experts.model_dirs", c.experts.model_dirs, "experts.source='full' needs folders")
+        elif missing:
+            bad("experts.model_dirs", c.experts.model_dirs, f"no such folder(s): {missing}")
+        elif no_config := [d for d in listed if not os.path.isfile(os.path.join(d, "config.json"))]:
+            bad("experts.model_dirs", c.experts.model_dirs, f"no config.json in {no_config}")
     if source == "peft":
         if not c.experts.peft_dirs:
             bad("experts.peft_dirs", c.experts.peft_dirs, "experts.source='peft' needs folders")

@@ -8,7 +8,8 @@ items are results.json's `best_system_test_outputs`, node for node. Where it com
 
 - a finished run (results.json present, no `step`): results.json's DAG and assignment and the
   PEFT folders in `best_experts/` of the experts the system uses (only those are loaded, zero-
-  padded to the pool's rank as in the run; the training pool is not built). A run written with
+  padded to the pool's rank as in the run; the training pool is not built; full-weight experts,
+  experts.source='full', are HF model folders there). A run written with
   `outputs.export_experts=False` falls back to its last checkpoint;
 - `step=N`, or a run without results.json yet (killed, or still running): the step's best
   DAG and assignment (its meta) and its best expert weights, restored against a template built
@@ -169,7 +170,7 @@ class _Run:
     dev: list[tasks.Item]
     test: list[tasks.Item]
 
-    def pool(self) -> lora.LoraStack:
+    def pool(self) -> Any:
         """The run's pool as it started the search (loaded or regenerated, never trained)."""
         c = self.config
         if c.experts.source == "train":
@@ -324,7 +325,10 @@ def load_system(
         best, names = results["best_system"], results["experts"]
         used = sorted(set(best["assignment"]))
         folders = [workdir / BEST_EXPERTS / names[e] for e in used]
-        experts = _padded(lora.load_peft_pool(folders, run.base[0]), _pool_rank(workdir))
+        if c.experts.source == "full":  # exported as HF model folders (hs_jax.report)
+            experts = run_setup.load_model_folders(folders, run.base[0], c.model.spec)
+        else:
+            experts = _padded(lora.load_peft_pool(folders, run.base[0]), _pool_rank(workdir))
         return FoundSystem(
             run, Dag.from_dict(best["dag"]), best["assignment"], names, experts, "results.json"
         )

@@ -9,6 +9,9 @@ the engine and the search allocate:
 * head screen: float32 models only, a bfloat16 copy of the embedding the greedy head screens
   with (`models.screened_head`), split along 'model' like the embedding;
 * expert stack for generation: every expert's LoRA factors, replicated (one copy per device);
+  a pool of full models (experts.source='full') instead: the stacked pool as loaded, the one
+  expert whose rows run (placed like the base parameters) and a swarm of whole weight sets in
+  the param dtype (`_full_pool_parts`);
 * weight swarm (`pso.PSOState`): positions, velocities and personal bests of every expert
   ([n, ...] each, split along 'expert') plus the global best and worst (one expert each,
   replicated), float32; the search's all-time best keeps one more copy of the positions, split
@@ -158,6 +161,30 @@ def _pool_shape(c: ml_collections.ConfigDict) -> tuple[int, int, tuple[str, ...]
     return len(folders), max(ranks), targets, f"pool read from {len(folders)} PEFT folders"
 
 
+def _full_pool_size(c: ml_collections.ConfigDict) -> tuple[int, str]:
+    """(experts, note) of a pool of full models (experts.source='full'): one per folder listed
+    in experts.model_dirs (each of the base model's architecture, so of its size)."""
+    from hs_jax import config as config_lib
+
+    n = len(config_lib.model_folders(c.experts.model_dirs))
+    if not n:
+        return 1, "experts.model_dirs lists no folder: 1 full-weight expert assumed"
+    return n, f"{n} full-weight experts (experts.source='full'), each the base model's size"
+
+
+def _full_pool_parts(expert: int, expert_here: int, n: int, here: int) -> dict[str, int]:
+    """Bytes per device of a pool of full models: the stacked pool as loaded (on one device,
+    not split), the expert whose rows run (placed like the base parameters, one at a time), and
+    the weight swarm and all-time best in the param dtype (split along 'expert'). `expert`: one
+    whole expert's bytes; `expert_here`: its share on one device once placed."""
+    return {
+        "expert pool (as loaded)": n * expert,
+        "expert in generation (one at a time)": expert_here,
+        "weight swarm (x, v, p, g, worst)": (3 * here + 2) * expert,
+        "all-time best experts": here * expert,
+    }
+
+
 def plan(c: ml_collections.ConfigDict, n_devices: int) -> MemoryPlan:
     """Per-device bytes of a resolved run config on `n_devices` devices (nothing loaded)."""
     from hs_jax import call_plan
@@ -182,12 +209,20 @@ def plan(c: ml_collections.ConfigDict, n_devices: int) -> MemoryPlan:
     rest = cfg.num_params() - kernels - embedding
     base = (kernels_here + embedding_here + rest) * weight
 
-    n, rank, targets, pool_note = _pool_shape(c)
-    layers = c.experts.last_layers if c.experts.source == "train" else 0
-    per_expert = (layers or cfg.n_layers) * sum(rank * sum(dims[t]) for t in targets)
-    stack = n * per_expert * 4  # float32 factors
-    here = math.ceil(n / mesh["expert"])
-    swarm = (3 * here + 2) * per_expert * 4
+    if c.experts.source == "full":
+        n, pool_note = _full_pool_size(c)
+        here = math.ceil(n / mesh["expert"])
+        pool = _full_pool_parts(cfg.num_params() * weight, int(base), n, here)
+    else:
+        n, rank, targets, pool_note = _pool_shape(c)
+        layers = c.experts.last_layers if c.experts.source == "train" else 0
+        per_expert = (layers or cfg.n_layers) * sum(rank * sum(dims[t]) for t in targets)
+        here = math.ceil(n / mesh["expert"])
+        pool = {  # float32 factors
+            "expert stack (generation)": int(n * per_expert * 4),
+            "weight swarm (x, v, p, g, worst)": int((3 * here + 2) * per_expert * 4),
+            "all-time best experts": int(here * per_expert * 4),
+        }
 
     rows = math.ceil(c.engine.max_batch / mesh["data"])
     prompt = call_plan.round_to_bucket(c.engine.max_prompt_len, call_plan.DEFAULT_LENGTH_BUCKETS)
@@ -198,10 +233,8 @@ def plan(c: ml_collections.ConfigDict, n_devices: int) -> MemoryPlan:
     parts = {"base parameters": int(base)}
     if dtype == "float32":
         parts["head screen (bfloat16 embedding)"] = int(embedding_here * 2)
+    parts |= pool
     parts |= {
-        "expert stack (generation)": int(stack),
-        "weight swarm (x, v, p, g, worst)": int(swarm),
-        "all-time best experts": int(here * per_expert * 4),
         f"KV cache ({rows} rows x {prompt}+{new} slots)": int(kv),
         "logits of one step": int(logits),
     }

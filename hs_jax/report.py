@@ -1,5 +1,6 @@
 """What a finished run reports: results.json, best_dag.png, curves.png, the best system's
-experts as PEFT folders (best_experts/), and the summary printed at the end.
+experts as PEFT folders (best_experts/; HF model folders for full-weight experts), and the
+summary printed at the end.
 
 Every file is written by process 0, under a temporary name and renamed into place;
 results.json is written last, so its presence means the run is complete.
@@ -16,7 +17,9 @@ from absl import logging
 
 from hs_jax import distributed, lora, plots, stats, tasks
 from hs_jax import workdir as workdir_lib
+from hs_jax.full_experts import FullExperts
 from hs_jax.method_api import MethodResult
+from hs_jax.models.hf_writer import save_hf_dir
 from hs_jax.run_setup import Setup
 
 
@@ -133,13 +136,23 @@ def write_outputs(c: ml_collections.ConfigDict, workdir: Path, summary, best, na
     if c.outputs.export_experts:
         with workdir_lib.atomic_path(workdir / "best_experts") as tmp:
             for expert in sorted(set(best.assignment)):
-                lora.export_peft_adapter(
-                    best.weights, expert, tmp / names[expert],
-                    base_model_name_or_path=c.model.spec,
-                )  # fmt: skip
+                if isinstance(best.weights, FullExperts):
+                    export_full_expert(best.weights, expert, tmp / names[expert])
+                else:
+                    lora.export_peft_adapter(
+                        best.weights, expert, tmp / names[expert],
+                        base_model_name_or_path=c.model.spec,
+                    )  # fmt: skip
                 workdir_lib.kill_point("outputs")
     workdir_lib.write_json(workdir / workdir_lib.RESULTS_JSON, summary)
     logging.info("results written to %s", workdir)
+
+
+def export_full_expert(experts: FullExperts, i: int, folder: Path) -> str:
+    """Full-weight expert i (experts.source='full') as an HF model folder (config.json +
+    model.safetensors), the format it was loaded from: it has no LoRA factors to export as a
+    PEFT folder."""
+    return save_hf_dir(experts.config, experts.params_for(i), folder)
 
 
 def _system_label(method: str) -> str:

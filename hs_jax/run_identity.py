@@ -5,7 +5,8 @@ rules as a whole). This module holds what is compared and recorded:
 
 - the run's identity (`static_identity` plus the task file's size and sha256): the resolved
   config without `FREE_FIELDS`, the model's file identity (the PyPI model: its published
-  sha256; other files: size and mtime), the PEFT pool's files' sha256; recorded in run.json
+  sha256; other files: size and mtime), the PEFT pool's files' sha256, a full-weight pool's
+  model files' size and mtime; recorded in run.json
   with, once the pool is built, its fingerprint (`check_pool`);
 - the task file of a run (`task_source`): config.task.path, or workdir/task.json generated
   from the config and refused when it was generated with other settings;
@@ -195,8 +196,9 @@ def _stat_list(path: Path) -> list[list]:
 
 def static_identity(c: ml_collections.ConfigDict) -> dict[str, Any]:
     """The run's identity apart from the task file (which may live in the workdir): the config
-    without FREE_FIELDS, the model's identity and, for a PEFT pool, its files' sha256. Reads
-    nothing in the workdir."""
+    without FREE_FIELDS, the model's identity and, for a PEFT pool, its files' sha256 (for a
+    pool of full models, experts.source='full', their files' size and mtime). Reads nothing in
+    the workdir."""
     identity = {
         "config": workdir_lib.flat_config(c, FREE_FIELDS),
         "model_file": _model_identity(c),
@@ -206,6 +208,11 @@ def static_identity(c: ml_collections.ConfigDict) -> dict[str, Any]:
         identity["peft_files"] = [
             [os.path.abspath(d), *(workdir_lib.file_sha256(os.path.join(d, f)) for f in files)]
             for d in peft_folders(c)
+        ]
+    if c.experts.source == "full":  # size and mtime, as the base model's files (multi-GB too)
+        identity["expert_model_files"] = [
+            [os.path.abspath(d), _stat_list(Path(d))]
+            for d in config_lib.model_folders(c.experts.model_dirs)
         ]
     return identity
 

@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from hs_jax import checkpointing, lora, sharding, tasks
+from hs_jax import checkpointing, full_experts, lora, sharding, tasks
 from hs_jax import config as config_lib
 from hs_jax import workdir as workdir_lib
 from hs_jax.engine import Engine
@@ -30,6 +30,7 @@ from hs_jax.models import gemma_config as model_config
 from hs_jax.models.convert import init_params
 from hs_jax.models.gguf_io import PYPI_MODEL_NAME
 from hs_jax.models.loading import load_model, resolve_model_path
+from hs_jax.models.safetensors_io import load_hf_dir
 from hs_jax.models.tokenizer import load_tokenizer
 from hs_jax.run_identity import TaskSource, gen_config, peft_folders, task_source
 from hs_jax.scoring import SystemScorer
@@ -39,7 +40,8 @@ from hs_jax.scoring import SystemScorer
 class Setup:
     """Everything a method runs on: the resolved config, the task (spec, dev and test items,
     the task file), the protocol, the base model, the expert pool and its labels, and the
-    engine and scorer on the run's mesh."""
+    engine and scorer on the run's mesh. The pool is a LoRA stack, or full-weight experts
+    (experts.source='full'); both have a leading expert axis on every leaf."""
 
     config: ml_collections.ConfigDict
     spec: tasks.TaskSpec
@@ -50,7 +52,7 @@ class Setup:
     base_config: Any
     params: Any
     tokenizer: Any
-    experts: lora.LoraStack
+    experts: lora.LoraStack | full_experts.FullExperts
     names: list[str]
     engine: Engine
     scorer: SystemScorer
@@ -208,7 +210,7 @@ def _training_slices(c, spec, protocol, dev, test) -> tuple[list[str], list[list
     return names, slices
 
 
-def expert_names(experts: lora.LoraStack) -> list[str]:
+def expert_names(experts: lora.LoraStack | full_experts.FullExperts) -> list[str]:
     """One label per expert: the pool's folder names, or expert_<i> for unnamed experts."""
     return list(experts.names) or [f"expert_{i}" for i in range(experts.n_experts)]
 
@@ -219,10 +221,47 @@ def pool_dir_of(c: ml_collections.ConfigDict, workdir: Path) -> Path:
     return Path(c.experts.pool_dir) if c.experts.pool_dir else workdir / "experts"
 
 
-def build_experts(c, workdir: Path, base_cfg, params, tokenizer, spec, dev, test) -> lora.LoraStack:
-    """The pool as one LoraStack (leading expert axis)."""
+def _folder_labels(folders: list[str]) -> list[str]:
+    """One label per model folder: its name, made unique with its index where names repeat."""
+    names = [Path(f).resolve().name for f in folders]
+    return [n if names.count(n) == 1 else f"{n}_{i}" for i, n in enumerate(names)]
+
+
+def load_model_folders(folders, base_cfg, base_name: str) -> full_experts.FullExperts:
+    """HF model folders as full-weight experts, in the base model's param dtype, labelled by
+    folder name; a folder of another architecture than the base model's (`base_name`) is
+    refused (one line naming the folder and the first field that differs) before the next
+    loads."""
+    folders = [str(f) for f in folders]
+    params_list = []
+    for folder in folders:
+        cfg, params = load_hf_dir(folder, param_dtype=base_cfg.param_dtype)
+        for field in dataclasses.fields(base_cfg):
+            mine, base = getattr(cfg, field.name), getattr(base_cfg, field.name)
+            if mine != base:
+                raise ValueError(
+                    f"config.experts.model_dirs: {folder} is not the base model's architecture: "
+                    f"{field.name} = {mine!r}, the base model ({base_name}) has {base!r}"
+                )
+        params_list.append(params)
+    return full_experts.stack_params(params_list, base_cfg, names=_folder_labels(folders))
+
+
+def load_full_pool(c, base_cfg) -> full_experts.FullExperts:
+    """experts.source='full': the HF model folders of experts.model_dirs, stacked."""
+    folders = config_lib.model_folders(c.experts.model_dirs)
+    return load_model_folders(folders, base_cfg, c.model.spec)
+
+
+def build_experts(
+    c, workdir: Path, base_cfg, params, tokenizer, spec, dev, test
+) -> lora.LoraStack | full_experts.FullExperts:
+    """The pool as one LoraStack, or as FullExperts for experts.source='full' (leading expert
+    axis either way)."""
     if c.experts.source == "peft":
         return lora.load_peft_pool(peft_folders(c), base_cfg)
+    if c.experts.source == "full":
+        return load_full_pool(c, base_cfg)
     if c.experts.source == "random":
         return lora.init_lora_stack(
             base_cfg, c.experts.n, c.experts.rank, c.experts.targets, jax.random.key(c.seed),
@@ -247,10 +286,15 @@ def make_pool(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> 
     """
     c = config_lib.resolve(config)
     config_lib.check_config(c)
-    if c.experts.source == "peft":
+    if c.experts.source in ("peft", "full"):
+        kind, given = (
+            ("PEFT", c.experts.peft_dirs)
+            if c.experts.source == "peft"
+            else ("HF model", c.experts.model_dirs)
+        )
         raise ValueError(
-            "config.experts.source='peft': the pool already exists as PEFT folders "
-            f"({c.experts.peft_dirs!r}); make_pool builds 'train' or 'random' pools"
+            f"config.experts.source={c.experts.source!r}: the pool already exists as {kind} "
+            f"folders ({given!r}); make_pool builds 'train' or 'random' pools"
         )
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -274,7 +318,7 @@ def make_pool(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> 
 
 
 def assemble(
-    c, task: tuple, task_file: Path, base: tuple, experts: lora.LoraStack, layout: dict[str, int]
+    c, task: tuple, task_file: Path, base: tuple, experts: Any, layout: dict[str, int]
 ) -> Setup:
     """The Setup of a run whose task (spec, dev, test), base model (config, params, tokenizer)
     and pool have loaded: the mesh of `layout`, the engine on it, the protocol and the

@@ -69,6 +69,11 @@ def packllm_weights(mean_nll: np.ndarray, tau: float) -> np.ndarray:
 
 
 def pack_llm_applies(c) -> str | None:
+    if c.experts.source == "full":  # Engine.generate_ensemble refuses them
+        return (
+            "an ensemble runs its experts' rows in one program (a LoRA stack); "
+            "experts.source='full' runs one full-weight expert per device call"
+        )
     fusion = c.baselines.packllm_fusion
     if fusion not in token_choice.FUSIONS:
         return f"baselines.packllm_fusion={fusion!r}: expected one of {token_choice.FUSIONS}"

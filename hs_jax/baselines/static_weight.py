@@ -68,6 +68,16 @@ def run_merged(
     )  # fmt: skip
 
 
+def lora_pool_applies(c) -> str | None:
+    """The merges work on LoRA factors: a pool of full models has none."""
+    if c.experts.source == "full":
+        return (
+            f"{c.method} merges LoRA factors; experts.source='full' holds full-weight experts "
+            "(greedy_soup and lorahub merge any weights)"
+        )
+    return None
+
+
 def uniform_soup(setup: Setup, workdir: Path, *, callbacks=(), progress=True) -> MethodResult:
     """The experts' LoRA factors averaged into one expert."""
 
@@ -78,6 +88,8 @@ def uniform_soup(setup: Setup, workdir: Path, *, callbacks=(), progress=True) ->
 
 
 def dare_ties_applies(c) -> str | None:
+    if why := lora_pool_applies(c):
+        return why
     b = c.baselines
     if not 0.0 <= b.dare_drop < 1.0:
         return f"config.baselines.dare_drop={b.dare_drop!r} must be in [0, 1)"
@@ -142,7 +154,11 @@ def data_merge(setup: Setup, workdir: Path, *, callbacks=(), progress=True) -> M
     return run_merged(setup, workdir, build)
 
 
-register("uniform_soup", MethodSpec(uniform_soup, "static weight", "uniform soup of the experts"))
+register(
+    "uniform_soup",
+    MethodSpec(uniform_soup, "static weight", "uniform soup of the experts",
+               applies=lora_pool_applies),
+)  # fmt: skip
 register(
     "dare_ties",
     MethodSpec(dare_ties, "static weight", "DARE-TIES merge of the experts",
