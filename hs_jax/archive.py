@@ -3,9 +3,10 @@
 A row holds the method, the evaluation's index (0, 1, ... in the order the method scored),
 the step that asked for it (say 'role', 'weight', 'random', 'greedy_soup'), the iteration, the
 system (DAG as `Dag.to_dict`, assignment), a fingerprint of the expert weights it ran with, its
-dev utility, and on the first row of each scoring call that call's cost (the engine's counters
-and the executor's). So a run can be audited system by system, and a method's best-so-far
-against its budget drawn (`best_so_far`).
+dev utility, and on the first row of each scoring call of a baseline that call's cost (the
+engine's counters and the executor's; the search's costs are in its checkpoints and
+results.json's cost_per_iteration). So a run can be audited system by system, and a method's
+best-so-far against its budget drawn (`hs_jax.analysis.curves.best_so_far`).
 
 The archive is also how methods without checkpoints resume (`method_api.Evaluator`): a method
 is a deterministic function of its seed and the utilities it is given, so a rerun replays the
@@ -81,9 +82,16 @@ class Archive:
             f.flush()
             os.fsync(f.fileno())
 
-    def truncate(self, n_rows: int) -> None:
-        """Keep the first `n_rows` rows (atomically): the rest is redone by the caller."""
+    def diverged_path(self) -> Path:
+        return self.path.with_name(f"{self.path.name}.diverged")
+
+    def truncate(self, n_rows: int, *, keep_rest: bool = False) -> None:
+        """Keep the first `n_rows` rows (atomically): the rest is redone by the caller. With
+        `keep_rest` the dropped rows are first appended to `diverged_path()` (rows a changed
+        run no longer reproduces: kept for the user, never replayed)."""
         rows = self.read()
+        if len(rows) > n_rows and keep_rest:
+            Archive(self.diverged_path()).append(rows[n_rows:])
         if len(rows) > n_rows:
             data = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows[:n_rows])
             self._keep_bytes(data.encode())
@@ -91,14 +99,3 @@ class Archive:
     def _keep_bytes(self, data: bytes) -> None:
         with workdir_lib.atomic_path(self.path) as tmp:
             Path(tmp).write_bytes(data)
-
-
-def best_so_far(rows: Iterable[Mapping[str, Any]]) -> list[tuple[int, float]]:
-    """(evaluations so far, best dev utility so far) after each archived evaluation."""
-    out, best = [], float("-inf")
-    for k, r in enumerate(rows, start=1):
-        u = r.get("dev_utility")
-        if u is not None and np.isfinite(u):
-            best = max(best, float(u))
-        out.append((k, best))
-    return out

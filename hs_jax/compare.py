@@ -237,6 +237,8 @@ def cell_config(
         c.budget = int(budget)
     if c.experts.source == "train" and not c.experts.pool_dir:
         c.experts.pool_dir = _shared_pool_dir(c, workdir, cell)
+    if not c.singles_cache:  # every cell of a task scores the same single experts
+        c.singles_cache = str(Path(workdir) / "singles")
     return c
 
 

@@ -123,6 +123,8 @@ def _singles_key(setup: Setup) -> str:
         "config": workdir_lib.flat_config(setup.config, run_identity.FREE_FIELDS + _NOT_SINGLES),
         "model_file": run_identity.static_identity(setup.config)["model_file"],
         "task_file": workdir_lib.file_sha256(setup.task_file),
+        # dev_limit / test_limit subsample the splits with the run's seed: the items themselves.
+        "items": [[item.id for item in setup.dev], [item.id for item in setup.test]],
         "pool": checkpointing.jsonable(checkpointing.fingerprint(setup.experts)),
     }
     blob = json.dumps(identity, sort_keys=True, default=str).encode()
@@ -265,9 +267,12 @@ class Evaluator:
         else:
             if self._replay[start:]:
                 # The archive goes another way from here (a run changed since, or a torn call):
-                # its rows from here on are not this run's, and are redone.
-                logging.warning("%s: archive differs from row %d on; rescoring", self.method, start)
-                distributed.on_primary(lambda: self.archive.truncate(start))
+                # its rows from here on are not this run's, and are redone; they are kept aside.
+                logging.warning(
+                    "%s: archive differs from row %d on; its rows from there are moved to %s "
+                    "and rescored", self.method, start, self.archive.diverged_path(),
+                )  # fmt: skip
+                distributed.on_primary(lambda: self.archive.truncate(start, keep_rest=True))
                 self._replay = self._replay[:start]
             self.setup.scorer.executor.clear_cache()
             self.setup.scorer.check_executor.clear_cache()
@@ -310,6 +315,7 @@ class Evaluator:
         if best is None:
             raise RuntimeError(f"method {self.method!r} found no system with a finite utility")
         setup.scorer.executor.clear_cache()
+        setup.scorer.check_executor.clear_cache()
         test_utility = float(
             setup.scorer.score([(best.dag, best.assignment)], best.weights, setup.test)[0]
         )

@@ -168,6 +168,8 @@ def _topology(doc: _Doc, runs, labels) -> None:
     data, rows, sparsity_in = {}, [], []
     by_task: dict[str, list] = defaultdict(list)
     for run, label in zip(runs, labels, strict=True):
+        if run.results.get("best_system", {}).get("kind", "dag") != "dag":
+            continue  # a vote or an ensemble: its one-node placeholder is no found structure
         dag, assignment = topology.system_of(run.results)
         t = topology.topology(dag)
         data[label] = {**t.as_dict(), "assignment": assignment}

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from hs_jax.baselines import topologies
+from hs_jax.baselines.dynamic_role import expert_order
 from hs_jax.graph import Dag
 from hs_jax.method_api import Evaluator, MethodResult, budget_of, score_singles
 from hs_jax.methods import MethodSpec, register
@@ -43,9 +44,9 @@ System = tuple[Dag, tuple[int, ...]]
 
 def utility_order(dev: list[float]) -> tuple[int, ...]:
     """Experts by ascending single dev utility (non-finite lowest); among ties the lower index
-    later, so the last one is the first maximum."""
-    key = [float(u) if np.isfinite(u) else -np.inf for u in dev]
-    return tuple(sorted(range(len(dev)), key=lambda i: (key[i], -i)))
+    later, so the last one is the first maximum (`dynamic_role.expert_order`, the order the
+    other dynamic-role baselines use)."""
+    return tuple(int(e) for e in expert_order(dev))
 
 
 def one_edge_removed(system: System) -> list[tuple[tuple[int, int], System]]:
