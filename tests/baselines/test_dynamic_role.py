@@ -9,7 +9,6 @@ garbage, so every Meta-Agent proposal falls back to a random DAG, and is counted
 
 import json
 import runpy
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -156,26 +155,6 @@ def test_designer_setting():
 
 
 # End to end. -----------------------------------------------------------------------------------
-
-
-def _utility(dag, assignment):
-    from hs_jax import archive
-
-    key = json.dumps(archive.system_key(dag, assignment), sort_keys=True)
-    return (zlib.crc32(key.encode()) % 1000) / 1000
-
-
-@pytest.fixture
-def fake_utilities(monkeypatch):
-    from hs_jax import scoring
-
-    real = scoring.SystemScorer.score
-
-    def score(self, systems, weights, items):
-        real(self, systems, weights, items)
-        return np.asarray([_utility(dag, a) for dag, a in systems], float)
-
-    monkeypatch.setattr(scoring.SystemScorer, "score", score)
 
 
 def _run(method, workdir, **baselines):

@@ -6,7 +6,6 @@ random experts score 0 everywhere); the generation still runs and is counted.
 
 import json
 import runpy
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -22,26 +21,6 @@ def _tiny_config(budget):
     c.outputs.export_experts = False
     c.outputs.plots = False
     return c
-
-
-def _utility(dag, assignment):
-    from hs_jax import archive
-
-    key = json.dumps(archive.system_key(dag, assignment), sort_keys=True)
-    return (zlib.crc32(key.encode()) % 1000) / 1000
-
-
-@pytest.fixture
-def fake_utilities(monkeypatch):
-    from hs_jax import scoring
-
-    real = scoring.SystemScorer.score
-
-    def score(self, systems, weights, items):
-        real(self, systems, weights, items)
-        return np.asarray([_utility(dag, a) for dag, a in systems], float)
-
-    monkeypatch.setattr(scoring.SystemScorer, "score", score)
 
 
 def _archive(workdir):
