@@ -55,7 +55,7 @@ import os
 import re
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -247,6 +247,21 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
 
 
+def _earlier_entries(workdir: Path, entries: Sequence[Mapping[str, Any]]) -> list[dict]:
+    """The cells an earlier comparison in this workdir recorded that this one does not plan
+    (another --methods or --tasks): kept in cells.json and the table, so a rerun with a subset
+    hides none of them."""
+    path = workdir / CELLS_JSON
+    if not path.exists():
+        return []
+    planned = {(e["method"], e["task"], e["seed"]) for e in entries}
+    return [
+        e
+        for e in json.loads(path.read_text())
+        if (e["method"], e["task"], e["seed"]) not in planned and e["method"] in methods.METHODS
+    ]
+
+
 def _entry(cell: Cell, status: str = "pending") -> dict[str, Any]:
     """The cell's cells.json entry before it has run."""
     spec = methods.METHODS[cell.method]
@@ -366,12 +381,13 @@ def compare(
             [m for m in names if m in seeded], sum(finished), len(cells) - sum(finished),
         )  # fmt: skip
         entries: list[dict[str, Any]] = [_entry(c) for c in cells]
-        workdir_lib.write_json(workdir / CELLS_JSON, entries)
+        earlier = _earlier_entries(workdir, entries)
+        workdir_lib.write_json(workdir / CELLS_JSON, earlier + entries)
         for k, cell in enumerate(tqdm(cells, desc="cells", disable=not progress)):
             entries[k] = run_cell(config, cell, workdir, budget_from_hs=budget_from_hs)
             _log_cell(k + 1, len(cells), entries[k])
-            workdir_lib.write_json(workdir / CELLS_JSON, entries)
-        comparison_table.write_tables(workdir, entries)
+            workdir_lib.write_json(workdir / CELLS_JSON, earlier + entries)
+        comparison_table.write_tables(workdir, earlier + entries)
     counts = {s: sum(e["status"] == s for e in entries) for s in ("done", "not_applicable")}
     failed = len(entries) - sum(counts.values())
     logging.info(

@@ -284,12 +284,21 @@ def _launch(workdir):
     )
 
 
+def _text(path):
+    try:
+        return path.read_text()
+    except (FileNotFoundError, UnicodeDecodeError):
+        return ""
+
+
 def test_killed_comparison_resumes_without_recomputing_finished_cells(tmp_path):
     first = tmp_path / "nlgraph_gen/hs/seed_0/results.json"
     proc = _launch(tmp_path)
     try:
         deadline = time.monotonic() + 400
-        while not first.exists():
+        # The kill comes once the first cell is recorded as done in cells.json (its results.json
+        # appears a moment before that record is rewritten).
+        while not (first.exists() and '"status": "done"' in _text(tmp_path / "cells.json")):
             assert proc.poll() is None, proc.communicate()[1][-4000:]
             assert time.monotonic() < deadline, "the first cell did not finish"
             time.sleep(0.2)
