@@ -34,7 +34,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from bench import _common
-from hs_jax import call_plan, graph, jfk, lora, run_setup
+from hs_jax import call_plan, graph, host_memory, jfk, lora, run_setup
 from hs_jax.engine import Engine
 from hs_jax.executor import Executor, Generation, System, run_node_by_node
 
@@ -83,6 +83,7 @@ def _experts(c, config):
 
 def main(argv):
     del argv
+    allocator = host_memory.reuse_freed_memory()  # as the launchers run (bench.host_memory)
     c = _CONFIG.value
     config, params, tokenizer = run_setup.load_base(c)
     experts = _experts(c, config)
@@ -212,7 +213,8 @@ def main(argv):
         "node-by-node = the authors' order, models in memory. Times: the fastest of "
         f"{_REPEATS.value} runs after one that compiles, each with an empty cache (a shared "
         "machine only ever slows a run down; its CPU time is that run's). Load average at "
-        f"the start of the steps {load_start} (the machine line gives it at the end)."
+        f"the start of the steps {load_start} (the machine line gives it at the end). Host "
+        f"allocator (`hs_jax.host_memory`): {allocator}."
     )
     text = "\n".join(
         [

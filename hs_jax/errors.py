@@ -146,9 +146,15 @@ def launcher_name(main: Callable) -> str:
 def run_main(main: Callable[[list[str]], Any]) -> None:
     """`absl.app.run(main)`, reporting a user error in one line and exiting 1 (module docstring).
 
-    Defines the boolean flag --verbose (show the traceback of a user error too), once.
+    Defines the boolean flag --verbose (show the traceback of a user error too), once. First of
+    all, before anything starts JAX, sets the host allocator to reuse XLA's CPU buffers
+    (hs_jax.host_memory).
     """
     from absl import app, flags
+
+    from hs_jax import host_memory
+
+    host_memory.reuse_freed_memory()
 
     if "verbose" not in flags.FLAGS:
         flags.DEFINE_boolean(

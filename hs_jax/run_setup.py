@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from hs_jax import checkpointing, full_experts, lora, sharding, tasks
+from hs_jax import checkpointing, full_experts, host_memory, lora, sharding, tasks
 from hs_jax import config as config_lib
 from hs_jax import workdir as workdir_lib
 from hs_jax.engine import Engine
@@ -327,8 +327,9 @@ def assemble(
     base_cfg, params, tokenizer = base
     mesh = sharding.make_mesh(**layout)
     logging.info(
-        "mesh %s over %d devices of %d process(es)",
+        "mesh %s over %d devices of %d process(es); host allocator: %s",
         dict(mesh.shape), mesh.devices.size, jax.process_count(),
+        host_memory.reuse_freed_memory(),
     )  # fmt: skip
     engine = Engine(
         base_cfg, params, tokenizer, experts=experts, mesh=mesh, max_batch=c.engine.max_batch,

@@ -55,7 +55,7 @@ import jax
 import ml_collections
 from absl import logging
 
-from hs_jax import checkpointing, distributed, methods, report, run_identity, run_setup
+from hs_jax import checkpointing, distributed, host_memory, methods, report, run_identity, run_setup
 from hs_jax import config as config_lib
 from hs_jax import workdir as workdir_lib
 
@@ -74,6 +74,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[s
     if c.seeds:
         return _run_seeds(config, workdir)
     methods.search_config(c)  # a bad config.search fails here, before anything is loaded
+    host_memory.reuse_freed_memory()  # before JAX starts, or it cannot apply
     run_setup.quiet_orbax()
     if c.engine.compilation_cache:
         jax.config.update(
