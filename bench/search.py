@@ -42,6 +42,16 @@ _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "The run'
 _POOL = flags.DEFINE_string("pool_dir", "", "A trained PEFT pool (default: random LoRA experts).")
 _REPEATS = flags.DEFINE_integer("repeats", 2, "Timed runs per step and executor (best is used).")
 _WRITE = flags.DEFINE_bool("write", True, "Write the section of bench/RESULTS.md.")
+_FINE = flags.DEFINE_bool(
+    "fine_buckets", True, "Also run hs_jax's executor on an engine with fine shape buckets."
+)
+
+# Shape buckets that leave little padding (every 16 tokens to 512, batches in steps of about
+# 1.4x from 1), at the price of more shapes to compile: what padding costs, measured.
+FINE_LENGTH_BUCKETS = tuple(range(16, 513, 16)) + tuple(
+    b for b in call_plan.DEFAULT_LENGTH_BUCKETS if b > 512
+)
+FINE_BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 
 
 class CountingGenerate:
@@ -81,6 +91,31 @@ def _experts(c, config):
     )  # fmt: skip
 
 
+def _fine_reading(rows, rate: float) -> str:
+    """What the fine-bucket rows show: padding, wall / floor, shapes and first-run times."""
+    per = lambda fn: " / ".join(fn(r) for r in rows)  # noqa: E731  (role / weight step)
+    return (
+        "'hs_jax, fine buckets' = the same executor on an engine with length buckets every 16 "
+        f"tokens to 512 and batch buckets {', '.join(map(str, FINE_BATCH_BUCKETS))}: padding "
+        "falls to "
+        + per(lambda r: f"{r[5][1]['padded_flops'] / r[5][2]:.2f}x")
+        + " and wall / floor to "
+        + per(lambda r: f"{r[5][0] * rate / r[5][2]:.2f}x")
+        + " (role / weight step; same end-node answers as the default buckets: "
+        + per(lambda r: f"{r[5][3]}/{r[4]}")
+        + "), but each step runs "
+        + per(lambda r: f"{r[5][1]['shapes']}")
+        + " distinct (batch, length) shapes instead of "
+        + per(lambda r: f"{r[1][1]['shapes']}")
+        + ", and its first run, which compiles them, takes "
+        + per(lambda r: f"{r[5][1]['first_s']:.0f} s")
+        + " against "
+        + per(lambda r: f"{r[1][1]['first_s']:.0f} s")
+        + " (the persistent compilation cache, engine.compilation_cache, removes that cost "
+        "from every later run on the machine)."
+    )
+
+
 def main(argv):
     del argv
     allocator = host_memory.reuse_freed_memory()  # as the launchers run (bench.host_memory)
@@ -91,6 +126,11 @@ def main(argv):
     engine = Engine(
         config, params, tokenizer, experts=experts, max_batch=c.engine.max_batch,
         max_prompt_len=c.engine.max_prompt_len, batch_buckets=tuple(c.engine.batch_buckets),
+    )  # fmt: skip
+    fine = Engine(
+        config, params, tokenizer, experts=experts, max_batch=c.engine.max_batch,
+        max_prompt_len=c.engine.max_prompt_len, batch_buckets=FINE_BATCH_BUCKETS,
+        length_buckets=FINE_LENGTH_BUCKETS,
     )  # fmt: skip
     workdir = Path(tempfile.mkdtemp(prefix="hs_bench_search_"))
     spec, items, _, _ = run_setup.load_items(c, workdir)
@@ -120,15 +160,20 @@ def main(argv):
     def node_by_node(systems, generate):
         return run_node_by_node(generate, protocol.node_prompt, systems, items).answers
 
-    def padded_flops(calls) -> int:
-        """FLOPs at the shapes the engine runs these calls at: its call planner re-run over the
+    def planned(calls, engine):
+        """(call, its planned device call) pairs: the engine's call planner re-run over the
         same prompt lengths (a LoRA stack runs all rows of a call in one group)."""
+        for lens, new in calls:
+            for pc in call_plan.plan_calls(
+                lens, spec.max_new_tokens, engine.buckets, engine.cost_model
+            ):
+                yield new, pc
+
+    def padded_flops(calls, engine) -> int:
+        """FLOPs at the shapes the engine runs these calls at."""
         total = 0
         for lens, new in calls:
-            plan = call_plan.plan_calls(
-                lens, spec.max_new_tokens, engine.buckets, engine.cost_model
-            )
-            for pc in plan:
+            for _, pc in planned([(lens, new)], engine):
                 steps = max(new[i] for i in pc.rows)
                 slots = pc.length + pc.new_tokens
                 total += _common.padded_call_flops(
@@ -136,10 +181,12 @@ def main(argv):
                 )
         return total
 
-    def measure(executor_fn, systems):
+    def measure(executor_fn, systems, engine=engine):
         """(wall seconds, token counts with the process's CPU seconds, FLOPs, answers) of the
         fastest of --repeats runs after one that compiles, each with an empty cache."""
-        executor_fn(systems, CountingGenerate(engine, spec.max_new_tokens))  # compile
+        start = time.perf_counter()
+        executor_fn(systems, CountingGenerate(engine, spec.max_new_tokens))  # compiles
+        first = time.perf_counter() - start
         timed = []
         for _ in range(_REPEATS.value):
             generate = CountingGenerate(engine, spec.max_new_tokens)
@@ -148,8 +195,9 @@ def main(argv):
             wall, cpu = time.perf_counter() - start, time.process_time() - cpu
             timed.append((wall, cpu, generate, answers))
         seconds, cpu, generate, answers = min(timed, key=lambda x: x[0])
-        counts = {**generate.totals(), "cpu_s": cpu}
-        counts["padded_flops"] = padded_flops(generate.calls)
+        counts = {**generate.totals(), "cpu_s": cpu, "first_s": first}
+        counts["padded_flops"] = padded_flops(generate.calls, engine)
+        counts["shapes"] = len({(pc.batch, pc.length) for _, pc in planned(generate.calls, engine)})
         calls_log.append(generate.calls)
         flops = sum(
             sum(_common.generation_flops(config, lens, new, lora_params))
@@ -165,7 +213,12 @@ def main(argv):
         t_n, k_n, f_n, a_n = measure(node_by_node, systems)
         same = sum(x == y for sa, sb in zip(a_w, a_n) for x, y in zip(sa, sb))
         total = sum(len(s) for s in a_w)
-        rows.append((step, (t_w, k_w, f_w), (t_n, k_n, f_n), same, total))
+        fine_row = None
+        if _FINE.value:
+            t_f, k_f, f_f, a_f = measure(waves, systems, fine)
+            same_f = sum(x == y for sa, sb in zip(a_w, a_f) for x, y in zip(sa, sb))
+            fine_row = (t_f, k_f, f_f, same_f)
+        rows.append((step, (t_w, k_w, f_w), (t_n, k_n, f_n), same, total, fine_row))
         print(
             f"{step}: waves {k_w['calls']} calls {t_w:.1f}s | node-by-node {k_n['calls']} calls "
             f"{t_n:.1f}s",
@@ -186,13 +239,16 @@ def main(argv):
         "floor |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for step, (t_w, k_w, f_w), (t_n, k_n, f_n), same, total in rows:
+    for step, (t_w, k_w, f_w), (t_n, k_n, f_n), same, total, fine_row in rows:
         table.append(
             f"| {step} | {k_w['calls']} / {k_n['calls']} | {k_w['rows']} / {k_n['rows']} | "
             f"{t_w:.1f} / {t_n:.1f} | {k_n['calls'] / k_w['calls']:.1f}x | {t_n / t_w:.1f}x | "
             f"{same}/{total} |"
         )
-        for name, t, k, f in (("hs_jax", t_w, k_w, f_w), ("node-by-node", t_n, k_n, f_n)):
+        runs = [("hs_jax", t_w, k_w, f_w), ("node-by-node", t_n, k_n, f_n)]
+        if fine_row:
+            runs.append(("hs_jax, fine buckets", *fine_row[:3]))
+        for name, t, k, f in runs:
             floor_table.append(
                 f"| {step} | {name} | {k['rows']} | {k['prompt_tokens']} | {k['new_tokens']} | "
                 f"{f / 1e9:.0f} | {f / rate:.2f} | {t:.1f} | {t * rate / f:.2f}x | "
@@ -283,6 +339,7 @@ def main(argv):
             + " over the padded floor for what the count leaves out (norms, softmax and other "
             "elementwise work, tokenising, the executor's Python) and for matmuls below the "
             "2048^3 rate.",
+            *([_fine_reading(rows, rate)] if _FINE.value else []),
         ]
     )
     print(text)
