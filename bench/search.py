@@ -123,15 +123,14 @@ def main(argv):
     config, params, tokenizer = run_setup.load_base(c)
     experts = _experts(c, config)
     n = experts.n_experts
-    engine = Engine(
-        config, params, tokenizer, experts=experts, max_batch=c.engine.max_batch,
-        max_prompt_len=c.engine.max_prompt_len, batch_buckets=tuple(c.engine.batch_buckets),
-    )  # fmt: skip
-    fine = Engine(
-        config, params, tokenizer, experts=experts, max_batch=c.engine.max_batch,
-        max_prompt_len=c.engine.max_prompt_len, batch_buckets=FINE_BATCH_BUCKETS,
-        length_buckets=FINE_LENGTH_BUCKETS,
-    )  # fmt: skip
+    def make_engine(**buckets) -> Engine:
+        return Engine(
+            config, params, tokenizer, experts=experts, max_batch=c.engine.max_batch,
+            max_prompt_len=c.engine.max_prompt_len, **buckets,
+        )  # fmt: skip
+
+    engine = make_engine(batch_buckets=tuple(c.engine.batch_buckets))
+    fine = make_engine(batch_buckets=FINE_BATCH_BUCKETS, length_buckets=FINE_LENGTH_BUCKETS)
     workdir = Path(tempfile.mkdtemp(prefix="hs_bench_search_"))
     spec, items, _, _ = run_setup.load_items(c, workdir)
     protocol = run_setup.protocol_for(c, spec)
