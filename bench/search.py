@@ -123,6 +123,7 @@ def main(argv):
     config, params, tokenizer = run_setup.load_base(c)
     experts = _experts(c, config)
     n = experts.n_experts
+
     def make_engine(**buckets) -> Engine:
         return Engine(
             config, params, tokenizer, experts=experts, max_batch=c.engine.max_batch,
