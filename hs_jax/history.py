@@ -64,8 +64,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
-
+from hs_jax import stats
 from hs_jax.graph import Dag
 
 _STEP_KEYS = ("role", "weight")
@@ -250,8 +249,5 @@ def step_stats(d: Mapping[str, Any], step: str) -> tuple[float, float, float] | 
     part = d.get(step)
     if not isinstance(part, Mapping):
         return None
-    u = [float(x) for x in part.get("utilities", []) if x is not None] if part["ran"] else []
-    finite = [x for x in u if math.isfinite(x)]
-    if not finite:
-        return (math.nan,) * 3
-    return max(finite), float(np.mean(finite)), min(finite)
+    s = stats.best_mean_worst(part.get("utilities", []) if part["ran"] else [])
+    return s["best"], s["mean"], s["worst"]

@@ -124,7 +124,7 @@ import numpy as np
 from absl import logging
 from tqdm.auto import tqdm
 
-from hs_jax import checkpointing, distributed, graph, jfk, pso
+from hs_jax import checkpointing, distributed, graph, jfk, pso, stats
 from hs_jax.graph import Dag
 from hs_jax.history import IterationRecord, RoleStep, Skipped, WeightStep
 from hs_jax.workdir import kill_point
@@ -281,14 +281,6 @@ def _utilities(raw: Any, count: int) -> np.ndarray:
     return u
 
 
-def _stats(u: np.ndarray) -> dict[str, float]:
-    """best / mean / worst of the finite utilities (NaN when none is finite)."""
-    finite = u[np.isfinite(u)]
-    if finite.size == 0:
-        return {"best": float("nan"), "mean": float("nan"), "worst": float("nan")}
-    return {"best": float(finite.max()), "mean": float(finite.mean()), "worst": float(finite.min())}
-
-
 def _argmax_finite(u: np.ndarray) -> int | None:
     finite = np.isfinite(u)
     if not finite.any():
@@ -441,7 +433,7 @@ def _role_score(
         "dags": tuple(dags),
         "best_index": i_best,
         "weight_moves": weight_moves,
-        **_stats(u),
+        **stats.best_mean_worst(u),
     }
     return fields, list(zip(u.tolist(), systems, strict=True)), objective
 
@@ -485,14 +477,9 @@ def _weight_step_score(
         utilities=tuple(u.tolist()),
         jfk=tuple(scores.tolist()),
         weight_moves=weight_moves,
-        **_stats(u),
+        **stats.best_mean_worst(u),
     )
     return record, list(zip(u.tolist(), systems, strict=True)), scores
-
-
-def _finite_or_none(value: jax.Array) -> float | None:
-    v = float(value)
-    return v if np.isfinite(v) else None
 
 
 def _record(
@@ -508,8 +495,8 @@ def _record(
         improved=improved,
         best_utility=loop.best.utility if loop.best is not None else None,
         stall=int(loop.stall),
-        role_global_best=_finite_or_none(loop.roles.g_util),
-        weight_global_best=_finite_or_none(loop.weights.g_util),
+        role_global_best=stats.finite_or_none(loop.roles.g_util),
+        weight_global_best=stats.finite_or_none(loop.weights.g_util),
     )
 
 

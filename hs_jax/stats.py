@@ -19,6 +19,23 @@ RESAMPLES = 10_000
 SEED = 0  # the bootstrap's own stream: numbers do not depend on the run's seed
 
 
+def finite_or_none(value) -> float | None:
+    """`value` as a float for JSON, None where it is not finite (an unscored or failed system's
+    utility is -inf or NaN, which JSON cannot hold)."""
+    v = float(value)
+    return v if np.isfinite(v) else None
+
+
+def best_mean_worst(utilities, missing: float | None = float("nan")) -> dict[str, float | None]:
+    """best / mean / worst of the finite utilities of one step (`missing` for each when none is
+    finite: NaN in the search's records, None in a method's JSON history)."""
+    u = np.asarray([np.nan if x is None else x for x in utilities], float)
+    finite = u[np.isfinite(u)]
+    if finite.size == 0:
+        return {"best": missing, "mean": missing, "worst": missing}
+    return {"best": float(finite.max()), "mean": float(finite.mean()), "worst": float(finite.min())}
+
+
 def _resample_means(scores: np.ndarray, n: int, seed: int) -> np.ndarray:
     """[n] means of `scores` ([items] or [k, items], resampled along the items together)."""
     rng = np.random.default_rng(seed)

@@ -57,3 +57,14 @@ def test_mean_and_spread_over_seeds():
     assert stats.mean_and_spread([0.5]) == (0.5, 0.0)
     mean, sd = stats.mean_and_spread([0.2, 0.4, None, float("nan")])
     assert mean == pytest.approx(0.3) and sd == pytest.approx(np.std([0.2, 0.4], ddof=1))
+
+
+def test_best_mean_worst_and_finite_or_none_skip_unscored_systems():
+    u = [0.5, float("-inf"), None, 0.25, float("nan"), 1.0]
+    assert stats.best_mean_worst(u) == {"best": 1.0, "mean": 0.5833333333333334, "worst": 0.25}
+    none = stats.best_mean_worst([float("-inf"), None], missing=None)
+    assert none == {"best": None, "mean": None, "worst": None}
+    assert all(np.isnan(v) for v in stats.best_mean_worst([]).values())
+    assert [stats.finite_or_none(x) for x in (0.5, float("-inf"), np.float32(0.25))] == [
+        0.5, None, 0.25,
+    ]  # fmt: skip

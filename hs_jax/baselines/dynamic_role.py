@@ -43,7 +43,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from hs_jax import checkpointing
+from hs_jax import checkpointing, stats
 from hs_jax.baselines import gnn as gnn_lib
 from hs_jax.baselines.topologies import keep_reaching
 from hs_jax.graph import Dag
@@ -107,26 +107,16 @@ def reinforce_update(
     return theta + lr * np.mean((u - u.mean())[:, None] * (e - p[None, :]), axis=0)
 
 
-def _finite(u: float) -> float | None:
-    return float(u) if np.isfinite(u) else None
-
-
 def _record(
     t: int, systems: Sequence[System], u: np.ndarray, ev: Evaluator, **extra: Any
 ) -> dict[str, Any]:
     """One iteration's history record; 'role' has the fields curves.png reads."""
-    finite = u[np.isfinite(u)]
-    stats = (
-        {"best": float(finite.max()), "mean": float(finite.mean()), "worst": float(finite.min())}
-        if finite.size
-        else {"best": None, "mean": None, "worst": None}
-    )
     role = {
         "ran": True,
-        "utilities": [_finite(x) for x in u],
+        "utilities": [stats.finite_or_none(x) for x in u],
         "dags": [dag.to_dict() for dag, _ in systems],
         "assignments": [list(a) for _, a in systems],
-        **stats,
+        **stats.best_mean_worst(u, missing=None),
     }
     best = ev.best.utility if ev.best is not None else None
     record = {"iteration": t, "role": role, "best_utility": best, "evaluations": ev.evaluations}

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hs_jax import archive as archive_lib
-from hs_jax import distributed, tasks, token_choice
+from hs_jax import distributed, stats, tasks, token_choice
 from hs_jax import workdir as workdir_lib
 from hs_jax.method_api import (
     SINGLE,
@@ -186,7 +186,7 @@ def _archive_dev(setup: Setup, workdir: Path, utility: float, cost: dict[str, in
             "fusion": str(c.packllm_fusion),
         },
         "weights": fingerprint,
-        "dev_utility": float(utility) if np.isfinite(utility) else None,
+        "dev_utility": stats.finite_or_none(utility),
         "cost": cost,
     }
 

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from hs_jax import stats
 from hs_jax.baselines import topologies
 from hs_jax.baselines.dynamic_role import expert_order
 from hs_jax.graph import Dag
@@ -78,8 +79,8 @@ def agent_prune(
     current: System = (topologies.dense(setup.experts.n_experts), utility_order(singles.dev))
     u0 = float(evaluator.score([current], setup.experts, step="dense")[0])
     utility = u0 if np.isfinite(u0) else -np.inf
-    history = [{"iteration": 0, "dev_utility": _json(utility), "edges": len(current[0].edges),
-                "removed": None, "variants": 0}]  # fmt: skip
+    history = [{"iteration": 0, "dev_utility": stats.finite_or_none(utility),
+                "edges": len(current[0].edges), "removed": None, "variants": 0}]  # fmt: skip
     stop_reason = "no edge left"
     while current[0].edges:
         if evaluator.remaining <= 0:
@@ -98,11 +99,11 @@ def agent_prune(
         history.append(
             {
                 "iteration": t,
-                "dev_utility": _json(utility),
+                "dev_utility": stats.finite_or_none(utility),
                 "edges": len(current[0].edges),
                 "removed": list(variants[k][0]) if accepted else None,
                 "variants": len(systems),
-                "utilities": [_json(x) for x in u],
+                "utilities": [stats.finite_or_none(x) for x in u],
                 "partial": partial,
             }
         )
@@ -117,12 +118,10 @@ def agent_prune(
         evaluator.best = BestSystem(current[0], current[1], setup.experts, utility, found)
     return evaluator.finish(
         singles, history=history, iterations=len(history), stop_reason=stop_reason,
-        details={"dense_dev_utility": _json(u0), "edges_left": len(current[0].edges)},
+        details={
+            "dense_dev_utility": stats.finite_or_none(u0), "edges_left": len(current[0].edges)
+        },
     )  # fmt: skip
-
-
-def _json(u: float) -> float | None:
-    return float(u) if np.isfinite(u) else None
 
 
 register(

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from hs_jax import graph, jfk
+from hs_jax import graph, jfk, stats
 from hs_jax.graph import Dag
 from hs_jax.method_api import Evaluator, MethodResult, budget_of, score_singles
 from hs_jax.methods import MethodSpec, register
@@ -63,7 +63,7 @@ def random_search(
         history.append(
             {
                 "iteration": t,
-                "utilities": [float(u) if np.isfinite(u) else None for u in utilities],
+                "utilities": [stats.finite_or_none(u) for u in utilities],
                 "best": float(finite.max()) if finite.size else None,
                 "best_utility": evaluator.best.utility if evaluator.best is not None else None,
                 "evaluations": evaluator.evaluations,
