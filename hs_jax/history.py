@@ -227,10 +227,13 @@ class IterationRecord:
 
 
 def is_search_record(d: Any) -> bool:
-    """Whether a history entry has the search's shape (an `IterationRecord`'s JSON: both
-    steps, each saying whether it ran); a method's history may hold records of its own."""
-    return isinstance(d, Mapping) and all(
-        isinstance(d.get(k), Mapping) and "ran" in d[k] for k in _STEP_KEYS
+    """Whether a history entry has the search's shape (an `IterationRecord`'s JSON: all its
+    fields, both steps saying whether they ran); a method's history may hold records of its
+    own."""
+    return (
+        isinstance(d, Mapping)
+        and all(f.name in d for f in dataclasses.fields(IterationRecord))
+        and all(isinstance(d[k], Mapping) and "ran" in d[k] for k in _STEP_KEYS)
     )
 
 
@@ -239,9 +242,10 @@ def step_stats(d: Mapping[str, Any], step: str) -> tuple[float, float, float] | 
     step that did not run, None when the entry has no such step.
 
     A search record is read as an `IterationRecord`. Another method's record is drawn too when
-    it has a ``role`` or ``weight`` object with ``ran`` and ``utilities`` (null for a failed
-    system), as the baselines' role searches write (hs_jax.baselines.dynamic_role); its
-    statistics are taken over the finite utilities, as the search's are.
+    it has a ``role`` or ``weight`` object with ``utilities`` (null for a failed system) and
+    ``ran`` (true when absent), as the baselines' role searches write
+    (hs_jax.baselines.dynamic_role); its statistics are taken over the finite utilities, as the
+    search's are.
     """
     if is_search_record(d):
         part = IterationRecord.from_json(d).step(step)
@@ -249,5 +253,5 @@ def step_stats(d: Mapping[str, Any], step: str) -> tuple[float, float, float] | 
     part = d.get(step)
     if not isinstance(part, Mapping):
         return None
-    s = stats.best_mean_worst(part.get("utilities", []) if part["ran"] else [])
+    s = stats.best_mean_worst(part.get("utilities", []) if part.get("ran", True) else [])
     return s["best"], s["mean"], s["worst"]

@@ -119,6 +119,22 @@ def test_is_search_record():
     d = json.loads(GOLDEN.read_text())["hs_jax"][0]
     assert history.is_search_record(d)
     assert not history.is_search_record({"iteration": 0, "utilities": [0.5], "best": 0.5})
+    # Both steps with 'ran' but not the rest of a search record: a method's own record.
+    own = {"role": {"ran": True, "utilities": [0.5, None]}, "weight": {"ran": False}}
+    assert not history.is_search_record(own)
+    assert history.step_stats(own, "role") == (0.5, 0.5, 0.5)
+    assert all(math.isnan(x) for x in history.step_stats(own, "weight"))
+    assert history.step_stats({"role": {"utilities": [0.25]}}, "role") == (0.25, 0.25, 0.25)
+
+
+def test_analysis_curves_read_the_records_as_the_report_does():
+    from hs_jax import report
+    from hs_jax.analysis import curves
+
+    records = json.loads(GOLDEN.read_text())["hs_jax"]
+    drawn, read = report.curves(records), curves.optimisation_curves(records)
+    for title, series in read.items():
+        assert json.dumps(series) == json.dumps({k: drawn[title][k] for k in ("best", "mean")})
 
 
 def test_checkpoint_round_trip_and_summary(tmp_path, histories):

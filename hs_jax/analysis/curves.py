@@ -26,6 +26,8 @@ matplotlib.use("Agg")  # files only
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from hs_jax import history as history_lib  # noqa: E402
+
 STEPS = (("role", "role step"), ("weight", "weight step"))
 
 
@@ -92,12 +94,6 @@ def is_search_history(history: Any) -> bool:
     )
 
 
-def _stat(values: Sequence[Any], fn) -> float:
-    u = np.asarray([v for v in values if v is not None], float)
-    u = u[np.isfinite(u)]
-    return float(fn(u)) if u.size else math.nan
-
-
 def optimisation_curves(history: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, list]]:
     """{'role step' | 'weight step': {'best': [...], 'mean': [...]}}, one value per
     iteration (NaN where the step did not run); steps absent from every record are left out."""
@@ -106,12 +102,11 @@ def optimisation_curves(history: Sequence[Mapping[str, Any]]) -> dict[str, dict[
         series: dict[str, list[float]] = {"best": [], "mean": []}
         present = False
         for record in history:
-            step = record.get(key)
-            present |= isinstance(step, Mapping)
-            ran = isinstance(step, Mapping) and step.get("ran", True)
-            utilities = step.get("utilities", []) if ran else []
-            series["best"].append(_stat(utilities, np.max))
-            series["mean"].append(_stat(utilities, np.mean))
+            point = history_lib.step_stats(record, key)
+            present |= point is not None
+            best, mean, _ = point if point is not None else (math.nan,) * 3
+            series["best"].append(best)
+            series["mean"].append(mean)
         if present and any(math.isfinite(v) for v in series["best"]):
             out[title] = series
     return out
