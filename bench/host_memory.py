@@ -87,9 +87,9 @@ def child() -> dict:
 def _run_child(setting: str) -> dict:
     env = dict(os.environ)
     if setting == "default":
-        env["HS_JAX_HOST_MALLOC"] = "default"
-    else:
         env.pop("HS_JAX_HOST_MALLOC", None)
+    else:
+        env["HS_JAX_HOST_MALLOC"] = "reuse"
     argv = [sys.executable, "-m", "bench.host_memory", "--child", "--nowrite"]
     argv += [a for a in sys.argv[1:] if not a.startswith(("--child", "--write", "--nowrite"))]
     out = subprocess.run(argv, env=env, check=True, capture_output=True, text=True).stdout
@@ -118,9 +118,9 @@ def main(argv):
         )
     description = (
         "Engine.generate on Gemma 3 270M (float32), 3 random LoRA experts, prompts of "
-        f"{_WORDS.value} random words, greedy, 4 new tokens: glibc's default malloc "
-        "(`HS_JAX_HOST_MALLOC=default`) vs `hs_jax.host_memory.reuse_freed_memory` (one arena, "
-        "no mmap for large blocks, no heap trimming), each in a fresh process. Times: the "
+        f"{_WORDS.value} random words, greedy, 4 new tokens: glibc's default malloc (hs_jax's "
+        "default) vs `HS_JAX_HOST_MALLOC=reuse` (`hs_jax.host_memory`: one arena, no mmap for "
+        "large blocks, no heap trimming), each in a fresh process. Times: the "
         f"fastest of {_REPEATS.value} calls after one that compiles; MB first-touched = the "
         "median call's minor page faults x the page size. Load average at the start "
         f"{load_start}. Peak RSS: default {default['peak_rss_mb']:.0f} MB, reused "

@@ -118,7 +118,7 @@ def _fine_reading(rows, rate: float) -> str:
 
 def main(argv):
     del argv
-    allocator = host_memory.reuse_freed_memory()  # as the launchers run (bench.host_memory)
+    allocator = host_memory.reuse_freed_memory()  # as the launchers do (HS_JAX_HOST_MALLOC)
     c = _CONFIG.value
     config, params, tokenizer = run_setup.load_base(c)
     experts = _experts(c, config)

@@ -7,18 +7,21 @@ is larger than the mmap threshold (at most 32 MB by default) or is asked for fro
 arena (whose heaps are at most 64 MB), and `munmap`s it on free; so every call touches its
 buffers' pages for the first time again, and the kernel zeroes each page on that first touch.
 bench/RESULTS.md (section host_memory) measured 4-6 GB of such first touches per 64-row call.
-`reuse_freed_memory` sets three malloc parameters so that freed blocks stay in the main heap
-and are handed out again: one arena (M_ARENA_MAX), a mmap threshold above any buffer
-(M_MMAP_THRESHOLD) and no trimming of the heap's top (M_TRIM_THRESHOLD). The price: the
-process keeps its peak heap instead of returning it to the system between calls, and threads
-share one arena lock (host allocations are few per device call).
+With ``HS_JAX_HOST_MALLOC=reuse``, `reuse_freed_memory` sets three malloc parameters so that
+freed blocks stay in the main heap and are handed out again: one arena (M_ARENA_MAX), a mmap
+threshold above any buffer (M_MMAP_THRESHOLD) and no trimming of the heap's top
+(M_TRIM_THRESHOLD). It is off by default, because the process then never returns its heap to
+the system: a run (one model, the same shapes call after call) keeps about its peak, but a long
+process that loads and frees many models grows (the test suite's process reached 16.9 GB and
+was killed with it on), and threads share one arena lock. The gain it buys is measured in
+bench/RESULTS.md (section host_memory).
 
 It must run before JAX starts its CPU client: a thread keeps the arena it first allocated
 from, so once XLA's worker threads exist the setting no longer reaches them. The launchers
-call it first thing (`hs_jax.errors.run_main`); a notebook that has already used JAX keeps
-glibc's defaults (nothing is wrong, the calls only pay the page faults). It does nothing off
-glibc, on accelerator hosts (whose hot buffers live in device memory) and when
-``HS_JAX_HOST_MALLOC=default``.
+call it first thing (`hs_jax.errors.run_main`), `hs_jax.run` before it touches a device; a
+notebook that has already used JAX keeps glibc's defaults (nothing is wrong, the calls only pay
+the page faults). It does nothing off glibc and on accelerator hosts (whose hot buffers live in
+device memory).
 """
 
 from __future__ import annotations
@@ -69,13 +72,14 @@ def _jax_started() -> bool:
 
 
 def reuse_freed_memory() -> str:
-    """Sets glibc's malloc to reuse freed blocks (module docstring), once per process; returns
-    what was done: 'applied', or 'skipped: <why>'."""
+    """Sets glibc's malloc to reuse freed blocks when ``HS_JAX_HOST_MALLOC=reuse`` (module
+    docstring), once per process; returns what was done: 'applied', 'off (...)' or
+    'skipped: <why>'."""
     global _STATUS
     if _STATUS is not None:
         return _STATUS
-    if os.environ.get(ENV, "") == "default":
-        status = f"skipped: {ENV}=default"
+    if os.environ.get(ENV, "") != "reuse":
+        status = f"off (glibc's defaults; {ENV}=reuse turns it on)"
     elif _jax_started():
         status = "skipped: JAX had started (its threads keep their arenas)"
     elif _accelerator_installed():
