@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -152,6 +153,9 @@ def test_table_numbers_and_formatting_on_synthetic_results(tmp_path):
 
 def test_ranks_share_ties():
     from hs_jax.comparison_table import ranks
+
+    # The same 19/60 as a float32 mean and as a float64 mean is one utility.
+    assert ranks({"a": float(np.float32(19 / 60)), "b": 19 / 60}) == {"a": 1.5, "b": 1.5}
 
     assert ranks({"a": 0.5, "b": 0.5, "c": 0.1, "d": float("nan")}) == {
         "a": 1.5,
