@@ -6,7 +6,7 @@ malloc, from the thread that runs it. glibc serves such a block by a fresh `mmap
 is larger than the mmap threshold (at most 32 MB by default) or is asked for from a thread's own
 arena (whose heaps are at most 64 MB), and `munmap`s it on free; so every call touches its
 buffers' pages for the first time again, and the kernel zeroes each page on that first touch.
-bench/RESULTS.md (section host_memory) measured 4-6 GB of such first touches per 64-row call.
+bench/RESULTS.md (section host_memory) measured 6.4 GB of such first touches per 64-row call.
 With ``HS_JAX_HOST_MALLOC=reuse``, `reuse_freed_memory` sets three malloc parameters so that
 freed blocks stay in the main heap and are handed out again: one arena (M_ARENA_MAX), a mmap
 threshold above any buffer (M_MMAP_THRESHOLD) and no trimming of the heap's top
@@ -35,7 +35,7 @@ import sys
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 M_ARENA_MAX = -8
-# Larger than any buffer a call allocates; glibc takes thresholds as int.
+# The largest threshold glibc takes (an int): 2 GB, above the temporaries of the shapes measured.
 _NEVER = 2**31 - 1
 ENV = "HS_JAX_HOST_MALLOC"
 
