@@ -10,10 +10,13 @@ bench/RESULTS.md (section host_memory) measured 6.4 GB of such first touches per
 With ``HS_JAX_HOST_MALLOC=reuse``, `reuse_freed_memory` sets three malloc parameters so that
 freed blocks stay in the main heap and are handed out again: one arena (M_ARENA_MAX), a mmap
 threshold above any buffer (M_MMAP_THRESHOLD) and no trimming of the heap's top
-(M_TRIM_THRESHOLD). It is off by default: the process then never returns its heap to the
-system, so a long process that loads and frees many models (a comparison's cells, a test
-session) keeps whatever its heap grew to, which has not been measured yet, and threads share
-one arena lock. The gain it buys is measured in bench/RESULTS.md (section host_memory).
+(M_TRIM_THRESHOLD). Not every call then finds a fitting freed block: an aligned block does not
+always fit the hole its predecessor left, and the heap grows by another block first
+(tests/test_host_memory.py saw 1 to 6 of 7 calls still fault their temporaries in). It is off
+by default: the process then never returns its heap to the system, so a long process that
+loads and frees many models (a comparison's cells, a test session) keeps whatever its heap grew
+to, which has not been measured yet, and threads share one arena lock. The gain it buys is
+measured in bench/RESULTS.md (section host_memory).
 
 It must run before JAX starts its CPU client: a thread keeps the arena it first allocated
 from, so once XLA's worker threads exist the setting no longer reaches them. The launchers
