@@ -131,7 +131,11 @@ def main(argv):
         )  # fmt: skip
 
     engine = make_engine(batch_buckets=tuple(c.engine.batch_buckets))
-    fine = make_engine(batch_buckets=FINE_BATCH_BUCKETS, length_buckets=FINE_LENGTH_BUCKETS)
+    fine = (
+        make_engine(batch_buckets=FINE_BATCH_BUCKETS, length_buckets=FINE_LENGTH_BUCKETS)
+        if _FINE.value
+        else None
+    )
     workdir = Path(tempfile.mkdtemp(prefix="hs_bench_search_"))
     spec, items, _, _ = run_setup.load_items(c, workdir)
     protocol = run_setup.protocol_for(c, spec)
