@@ -12,7 +12,9 @@ import datetime
 import os
 import platform
 import resource
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -113,6 +115,18 @@ def header(title: str, description: str, *modules: str, command_line: str | None
     )
 
 
+def publish(
+    name: str, title: str, description: str, table: Sequence[str], *modules: str, write: bool
+) -> str:
+    """A table's text (`header`, a blank line, the table's lines), printed and, with `write`,
+    put in section `name` of bench/RESULTS.md; returned."""
+    text = "\n".join([header(title, description, *modules), "", *table])
+    print(text)
+    if write:
+        write_section(name, text)
+    return text
+
+
 def write_section(name: str, text: str, path: Path = RESULTS) -> None:
     """Puts `text` between '<!-- {name}:start -->' and '<!-- {name}:end -->' in `path`.
 
@@ -137,6 +151,57 @@ def write_section(name: str, text: str, path: Path = RESULTS) -> None:
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far (ru_maxrss is in KiB on Linux)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _rss_mb(pid: int) -> float | None:
+    """Resident memory of a live process (None once it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def run_measured(
+    argv: Sequence[str], env: dict[str, str], log: Path, sample: Callable[[], object] | None = None
+) -> dict:
+    """Runs `argv` (stdout and stderr into `log`) and samples its resident memory every half
+    second: {'seconds', 'peak_mb' (its ru_maxrss), 'samples': [(seconds, MB, sample())]}.
+    A failing command is a SystemExit naming the log."""
+    start = time.perf_counter()
+    with open(log, "w") as out:
+        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
+        samples = []
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            rss = _rss_mb(proc.pid)
+            if rss is not None:
+                samples.append((time.perf_counter() - start, rss, sample() if sample else None))
+            time.sleep(0.5)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(argv[:3])} failed ({proc.returncode}); see {log}")
+    return {
+        "seconds": time.perf_counter() - start,
+        "peak_mb": usage.ru_maxrss / 1024,
+        "samples": samples,
+    }
+
+
+def fresh_workdirs(base: str, prefix: str, names: Sequence[str]) -> dict[str, Path]:
+    """One workdir per name under `base` ('' = a new temp dir), none of which may exist yet (a
+    benchmark that compares runs must not resume an earlier one)."""
+    root = Path(base or tempfile.mkdtemp(prefix=prefix))
+    dirs = {name: root / name for name in names}
+    for d in dirs.values():
+        if d.exists():
+            raise SystemExit(f"{d} exists: give --workdir a fresh folder")
+    root.mkdir(parents=True, exist_ok=True)
+    return dirs
 
 
 def timed(fn: Callable[[], object]) -> tuple[float, object]:

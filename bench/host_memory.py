@@ -85,11 +85,7 @@ def child() -> dict:
 
 
 def _run_child(setting: str) -> dict:
-    env = dict(os.environ)
-    if setting == "default":
-        env.pop("HS_JAX_HOST_MALLOC", None)
-    else:
-        env["HS_JAX_HOST_MALLOC"] = "reuse"
+    env = {**os.environ, "HS_JAX_HOST_MALLOC": "glibc" if setting == "default" else "reuse"}
     argv = [sys.executable, "-m", "bench.host_memory", "--child", "--nowrite"]
     argv += [a for a in sys.argv[1:] if not a.startswith(("--child", "--write", "--nowrite"))]
     out = subprocess.run(argv, env=env, check=True, capture_output=True, text=True).stdout
@@ -106,7 +102,7 @@ def main(argv):
     if tuned["status"] != "applied":
         raise SystemExit(f"reuse_freed_memory did not apply: {tuned['status']}")
     table = [
-        "| rows | prompt tokens | default ms | reused ms | speed-up | default MB first-touched "
+        "| rows | prompt tokens | glibc ms | reused ms | speed-up | glibc MB first-touched "
         "per call | reused MB | same tokens |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -118,24 +114,18 @@ def main(argv):
         )
     description = (
         "Engine.generate on Gemma 3 270M (float32), 3 random LoRA experts, prompts of "
-        f"{_WORDS.value} random words, greedy, 4 new tokens: glibc's default malloc (hs_jax's "
-        "default) vs `HS_JAX_HOST_MALLOC=reuse` (`hs_jax.host_memory`: one arena, no mmap for "
-        "large blocks, no heap trimming), each in a fresh process. Times: the "
-        f"fastest of {_REPEATS.value} calls after one that compiles; MB first-touched = the "
-        "median call's minor page faults x the page size. Load average at the start "
-        f"{load_start}. Peak RSS: default {default['peak_rss_mb']:.0f} MB, reused "
-        f"{tuned['peak_rss_mb']:.0f} MB."
+        f"{_WORDS.value} random words, greedy, 4 new tokens: glibc's default malloc "
+        "(`HS_JAX_HOST_MALLOC=glibc`) vs reused buffers (hs_jax's default, "
+        "`hs_jax.host_memory`: one arena, no mmap for large blocks, no heap trimming), each in "
+        f"a fresh process. Times: the fastest of {_REPEATS.value} calls after one that "
+        "compiles; MB first-touched = the median call's minor page faults x the page size. "
+        f"Load average at the start {load_start}. Peak RSS: glibc "
+        f"{default['peak_rss_mb']:.0f} MB, reused {tuned['peak_rss_mb']:.0f} MB."
     )
-    text = "\n".join(
-        [
-            _common.header("Host memory: XLA's CPU buffers reused", description, "jax", "numpy"),
-            "",
-            *table,
-        ]
-    )
-    print(text)
-    if _WRITE.value:
-        _common.write_section("host_memory", text)
+    _common.publish(
+        "host_memory", "Host memory: XLA's CPU buffers reused", description, table, "jax",
+        "numpy", write=_WRITE.value,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -48,10 +48,8 @@ _FINE = flags.DEFINE_bool(
 
 # Shape buckets that leave little padding (every 16 tokens to 512, batches in steps of about
 # 1.4x from 1), at the price of more shapes to compile: what padding costs, measured.
-FINE_LENGTH_BUCKETS = tuple(range(16, 513, 16)) + tuple(
-    b for b in call_plan.DEFAULT_LENGTH_BUCKETS if b > 512
-)
-FINE_BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+FINE_LENGTH_BUCKETS = call_plan.FINE_LENGTH_BUCKETS
+FINE_BATCH_BUCKETS = call_plan.FINE_BATCH_BUCKETS
 
 
 class CountingGenerate:

@@ -26,6 +26,10 @@ DEFAULT_LENGTH_BUCKETS = (
 )  # fmt: skip
 DEFAULT_NEW_TOKEN_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048)
 DEFAULT_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+# Finer ones (config.engine.length_buckets / batch_buckets): less padding, more compiled shapes.
+# bench/RESULTS.md measures both (sections search and buckets).
+FINE_LENGTH_BUCKETS = (*range(16, 513, 16), *(b for b in DEFAULT_LENGTH_BUCKETS if b > 512))
+FINE_BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 
 
 def round_to_bucket(n: int, buckets: Sequence[int]) -> int:

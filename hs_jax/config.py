@@ -25,7 +25,7 @@ from typing import Any
 
 import ml_collections
 
-from hs_jax import pso, search
+from hs_jax import call_plan, pso, search
 from hs_jax.errors import ConfigError
 from hs_jax.experts import SFTConfig
 from hs_jax.lora import ADAPTER_CONFIG, PROJ_NAMES
@@ -212,8 +212,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.engine = ml_collections.ConfigDict()
     c.engine.max_batch = 64  # rows per generate call
     c.engine.max_prompt_len = 2048  # longer prompts are left-truncated (with a warning)
-    # Few batch shapes, few compilations: a chunk is padded up to the next of these sizes.
+    # Few shapes, few compilations: a call's rows are padded up to the next batch bucket and
+    # its prompts to the next length bucket (tokens). Finer buckets pad less and compile more
+    # shapes (bench/RESULTS.md, section search: the 'fine buckets' row).
     c.engine.batch_buckets = (8, 16, 32, 64)
+    c.engine.length_buckets = call_plan.DEFAULT_LENGTH_BUCKETS
     # Persistent XLA cache: a resumed or repeated run skips compilation ('' = off).
     c.engine.compilation_cache = "~/.cache/hs_jax/xla"
 
@@ -310,6 +313,11 @@ def _problems_of(
 
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_int_list(v) -> bool:
+    """A non-empty tuple or list of ints >= 1 (a shape bucket list)."""
+    return isinstance(v, tuple | list) and bool(v) and all(_is_int(b) and b >= 1 for b in v)
 
 
 def _is_number(v) -> bool:
@@ -530,11 +538,13 @@ def check_config(c: ml_collections.ConfigDict) -> None:
 
     at_least("engine.max_batch", c.engine.max_batch, 1)
     at_least("engine.max_prompt_len", c.engine.max_prompt_len, 1)
-    buckets = tuple(c.engine.batch_buckets)
-    if not buckets or not all(_is_int(b) and b >= 1 for b in buckets):
-        bad("engine.batch_buckets", c.engine.batch_buckets, "must be ints >= 1")
-    elif _is_int(c.engine.max_batch) and max(buckets) < c.engine.max_batch:
-        bad("engine.batch_buckets", c.engine.batch_buckets, "the largest must be >= max_batch")
+    for name in ("batch_buckets", "length_buckets"):
+        buckets = c.engine[name]
+        if not _is_int_list(buckets):
+            bad(f"engine.{name}", buckets, "must be a non-empty list of ints >= 1")
+        elif name == "batch_buckets" and _is_int(c.engine.max_batch):
+            if max(buckets) < c.engine.max_batch:
+                bad("engine.batch_buckets", buckets, "the largest must be >= max_batch")
     if not _is_int(c.mesh.data) or not (c.mesh.data == -1 or c.mesh.data >= 1):
         bad("mesh.data", c.mesh.data, "must be -1 (all devices) or an int >= 1")
     at_least("mesh.model", c.mesh.model, 1)

@@ -39,7 +39,6 @@ from absl import logging
 from hs_jax import checkpointing, lora, run_identity, run_setup, sharding, tasks
 from hs_jax import config as config_lib
 from hs_jax import workdir as workdir_lib
-from hs_jax.engine import Engine
 from hs_jax.executor import System
 from hs_jax.graph import Dag
 from hs_jax.method_api import SINGLE
@@ -207,10 +206,7 @@ class FoundSystem:
             self._ids = tuple(local[e] for e in self.assignment)
         c = run.config
         mesh = sharding.make_mesh(data=c.mesh.data, model=c.mesh.model)
-        engine = Engine(
-            *run.base, experts=experts, mesh=mesh, max_batch=c.engine.max_batch,
-            max_prompt_len=c.engine.max_prompt_len, batch_buckets=tuple(c.engine.batch_buckets),
-        )  # fmt: skip
+        engine = run_setup.make_engine(c, run.base, experts, mesh)
         self._executor = SystemScorer(
             engine, run.spec, run.protocol, max_batch=c.engine.max_batch
         ).executor

@@ -317,6 +317,16 @@ def make_pool(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> 
 # ----------------------------------------------------------------------------- the whole
 
 
+def make_engine(c, base: tuple, experts: Any, mesh) -> Engine:
+    """The run's engine: the base model (config, params, tokenizer) and `experts` on `mesh`, at
+    config.engine's batch size, prompt length and shape buckets."""
+    return Engine(
+        *base, experts=experts, mesh=mesh, max_batch=c.engine.max_batch,
+        max_prompt_len=c.engine.max_prompt_len, batch_buckets=tuple(c.engine.batch_buckets),
+        length_buckets=tuple(c.engine.length_buckets),
+    )  # fmt: skip
+
+
 def assemble(
     c, task: tuple, task_file: Path, base: tuple, experts: Any, layout: dict[str, int]
 ) -> Setup:
@@ -331,10 +341,7 @@ def assemble(
         dict(mesh.shape), mesh.devices.size, jax.process_count(),
         host_memory.reuse_freed_memory(),
     )  # fmt: skip
-    engine = Engine(
-        base_cfg, params, tokenizer, experts=experts, mesh=mesh, max_batch=c.engine.max_batch,
-        max_prompt_len=c.engine.max_prompt_len, batch_buckets=tuple(c.engine.batch_buckets),
-    )  # fmt: skip
+    engine = make_engine(c, base, experts, mesh)
     protocol = protocol_for(c, spec)
     scorer = SystemScorer(engine, spec, protocol, max_batch=c.engine.max_batch)
     return Setup(

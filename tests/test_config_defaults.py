@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from hs_jax import call_plan, methods, pso, run_setup, search, sharding
 from hs_jax import config as config_lib
-from hs_jax import methods, pso, search
 from hs_jax.errors import ConfigError
 from hs_jax.experts import SFTConfig
 
@@ -88,3 +88,12 @@ def test_bad_learning_rate_fails_before_anything_is_written(tmp_path):
     with pytest.raises(ConfigError, match=r"config\.experts\.learning_rate=-1\.0: "):
         hs_jax.run(c, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_engine_buckets_come_from_the_config_and_default_to_the_planners():
+    c = config_lib.resolve(_tiny())
+    assert config_lib.base_config().engine.length_buckets == call_plan.DEFAULT_LENGTH_BUCKETS
+    c.engine.length_buckets = (48, 16)
+    c.engine.batch_buckets = (16, 4)
+    engine = run_setup.make_engine(c, run_setup.load_base(c), None, sharding.make_mesh())
+    assert engine.buckets.length == (16, 48) and engine.buckets.batch == (4, 16)

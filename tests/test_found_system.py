@@ -130,11 +130,8 @@ def test_a_subset_of_the_experts_answers_as_the_whole_pool(run, tmp_path):
     pool = lora.load_peft_pool(
         [workdir / "best_experts" / name for name in results["experts"]], base[0]
     )
-    engine = Engine(
-        *base, experts=pool, mesh=sharding.make_mesh(data=c.mesh.data, model=c.mesh.model),
-        max_batch=c.engine.max_batch, max_prompt_len=c.engine.max_prompt_len,
-        batch_buckets=tuple(c.engine.batch_buckets),
-    )  # fmt: skip
+    mesh = sharding.make_mesh(data=c.mesh.data, model=c.mesh.model)
+    engine = run_setup.make_engine(c, base, pool, mesh)
     executor = SystemScorer(engine, system.spec, system.protocol, max_batch=16).executor
     full = executor.run([System(system.dag, tuple(assignment))], system.test_items)
     assert nodes == {str(u): out for u, out in full.node_outputs[0].items()}

@@ -37,6 +37,12 @@ _PROBE = textwrap.dedent(
     """
 )
 
+# What the setting decided, in a process that has not started JAX.
+_STATUS = (
+    "import json\nfrom hs_jax import host_memory\n"
+    "print(json.dumps({'status': host_memory.reuse_freed_memory()}))"
+)
+
 
 def _run(code: str, **env: str) -> dict:
     environ = {k: v for k, v in os.environ.items() if k != "HS_JAX_HOST_MALLOC"}
@@ -56,9 +62,10 @@ def _glibc() -> bool:
 
 @pytest.mark.skipif(not _glibc(), reason="the setting exists on glibc only")
 def test_reused_buffers_are_not_faulted_in_again():
-    tuned, default = _run(_PROBE, HS_JAX_HOST_MALLOC="reuse"), _run(_PROBE)
-    assert tuned["status"] == tuned["again"] == "applied"
-    assert default["status"] == "off (glibc's defaults; HS_JAX_HOST_MALLOC=reuse turns it on)"
+    tuned, default = _run(_PROBE), _run(_PROBE, HS_JAX_HOST_MALLOC="glibc")
+    assert tuned["status"] == tuned["again"] == "applied"  # the default
+    assert _run(_PROBE, HS_JAX_HOST_MALLOC="reuse")["status"] == "applied"
+    assert default["status"] == "off (HS_JAX_HOST_MALLOC=glibc: glibc's defaults)"
     assert tuned["temp_mb"] > 40
     # By default every call touches its temporaries' pages for the first time again ...
     assert min(default["fault_mb"][1:]) > 0.5 * default["temp_mb"]
@@ -73,14 +80,15 @@ def test_too_late_once_jax_has_started():
         "import json, jax\njax.devices()\nfrom hs_jax import host_memory\n"
         "print(json.dumps({'status': host_memory.reuse_freed_memory()}))"
     )
-    status = _run(code, HS_JAX_HOST_MALLOC="reuse")["status"]
+    status = _run(code)["status"]
     assert status == "skipped: JAX had started (its threads keep their arenas)"
 
 
 def test_not_for_accelerator_platforms():
-    code = (
-        "import json\nfrom hs_jax import host_memory\n"
-        "print(json.dumps({'status': host_memory.reuse_freed_memory()}))"
-    )
-    status = _run(code, JAX_PLATFORMS="tpu,cpu", HS_JAX_HOST_MALLOC="reuse")["status"]
+    status = _run(_STATUS, JAX_PLATFORMS="tpu,cpu")["status"]
     assert status == "skipped: an accelerator platform is installed"
+
+
+def test_an_unknown_setting_keeps_glibcs_defaults_and_says_so():
+    status = _run(_STATUS, HS_JAX_HOST_MALLOC="resue")["status"]
+    assert status == "skipped: HS_JAX_HOST_MALLOC='resue' is neither 'reuse' nor 'glibc'"

@@ -206,6 +206,12 @@ def _floats(min_value=None, max_value=None):
 _NON_FINITE = st.sampled_from([math.nan, math.inf, -math.inf])
 _BELOW_ONE = _ints(high=0)
 _TRAIN = {"experts.source": "train"}
+_BUCKETS = st.lists(_ints(1, 4096), min_size=1, max_size=6).map(tuple)
+_BAD_BUCKETS = (
+    st.just(())
+    | st.tuples(_ints(1, 64), _BELOW_ONE)
+    | st.tuples(_ints(1, 64), st.sampled_from([1.5, "8", None, True]))
+)
 # field -> (bad values, good values or None, fields the check needs set first).
 CONFIG_FIELDS = {
     "seed": (_ints(high=-1) | _ints(low=2**63), _ints(0, 2**63 - 1), {}),
@@ -260,6 +266,12 @@ CONFIG_FIELDS = {
     ),
     "engine.max_batch": (_BELOW_ONE, _ints(1, 16), {}),
     "engine.max_prompt_len": (_BELOW_ONE, _ints(1, 10**6), {}),
+    "engine.length_buckets": (_BAD_BUCKETS, _BUCKETS, {}),
+    "engine.batch_buckets": (
+        _BAD_BUCKETS | _BUCKETS.map(lambda b: tuple(min(x, 15) for x in b)),  # below max_batch
+        _BUCKETS.map(lambda b: (*b, 16)),
+        {"engine.max_batch": 16},
+    ),
     "model.spec": (st.just(""), st.sampled_from(["tiny", PYPI_MODEL_NAME]), {}),
     "mesh.data": (_ints(high=0).filter(lambda v: v != -1), _ints(1, 8) | st.just(-1), {}),
     "mesh.model": (_BELOW_ONE, _ints(1, 8), {}),

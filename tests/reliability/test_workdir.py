@@ -164,6 +164,7 @@ CHANGES = {
     "task_content": ("edit_task", "task_file.sha256: saved "),
     "task.gen.n_dev": ({"task.gen.n_dev": 4}, "task.gen.n_dev: saved 3, now 4"),
     "protocol": ({"protocol": "authors"}, "protocol: saved 'hs_jax', now 'authors'"),
+    "length_buckets": ({"engine.length_buckets": (32, 4096)}, "engine.length_buckets: saved "),
     "model.spec": (
         {"model.spec": PYPI_MODEL_NAME},
         f"model.spec: saved 'tiny', now {PYPI_MODEL_NAME!r}",
@@ -201,6 +202,19 @@ def test_free_fields_do_not_change_the_identity(tmp_path, finished):
     c.engine.compilation_cache = ""
     expected = json.loads((workdir / "results.json").read_text())
     assert hs_jax.run(c, workdir) == expected
+
+
+def test_a_run_recorded_before_a_field_existed_resumes_at_its_default(tmp_path, finished):
+    """run.json of an older hs_jax lacks fields added since (engine.length_buckets): that run
+    ran with the field's default, so the same config is the same run; another value is not."""
+    workdir = _copy(finished, tmp_path / "run")
+    record = json.loads((workdir / workdir_lib.RUN_JSON).read_text())
+    del record["identity"]["config"]["engine.length_buckets"]
+    workdir_lib.write_json(workdir / workdir_lib.RUN_JSON, record)
+    expected = json.loads((workdir / "results.json").read_text())
+    assert hs_jax.run(_tiny(), workdir) == expected
+    with pytest.raises(WorkdirError, match="engine.length_buckets: not recorded by the saved"):
+        hs_jax.run(_tiny(**{"engine.length_buckets": (32, 4096)}), workdir)
 
 
 def test_finished_run_is_returned_unchanged_without_loading_a_model(
