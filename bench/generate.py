@@ -144,6 +144,10 @@ class HsJaxWorker:
     """hs_jax Engine on the PyPI model; EOS stopping off so rows run `new_tokens` tokens."""
 
     def __init__(self, dtype: str, new_tokens: int):
+        from hs_jax import host_memory
+
+        # Before JAX starts, as the launchers do (hs_jax's default host allocator on a CPU).
+        self.allocator = host_memory.reuse_freed_memory()
         import jax
 
         from hs_jax.engine import Engine
@@ -172,6 +176,7 @@ class HsJaxWorker:
         return {
             "load_s": self.load_s,
             "screen_head_min_rows": self.engine.screen_head_min_rows,
+            "allocator": self.allocator,
             "backend": self.jax.default_backend(),
             "device": " ".join(dict.fromkeys((device.platform, device.device_kind))),
         }
@@ -490,7 +495,9 @@ def report(res: dict, command: str) -> str:
         "call (compile = first call minus a second identical call). Engines run in separate "
         "worker processes, one command at a time, back to back per batch size. hs_jax on "
         f"{device}, transformers on {hf.get('device', 'n/a')} (torch threads "
-        f"{hf.get('threads', 'n/a')}, attention `{hf.get('attn_implementation', 'n/a')}`)."
+        f"{hf.get('threads', 'n/a')}, attention `{hf.get('attn_implementation', 'n/a')}`). "
+        "hs_jax's host allocator (`hs_jax.host_memory`, as the launchers set it): "
+        f"{res['load']['f32'].get('allocator', 'n/a')}."
     )
     modules = ("jax", "flax", "torch", "transformers", "numpy")
     lines = [

@@ -34,7 +34,7 @@ from absl import app, flags
 from safetensors.numpy import load_file, save_file
 
 from bench import _common
-from hs_jax import pso
+from hs_jax import host_memory, pso
 from hs_jax.lora import PROJ_NAMES
 
 _SHAPES = flags.DEFINE_list("shapes", ["gemma-7b", "gemma3-270m"], "stack shapes to time")
@@ -330,7 +330,7 @@ def bench_shape(name, n, rank, repeats, disk_repeats, workdir, bandwidth, check)
 # ---------------------------------------------------------------- report
 
 
-def section(rows, bw, n, rank) -> str:
+def section(rows, bw, n, rank, allocator: str) -> str:
     description = (
         "One PSO weight step (tell + step, every particle improving, so p is rewritten too) on "
         f"{n} experts' LoRA stacks (rank {rank}, all seven projections of every layer, "
@@ -344,7 +344,8 @@ def section(rows, bw, n, rank) -> str:
         "write x, v, p, g once) / the best bandwidth measured in the same run ("
         + ", ".join(f"{k} {v / 1e9:.1f} GB/s" for k, v in bw.items())
         + "). All times and bandwidths are best of N after warm-up (a shared machine only ever "
-        "slows a run down); hs_jax's median is given too."
+        "slows a run down); hs_jax's median is given too. Host allocator "
+        f"(`hs_jax.host_memory`, as the launchers set it): {allocator}."
     )
     lines = [
         _common.header("PSO weight step", description, "jax", "numpy"),
@@ -375,8 +376,9 @@ def section(rows, bw, n, rank) -> str:
         "backend builds no multi-output loop fusion here (the `xla_cpu_use_multi_output_fusion` "
         "flag exists but gave no measurable gain on the 270M shape), so "
         "an output that is also read by another output's computation gets its own pass, about "
-        "11 stack-sized reads/writes where 6 are the floor; ~1.8x the floor is what that "
-        "structure costs on an idle machine. Tried and not kept (no gain measured, CPU time "
+        "11 stack-sized reads/writes where 6 are the floor: about 1.8x the floor is what that "
+        "structure costs at the measured bandwidth (1.78x on an idle AMD EPYC, 2026-11-25). "
+        "Tried and not kept (no gain measured, CPU time "
         "within noise): emitting the work tensor by tensor with optimization barriers so that "
         "each tensor's passes run back to back in cache. The per-call cost of the ~1,300 "
         "donated buffers is ~3 ms (an identity jitted over the 270M state), and "
@@ -394,6 +396,7 @@ def section(rows, bw, n, rank) -> str:
 
 def main(argv):
     del argv
+    allocator = host_memory.reuse_freed_memory()  # before JAX starts, as the launchers do
     bw = _common.bandwidth()
     print("bandwidth: " + ", ".join(f"{k} {v / 1e9:.1f} GB/s" for k, v in bw.items()), flush=True)
     n, rank = _EXPERTS.value, _RANK.value
@@ -410,7 +413,7 @@ def main(argv):
         )  # fmt: skip
         for s in _SHAPES.value
     ]
-    text = section(rows, bw, n, rank)
+    text = section(rows, bw, n, rank, allocator)
     print(text)
     if _WRITE.value:
         _common.write_section("pso", text)
