@@ -147,8 +147,8 @@ def run_main(main: Callable[[list[str]], Any]) -> None:
     """`absl.app.run(main)`, reporting a user error in one line and exiting 1 (module docstring).
 
     Defines the boolean flag --verbose (show the traceback of a user error too), once. First of
-    all, before anything starts JAX, applies ``HS_JAX_HOST_MALLOC=reuse`` if it is set
-    (hs_jax.host_memory).
+    all, before anything starts JAX, sets the host allocator to reuse XLA's CPU buffers unless
+    ``HS_JAX_HOST_MALLOC=glibc`` (hs_jax.host_memory).
     """
     from absl import app, flags
 
