@@ -48,7 +48,6 @@ def child() -> dict:
     import numpy as np
 
     from hs_jax import lora, run_setup
-    from hs_jax.engine import Engine
 
     c = _CONFIG.value
     config, params, tokenizer = run_setup.load_base(c)
@@ -56,10 +55,8 @@ def child() -> dict:
         config, 3, c.experts.rank, tuple(c.experts.targets), jax.random.key(0),
         scheme="random", init_scale=0.002,
     )  # fmt: skip
-    engine = Engine(
-        config, params, tokenizer, experts=experts, max_batch=max(int(r) for r in _ROWS.value),
-        max_prompt_len=c.engine.max_prompt_len, batch_buckets=tuple(c.engine.batch_buckets),
-    )  # fmt: skip
+    c.engine.max_batch = max(int(r) for r in _ROWS.value)
+    engine = run_setup.make_engine(c, (config, params, tokenizer), experts, mesh=None)
     words = np.array("the quick brown fox jumps over a lazy dog and then".split())
     rng = np.random.default_rng(0)
     shapes = []
