@@ -234,6 +234,25 @@ def _silence_closed_loop_reports() -> None:
 
     hook._drops_closed_loop_reports = True
     sys.unraisablehook = hook
+    asyncio_logger = pylogging.getLogger("asyncio")
+    if not any(isinstance(f, _DropOrphanReadErrors) for f in asyncio_logger.filters):
+        asyncio_logger.addFilter(_DropOrphanReadErrors())
+
+
+class _DropOrphanReadErrors(pylogging.Filter):
+    """Drops asyncio's "Task exception was never retrieved" for a tensorstore read error.
+
+    The same failed restore as above: when two array reads fail, ``asyncio.gather`` returns the
+    first error and the second read's task is garbage-collected later, unretrieved, so asyncio
+    logs it (at a time that depends on the collector). The restore's failure is already
+    reported. Every other record passes, as do unretrieved errors that are not tensorstore
+    statuses ('DATA_LOSS: ...', 'NOT_FOUND: ...')."""
+
+    def filter(self, record: pylogging.LogRecord) -> bool:
+        if not str(record.msg).startswith("Task exception was never retrieved"):
+            return True
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(exc, ValueError) and re.match(r"[A-Z_]+: ", str(exc)))
 
 
 class _DropReadOnlyNotice(pylogging.Filter):

@@ -294,3 +294,18 @@ def test_resume_with_weight_swarm_sharded_over_8_devices(tmp_path):
     assert resumed.resumed_from == 2
     assert resumed.weights.x["a"].sharding.spec == jax.sharding.PartitionSpec("expert")
     _assert_same(resumed, reference)
+
+
+def test_an_orphaned_tensorstore_read_error_is_not_logged_twice(caplog):
+    """A second failed array read of one restore is garbage-collected unretrieved; asyncio's
+    report of it is dropped, any other unretrieved error is not."""
+    import logging
+
+    from hs_jax import checkpointing
+
+    checkpointing._silence_closed_loop_reports()
+    log = logging.getLogger("asyncio")
+    for exc in (ValueError("DATA_LOSS: Error reading a chunk"), ValueError("a bug")):
+        log.error("Task exception was never retrieved\nfuture: <Task>", exc_info=exc)
+    texts = [r.exc_info[1] for r in caplog.records if r.name == "asyncio"]
+    assert [str(e) for e in texts] == ["a bug"]
