@@ -14,6 +14,8 @@ setup(
         "optax",
         "orbax-checkpoint",
         "numpy",
+        # Student's t for intervals and tests over seeds (hs_jax.stats).
+        "scipy",
         "networkx",
         "absl-py",
         "ml-collections",

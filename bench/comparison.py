@@ -66,6 +66,8 @@ def main(argv):
     pictures = []
     comparison_table.plot(table, FIGURES / f"comparison_{name}.png")
     pictures.append(f"comparison_{name}.png")
+    if comparison_table.plot_answers(table, FIGURES / f"answers_{name}.png"):
+        pictures.append(f"answers_{name}.png")
     for picture in ("cgain.png", "budget_curves.png"):
         if (out / picture).exists():
             shutil.copy(out / picture, FIGURES / f"{Path(picture).stem}_{name}.png")
@@ -77,9 +79,10 @@ def main(argv):
                 f"Every method through the same engine, scorer and cost counters: "
                 f"{_sizes(workdir, entries)}. {done} of {len(entries)} cells finished when this "
                 "section was written; the others are shown as pending. Each cell: test utility "
-                "with its 95% bootstrap interval over the test items (several seeds: mean ± sd "
-                "and the interval of the pooled items); † / ‡: better / worse than that run's "
-                "best single expert by the paired bootstrap on the same items (p < 0.05).",
+                "with its 95% interval (one seed: the bootstrap over test items; several: mean "
+                "± sd over seeds and the two-level bootstrap, seeds then items, with a t "
+                "reference over the seeds); † / ‡: better / worse than that run's best single "
+                "expert, paired by seed and item, Holm-adjusted p < 0.05.",
                 "jax",
                 command_line=_COMMAND.value or "launch.compare (command not given)",
             ),

@@ -4,12 +4,12 @@
     --seeds=0,1,2 --workdir=runs/compare
 
 Cells. Every method of `--methods` ('all': every name in `hs_jax.methods.METHODS`) on every
-task of `--tasks`; the methods of `--seeded_methods` (default 'hs,random_search': the searches
-whose result depends on their seed) once per seed of `--seeds`, every other method once with
-the config's seed. A task is a registered task name (`hs_jax.tasks.TASKS`: 'nlgraph_gen' is
-generated, the others read `<data_dir>/<its file name>`; data_dir defaults to the folder of
-config.task.path, else data/eval) or a path to a task JSON file (its
-column is named after the file's `dataset`, or its stem). A cell is an ordinary run,
+task of `--tasks`, once per seed of `--seeds` (with `--seeded_methods=a,b` only those methods;
+every other one runs once with the config's seed, and the table compares a cell only with cells
+of the same seeds and items). A task is a registered task name (`hs_jax.tasks.TASKS`:
+'nlgraph_gen' is generated, the others read `<data_dir>/<its file name>`; data_dir defaults
+to the folder of config.task.path, else data/eval) or a path to a task JSON file (its column
+is named after the file's `dataset`, or its stem). A cell is an ordinary run,
 `hs_jax.run(cell config, <workdir>/<task>/<method>/seed_<k>)`, in this process: the config
 given (with its `--config.x` overrides) with config.method, config.seed and the task set.
 
@@ -71,7 +71,10 @@ from hs_jax.method_api import NotApplicable, budget_of
 
 CELLS_JSON = "cells.json"
 FAILED_TXT = "failed.txt"
-DEFAULT_SEEDED = ("hs", "random_search")
+# Every method runs on every seed given: a table compares cells with the same seeds (a method
+# run on fewer seeds is compared only with its like).
+ALL = "all"
+DEFAULT_SEEDED = (ALL,)
 HS = "hs"
 GENERATED = "nlgraph_gen"  # the one registered task without a file
 
@@ -185,13 +188,15 @@ def plan(
     config_seed: int,
 ) -> list[Cell]:
     """The cells in the order they run: task by task, its 'hs' cells first (the budget of the
-    others), then each method in the order given, seeds ascending."""
+    others), then each method in the order given, seeds ascending. The methods of `seeded`
+    ('all': every method) run once per seed, the others once with `config_seed`."""
     ordered = sorted(method_list, key=lambda m: m != HS)  # stable: 'hs' first, the rest as given
+    every = ALL in seeded
     return [
         Cell(m, t, s)
         for t in task_list
         for m in ordered
-        for s in (sorted(seeds) if m in seeded else [config_seed])
+        for s in (sorted(seeds) if every or m in seeded else [config_seed])
     ]
 
 
@@ -223,10 +228,15 @@ def _shared_pool_dir(c: ml_collections.ConfigDict, workdir: Path, cell: Cell) ->
 
 
 def cell_config(
-    config: ml_collections.ConfigDict, cell: Cell, workdir: Path, budget: int | None
+    config: ml_collections.ConfigDict,
+    cell: Cell,
+    workdir: Path,
+    budget: int | None,
+    sc_tokens: float | None = None,
 ) -> ml_collections.ConfigDict:
-    """The config of one cell: `config` with the method, seed, task (and budget, when given)
-    set; a trained pool shared with the cells that would train the same one."""
+    """The config of one cell: `config` with the method, seed, task (and budget, and
+    self-consistency's target config.baselines.sc_tokens, when given) set; a trained pool
+    shared with the cells that would train the same one."""
     c = ml_collections.ConfigDict(config.to_dict())
     c.method = cell.method
     c.seed = cell.seed
@@ -235,6 +245,8 @@ def cell_config(
     c.task.path = cell.task.path
     if budget is not None:
         c.budget = int(budget)
+    if sc_tokens is not None:
+        c.baselines.sc_tokens = float(sc_tokens)
     if c.experts.source == "train" and not c.experts.pool_dir:
         c.experts.pool_dir = _shared_pool_dir(c, workdir, cell)
     if not c.singles_cache:  # every cell of a task scores the same single experts
@@ -281,21 +293,37 @@ def _entry(cell: Cell, status: str = "pending") -> dict[str, Any]:
 def run_cell(
     config: ml_collections.ConfigDict, cell: Cell, workdir: Path, *, budget_from_hs: bool
 ) -> dict[str, Any]:
-    """Runs (or resumes, or returns the finished run of) one cell; its cells.json entry."""
+    """Runs (or resumes, or returns the finished run of) one cell; its cells.json entry.
+
+    With `budget_from_hs`, a budgeted method gets the evaluations of the 'hs' cell of the same
+    task and seed (`hs_budget`), and the 'self_consistency' cell the generated tokens per test
+    item of that cell's best system (`best_system.test_cost.generated_tokens / n_test`) as
+    config.baselines.sc_tokens; its entry records `sc_tokens` and `sc_tokens_from` ('hs' or
+    'config')."""
+    from hs_jax.baselines import controls
+
     cell_dir = workdir / cell.subdir()
-    budget = None
+    budget = sc_tokens = None
     if budgeted(cell.method) and budget_from_hs:
         budget = hs_budget(workdir, cell)
+    if cell.method == controls.SELF_CONSISTENCY and budget_from_hs:
+        hs_dir = workdir / Cell(HS, cell.task, cell.seed).subdir()
+        sc_tokens = controls.test_tokens_per_item(
+            workdir_lib.read_json(hs_dir / workdir_lib.RESULTS_JSON)
+        )
     entry = _entry(cell)
     entry["finished_before"] = (cell_dir / workdir_lib.RESULTS_JSON).is_file()
     entry["budget"], entry["budget_from"] = None, None
     start = time.perf_counter()
     try:
-        c = cell_config(config, cell, workdir, budget)
+        c = cell_config(config, cell, workdir, budget, sc_tokens)
         resolved = config_lib.resolve(c)
         if budgeted(cell.method):
             entry["budget"] = budget_of(resolved)
             entry["budget_from"] = "hs" if budget is not None else "config"
+        if cell.method == controls.SELF_CONSISTENCY:
+            entry["sc_tokens"] = float(resolved.baselines.sc_tokens)
+            entry["sc_tokens_from"] = "hs" if sc_tokens is not None else "config"
         why = methods.METHODS[cell.method].applies(resolved)
         if why:
             return {**entry, "status": "not_applicable", "reason": why}
@@ -378,7 +406,8 @@ def compare(
             "%d cells (%d methods x %d tasks, seeds %s for %s): %d finished earlier (not "
             "recomputed), %d to run",
             len(cells), len(names), len(refs), list(seeds),
-            [m for m in names if m in seeded], sum(finished), len(cells) - sum(finished),
+            "all" if ALL in seeded else [m for m in names if m in seeded], sum(finished),
+            len(cells) - sum(finished),
         )  # fmt: skip
         entries: list[dict[str, Any]] = [_entry(c) for c in cells]
         earlier = _earlier_entries(workdir, entries)

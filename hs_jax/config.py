@@ -129,7 +129,37 @@ def baselines_config() -> ml_collections.ConfigDict:
     # distributions).
     b.packllm_tau = 1.0
     b.packllm_fusion = "logits"
+    # Self-consistency (controls.self_consistency): the best single expert sampled k times per
+    # item (temperature sc_temperature, top-p sc_top_p, keys from config.seed), the majority of
+    # the parsed answers. k = sc_samples when > 0; else the fewest samples whose generated tokens
+    # per dev item reach sc_tokens (the tokens per test item of the system it controls for;
+    # launch.compare sets it from the 'hs' cell), at most sc_max_samples; with both 0, k = the
+    # pool size (as many generations as a system using every expert).
+    b.sc_samples = 0
+    b.sc_tokens = 0.0
+    b.sc_max_samples = 32
+    b.sc_temperature = 0.7
+    b.sc_top_p = 1.0
     return b
+
+
+def baselines_problems(b: ml_collections.ConfigDict) -> list[str]:
+    """`config.baselines.<field>=<value>: <why>` for each bad self-consistency field."""
+    problems = []
+
+    def bad(field, why):
+        problems.append(f"config.baselines.{field}={b[field]!r}: {why}")
+
+    for field, low in (("sc_samples", 0), ("sc_max_samples", 1)):
+        if not _is_int(b[field]) or b[field] < low:
+            bad(field, f"must be an int >= {low}")
+    if not _is_number(b.sc_tokens) or b.sc_tokens < 0:
+        bad("sc_tokens", "must be a finite number >= 0 (generated tokens per item; 0 = none)")
+    if not _is_number(b.sc_temperature) or b.sc_temperature <= 0:
+        bad("sc_temperature", "must be a finite number > 0 (the samples must differ)")
+    if not _is_number(b.sc_top_p) or not 0 < b.sc_top_p <= 1:
+        bad("sc_top_p", "must be a number in (0, 1]")
+    return problems
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -187,7 +217,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.task.gen.n_dev = 32
     c.task.gen.n_test = 64
     c.task.gen.node_range = (5, 8)
+    # Question types, one expert each for experts.source='train' (hs_jax.tasks.QUESTION_TYPES:
+    # also 'edge' and 'degree', opt-in).
     c.task.gen.types = ("connectivity", "cycle", "shortest_path")
+    # The seed dev and test are generated with: -1 = config.seed (each seed scores its own
+    # items); >= 0 = this seed, so every seed of a study scores the same items (and the single
+    # experts are scored once, config.singles_cache).
+    c.task.gen.seed = -1
 
     c.experts = ml_collections.ConfigDict()
     c.experts.source = "train"  # train | peft | random | full
@@ -206,6 +242,10 @@ def base_config() -> ml_collections.ConfigDict:
         c.experts[_SFT_NAMES.get(field, field)] = value
     c.experts.train_examples = 24  # per expert
     c.experts.random_scale = 0.02  # 'random': std of the B factors
+    # A run whose dev or test items are among the pool's training questions (its experts'
+    # training records, hs_jax.experts.TRAINING_RECORD) is refused before the model loads;
+    # True runs it anyway (results.json's train_overlap gives the counts either way).
+    c.experts.allow_train_overlap = False
 
     c.search = _search()
 
@@ -412,6 +452,7 @@ def check_config(c: ml_collections.ConfigDict) -> None:
         if why:
             bad("method", c.method, f"does not apply here: {why}")
     at_least("budget", c.budget, 0)
+    problems += baselines_problems(c.baselines)
     if c.seeds:
         parts = str(c.seeds).split(",")
         if not all(p.strip().isdigit() for p in parts):
@@ -445,6 +486,9 @@ def check_config(c: ml_collections.ConfigDict) -> None:
     if generated or c.experts.source == "train":  # the generator's knobs are read
         for field in ("n_dev", "n_test"):
             at_least(f"task.gen.{field}", c.task.gen[field], 1)
+        if not _is_int(c.task.gen.seed) or not -1 <= c.task.gen.seed < 2**63:
+            why = "must be -1 (config.seed) or an int in [0, 2**63)"
+            bad("task.gen.seed", c.task.gen.seed, why)
         node_range, types = c.task.gen.node_range, c.task.gen.types
         if not (
             isinstance(node_range, tuple | list)
@@ -511,6 +555,8 @@ def check_config(c: ml_collections.ConfigDict) -> None:
         at_least("experts.train_examples", c.experts.train_examples, 1)
         # The fine-tuning config the pool will be trained with (sft_config).
         problems += _problems_of(SFTConfig, _sft_fields(c), "experts", names=_SFT_NAMES)
+    if not isinstance(c.experts.allow_train_overlap, bool):
+        bad("experts.allow_train_overlap", c.experts.allow_train_overlap, "must be True or False")
     if source == "random" and (
         not _is_number(c.experts.random_scale) or c.experts.random_scale < 0
     ):

@@ -5,6 +5,11 @@ expert whose data slice it came from, and the model's per-row LoRA gather routes
 through that expert only, so one forward/backward pass trains every expert on its own slice
 (gradients of different experts never mix). The loss covers only answer tokens, and the tied
 262k-word output head is evaluated only at those positions (it is most of the model's cost).
+
+A pool trained here records what each expert learned from: `TRAINING_RECORD` in the expert's
+PEFT folder holds the sha256 of every training question's normalised text (not the prompts),
+so a run can tell, before it loads a model, whether it would score an expert on questions the
+expert was trained on (`hs_jax.run_setup.check_train_overlap`).
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ import math
 import os
 from collections.abc import Sequence
 from functools import partial
+from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -24,8 +31,14 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from hs_jax import distributed, lora
+from hs_jax import workdir as workdir_lib
 from hs_jax.models.gemma import abstract_model
 from hs_jax.models.gemma_config import GemmaConfig
+from hs_jax.tasks.nlgraph_gen import question_hash
+
+# What an expert hs_jax trained was trained on, next to its PEFT files (`training_record`).
+TRAINING_RECORD = "hs_jax_training.json"
+TRAINING_RECORD_FORMAT = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,10 +69,56 @@ class SFTConfig:
 
 @dataclasses.dataclass(frozen=True)
 class Example:
-    """One fine-tuning pair; the loss covers `answer` (and the end-of-sequence token)."""
+    """One fine-tuning pair; the loss covers `answer` (and the end-of-sequence token).
+
+    `question` is the task question the prompt was made from: the pool's training record
+    names it by hash ('' = not known, and then no record is written).
+    """
 
     prompt: str
     answer: str
+    question: str = ""
+
+
+def training_record(
+    examples: Sequence[Example], *, task: str | None, split: str = "train"
+) -> dict[str, Any] | None:
+    """The record of one expert's training data: format, task, split, the number of examples
+    and the sorted sha256 of each distinct training question's normalised text
+    (`hs_jax.tasks.question_hash`); never the prompts. None when an example does not carry
+    its question: a partial record would claim a pool clean that is not known to be."""
+    if not examples or not all(example.question for example in examples):
+        return None
+    return {
+        "format": TRAINING_RECORD_FORMAT,
+        "task": task,
+        "split": split,
+        "n_examples": len(examples),
+        "question_sha256": sorted({question_hash(example.question) for example in examples}),
+    }
+
+
+def read_training_record(folder: str | os.PathLike) -> dict[str, Any] | None:
+    """The training record in an expert's folder, or None when it has none (a pool trained by
+    an older hs_jax, or elsewhere: what it was trained on is unknown). A damaged record, or
+    one of an unknown format, is an AdapterError naming the file."""
+    path = Path(folder) / TRAINING_RECORD
+    try:
+        record = workdir_lib.read_json(path)
+    except workdir_lib.WorkdirError as e:
+        raise lora.AdapterError(f"{path}: damaged training record ({e})") from e
+    if record is None:
+        return None
+    if (
+        not isinstance(record, dict)
+        or record.get("format") != TRAINING_RECORD_FORMAT
+        or not isinstance(record.get("question_sha256"), list)
+    ):
+        raise lora.AdapterError(
+            f"{path}: not a training record of format {TRAINING_RECORD_FORMAT} "
+            "(written by another version of hs_jax?)"
+        )
+    return record
 
 
 def _encode(tokenizer, example: Example, max_len: int) -> tuple[list[int], int]:
@@ -172,6 +231,12 @@ def pool_folders(directory: str | os.PathLike, names: Sequence[str]) -> list[str
     return [os.path.join(os.fspath(directory), name) for name in names]
 
 
+def pool_present(folders: Sequence[str]) -> bool:
+    """Whether every expert's folder holds its adapter weights (written last, after its
+    training record): then the pool is loaded, not trained."""
+    return all(os.path.exists(os.path.join(f, lora.ADAPTER_WEIGHTS)) for f in folders)
+
+
 def build_or_load_pool(
     directory: str | os.PathLike,
     config: GemmaConfig,
@@ -182,27 +247,34 @@ def build_or_load_pool(
     sft: SFTConfig = SFTConfig(),
     *,
     base_model_name_or_path: str | None = None,
+    task: str | None = None,
 ) -> lora.LoraStack:
     """The pool saved as PEFT folders `directory/<name>`; trained only when some are missing.
+
+    Each folder is written whole under a temporary name and renamed into place: its training
+    record (`TRAINING_RECORD`, from the slice's questions, labelled with `task`) first, then
+    the adapter, so a folder that is present always has its record when its examples carried
+    their questions. A present folder without a record (an older hs_jax) still loads.
 
     Multi-process runs (`hs_jax.distributed`): process 0 looks for the folders and writes them;
     every process trains (the same pool, on its own devices), so none waits idle in a
     collective for the length of a training, and all load the folders process 0 wrote."""
     folders = pool_folders(directory, names)
-
-    def present() -> bool:
-        return all(os.path.exists(os.path.join(f, lora.ADAPTER_WEIGHTS)) for f in folders)
-
-    if distributed.on_primary(present):
+    if distributed.on_primary(lambda: pool_present(folders)):
         logging.info("loading the expert pool from %s", directory)
         return lora.load_peft_pool(folders, config)
     stack, _ = train_pool(config, params, tokenizer, slices, sft, names=names)
 
     def export() -> None:
         for i, folder in enumerate(folders):
-            lora.export_peft_adapter(
-                stack, i, folder, base_model_name_or_path=base_model_name_or_path
-            )
+            record = training_record(slices[i], task=task)
+            with workdir_lib.atomic_path(folder) as tmp:
+                tmp.mkdir(parents=True)
+                if record is not None:
+                    workdir_lib.write_json(tmp / TRAINING_RECORD, record)
+                lora.export_peft_adapter(
+                    stack, i, tmp, base_model_name_or_path=base_model_name_or_path
+                )
 
     distributed.on_primary(export)
     return lora.load_peft_pool(folders, config)

@@ -17,7 +17,8 @@ A method (`hs_jax.methods.METHODS`) gets the run's `Setup` and its workdir and r
   is a deterministic function of its seed and the utilities it is given); the first call that
   was not archived is scored.
 
-`Evaluator.finish` scores the best system on the test split and returns the `MethodResult`.
+`Evaluator.finish` scores the best system on the test split and returns the `MethodResult`,
+with what that test scoring generated (`test_cost`, measured from an empty generation cache).
 """
 
 from __future__ import annotations
@@ -81,6 +82,10 @@ class MethodResult:
     kind: what `best` is: 'dag' (a DAG of experts with an assignment), or a method's own kind
       ('vote', 'ensemble') described by `details`.
     details: method-specific JSON (mixing weights, the designer's proposals, ...).
+    test_cost: what scoring the best system on the test split generated, from an empty
+      generation cache (`TEST_COST_FIELDS`: generate calls, rows, prompt and generated
+      tokens; results.json's `best_system.test_cost`): what running the found system costs,
+      the target of the self-consistency control. Empty when the method does not measure it.
     """
 
     best: Any
@@ -96,6 +101,23 @@ class MethodResult:
     evaluations: int = 0
     kind: str = "dag"
     details: dict[str, Any] = dataclasses.field(default_factory=dict)
+    test_cost: dict[str, int] = dataclasses.field(default_factory=dict)
+
+
+# The engine's counters a `MethodResult.test_cost` reports.
+TEST_COST_FIELDS = ("generate_calls", "rows", "prompt_tokens", "generated_tokens")
+
+
+def generation_cost(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    """The engine's generations between two `cost_snapshot`s (`TEST_COST_FIELDS`)."""
+    return {k: int(after[k]) - int(before.get(k, 0)) for k in TEST_COST_FIELDS}
+
+
+def clear_generation_cache(setup: Setup) -> None:
+    """Empties the executors' output caches: what the next scoring call generates then
+    depends on nothing scored before it."""
+    setup.scorer.executor.clear_cache()
+    setup.scorer.check_executor.clear_cache()
 
 
 def default_budget(c) -> int:
@@ -274,8 +296,7 @@ class Evaluator:
                 )  # fmt: skip
                 distributed.on_primary(lambda: self.archive.truncate(start, keep_rest=True))
                 self._replay = self._replay[:start]
-            self.setup.scorer.executor.clear_cache()
-            self.setup.scorer.check_executor.clear_cache()
+            clear_generation_cache(self.setup)
             before = cost_snapshot(self.setup)
             utilities = np.asarray(self.setup.scorer.score(systems, weights, self.setup.dev), float)
             call_cost = _delta(cost_snapshot(self.setup), before)
@@ -310,15 +331,17 @@ class Evaluator:
         details: dict[str, Any] | None = None,
     ) -> MethodResult:
         """Scores the best system on test (with its audit trail when config.outputs.
-        save_prompts) and returns the method's result."""
+        save_prompts) and returns the method's result; its `test_cost` is that scoring's, from
+        an empty generation cache (the singles' test outputs may still be cached)."""
         setup, best = self.setup, self.best
         if best is None:
             raise RuntimeError(f"method {self.method!r} found no system with a finite utility")
-        setup.scorer.executor.clear_cache()
-        setup.scorer.check_executor.clear_cache()
+        clear_generation_cache(setup)
+        before = cost_snapshot(setup)
         test_utility = float(
             setup.scorer.score([(best.dag, best.assignment)], best.weights, setup.test)[0]
         )
+        test_cost = generation_cost(cost_snapshot(setup), before)
         outputs = setup.scorer.last_run.node_outputs[0]
         test_outputs = {str(node): outs for node, outs in sorted(outputs.items())}
         test_items = [float(x) for x in setup.scorer.last_item_scores[0]]
@@ -343,4 +366,5 @@ class Evaluator:
             evaluations=self.evaluations,
             kind=kind,
             details=dict(details or {}),
+            test_cost=test_cost,
         )

@@ -22,6 +22,7 @@ The single experts (`score_singles`) are every method's baseline and are in ever
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,7 +36,9 @@ from hs_jax import checkpointing, distributed, search
 from hs_jax import workdir as workdir_lib
 from hs_jax.method_api import (
     MethodResult,
+    clear_generation_cache,
     cost_snapshot,
+    generation_cost,
     restore_costs,
     score_singles,
 )
@@ -70,9 +73,16 @@ def heterogeneous_swarms(
 
     test_outputs: dict[str, list[str]] = {}
     test_items: list[float] = []
+    test_cost: dict[str, int] = {}
 
     def test_scorer(dag, assignment, weights):
+        # From an empty generation cache, as `Evaluator.finish` measures every method's. The
+        # best system's weights are a copy the search never scored with, so the scorer drops
+        # its cache here anyway: clearing it changes none of the run's counters.
+        clear_generation_cache(setup)
+        before = cost_snapshot(setup)
         utility = float(scorer.score([(dag, assignment)], weights, setup.test)[0])
+        test_cost.update(generation_cost(cost_snapshot(setup), before))
         node_outputs = scorer.last_run.node_outputs[0]
         test_outputs.update({str(node): outs for node, outs in sorted(node_outputs.items())})
         test_items[:] = [float(x) for x in scorer.last_item_scores[0]]
@@ -121,6 +131,7 @@ def heterogeneous_swarms(
             "cost_per_iteration": costs,
             "test_outputs": test_outputs,
             "test_items": test_items,
+            "test_cost": test_cost,
             "archive_rows": archived["rows"],
         }
 
@@ -132,6 +143,7 @@ def heterogeneous_swarms(
         costs[:] = extra["cost_per_iteration"]
         test_outputs.update(extra["test_outputs"])
         test_items[:] = extra.get("test_items", [])
+        test_cost.update(extra.get("test_cost") or {})
         # The rows of the iteration being redone come back identical: drop them once.
         archived["rows"] = int(extra.get("archive_rows", 0))
         archived["iteration"] = len(costs)
@@ -183,11 +195,46 @@ def heterogeneous_swarms(
         singles=singles,
         test_items=list(test_items),
         evaluations=archived["rows"],
+        test_cost=dict(test_cost),
     )
 
 
 def _always(c: ml_collections.ConfigDict) -> str | None:
     return None
+
+
+def _schedule(c: ml_collections.ConfigDict) -> str:
+    """config.search.schedule as `config.resolve` fills it in after the overrides."""
+    from hs_jax import config as config_lib
+
+    if c.search.schedule:
+        return str(c.search.schedule)
+    return config_lib._PROTOCOL_SEARCH.get(c.protocol, {}).get("schedule", "hs_jax")
+
+
+def search_budget(c: ml_collections.ConfigDict) -> int:
+    """An ablation's budget: config.budget, or when 0 what 'hs' with these settings can spend
+    at most (`method_api.default_budget`: max_iterations * (n_graphs + n_assignments), plus
+    round 0 under the authors' schedule). Idempotent: once set, config.budget is kept."""
+    if c.budget:
+        return int(c.budget)
+    rounds = int(c.search.max_iterations) + (1 if _schedule(c) == "authors" else 0)
+    return rounds * int(c.search.n_graphs + c.search.n_assignments)
+
+
+def full_budget_iterations(c: ml_collections.ConfigDict) -> int:
+    """search.max_iterations of an ablation that scores fewer systems per iteration than 'hs',
+    so that the most it can spend reaches config.budget (set by `search_budget`): the fewest
+    iterations that do. Without the role step an iteration scores the M assignments only (the
+    first also scores the role swarm's N initial graphs, unmoved, to pick the graph); without
+    the weight step, the N graphs only. Both schedules ('authors' adds round 0)."""
+    n, m = int(c.search.n_graphs), int(c.search.n_assignments)
+    per_iteration = n * bool(c.search.role_step) + m * bool(c.search.weight_step)
+    if per_iteration == 0:
+        return int(c.search.max_iterations)
+    once = 0 if c.search.role_step else n
+    rounds = max(1, math.ceil((int(c.budget) - once) / per_iteration))
+    return max(1, rounds - (1 if _schedule(c) == "authors" else 0))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,7 +246,10 @@ class MethodSpec:
       role, dynamic role, control, ablation.
     summary: one line for tables and --help.
     overrides: config fields (dotted names) the method sets, applied by `config.resolve`
-      over whatever the config says (an ablation is 'hs' with one switch changed).
+      over whatever the config says (an ablation is 'hs' with one switch changed), in order;
+      a callable value is computed from the config as the earlier overrides left it (the
+      ablations' budget and iterations). Computed overrides must be idempotent: a resolved
+      config can be resolved again (`found_system.run_config`).
     applies: None when the method can run in this (resolved) config, else why not (the
       comparison reports it in the method's cell; a run refuses it in one line).
     """
@@ -213,12 +263,17 @@ class MethodSpec:
 
 METHODS: dict[str, MethodSpec] = {
     "hs": MethodSpec(heterogeneous_swarms, "heterogeneous swarms", "Heterogeneous Swarms"),
+    # Fewer evaluations per iteration than 'hs': as many more iterations as give them the
+    # same budget (`full_budget_iterations`).
     "hs_no_role": MethodSpec(
         heterogeneous_swarms, "ablation", "w/o role step",
-        {"search.role_step": False},
+        {"search.role_step": False, "budget": search_budget,
+         "search.max_iterations": full_budget_iterations},
     ),
     "hs_no_weight": MethodSpec(
-        heterogeneous_swarms, "ablation", "w/o weight step", {"search.weight_step": False}
+        heterogeneous_swarms, "ablation", "w/o weight step",
+        {"search.weight_step": False, "budget": search_budget,
+         "search.max_iterations": full_budget_iterations},
     ),
     "hs_dropout": MethodSpec(
         heterogeneous_swarms, "ablation", "dropout-R/W 0.2 / 0.2",
@@ -254,7 +309,7 @@ def apply_overrides(c: ml_collections.ConfigDict) -> None:
         node = c
         for part in path:
             node = node[part]
-        node[leaf] = value
+        node[leaf] = value(c) if callable(value) else value
 
 
 from hs_jax import baselines  # noqa: E402,F401  (registers the baselines)

@@ -15,7 +15,7 @@ from typing import Any
 import ml_collections
 from absl import logging
 
-from hs_jax import distributed, lora, plots, stats, tasks
+from hs_jax import diagnostics, distributed, lora, plots, stats, tasks
 from hs_jax import workdir as workdir_lib
 from hs_jax.full_experts import FullExperts
 from hs_jax.method_api import MethodResult
@@ -49,7 +49,11 @@ def results(setup: Setup, found: MethodResult, seconds: float) -> dict[str, Any]
         "scoring": setup.protocol.scoring,
         "n_dev": len(setup.dev),
         "n_test": len(setup.test),
+        # The test items' ids in scoring order: a comparison pairs methods item by item.
+        "test_ids": [item.id for item in setup.test],
         "experts": names,
+        # Dev and test items among the pool's training questions (run_setup.check_train_overlap).
+        "train_overlap": setup.train_overlap,
         "best_system": {
             "kind": found.kind,
             "dag": best.dag.to_dict(),
@@ -60,6 +64,8 @@ def results(setup: Setup, found: MethodResult, seconds: float) -> dict[str, Any]
             "test_item_scores": list(found.test_items),
             "iteration": best.iteration,
             "details": found.details,
+            # What scoring it on test generated, from an empty cache (MethodResult.test_cost).
+            "test_cost": found.test_cost or None,
         },
         "best_single": {
             "expert": singles.best,
@@ -83,6 +89,8 @@ def results(setup: Setup, found: MethodResult, seconds: float) -> dict[str, Any]
         "cost": found.cost,
         "cost_per_iteration": found.cost_per_iteration,
         "best_system_test_outputs": found.test_outputs,
+        # Per-type utility, the answer distribution (a collapsed system), method numbers.
+        "diagnostics": diagnostics.of_run(setup, found, found.test_items),
         "seconds": seconds,
         "history": found.history,
     }
@@ -159,22 +167,58 @@ def _system_label(method: str) -> str:
     return "H-Swarms system" if method == "hs" else f"{method} system"
 
 
+def verdict(paired: dict[str, Any] | None, alpha: float = 0.05) -> str:
+    """A plain reading of a paired test: 'better, p = ...', 'worse, p = ...' or 'not
+    established at p < alpha'."""
+    if not paired or paired.get("p_value") is None:
+        return "no paired test"
+    p, d = paired["p_value"], paired["difference"]
+    if p < alpha and d != 0:
+        return f"{'better' if d > 0 else 'worse'}, {stats.format_p(p)}"
+    return f"not established at p < {alpha:g} ({stats.format_p(p)})"
+
+
 def print_summary(s: dict[str, Any]) -> None:
     """The run's result in a few lines: the best single expert and the system found, dev and
-    test."""
+    test with the test utility's 95% interval, the paired test of the two on the same test
+    items with a plain verdict, and a warning for a collapsed system."""
     b, single = s["best_system"], s["best_single"]
 
     def cell(u: float | None) -> str:
         return "n/a" if u is None else f"{u:.3f}"
 
+    def span(interval) -> str:
+        return f"[{interval[0]:.3f}, {interval[1]:.3f}]" if interval else ""
+
+    label = _system_label(s.get("method", "hs"))
     rows = [
-        (f"best single ({single['name']})", single["dev_utility"], single["test_utility"]),
-        (_system_label(s.get("method", "hs")), b["dev_utility"], b["test_utility"]),
+        (f"best single ({single['name']})", single["dev_utility"], single["test_utility"],
+         single.get("test_interval")),
+        (label, b["dev_utility"], b["test_utility"], b.get("test_interval")),
+    ]  # fmt: skip
+    width = max(len(r[0]) for r in rows)
+    lines = [f"{'':{width}s} {'dev':>7s} {'test':>7s}  95% interval (test)"]
+    lines += [
+        f"{name:{width}s} {cell(dev):>7s} {cell(test):>7s}  {span(interval)}"
+        for name, dev, test, interval in rows
     ]
-    width = max(len(label) for label, _, _ in rows)
-    lines = [f"{'':{width}s} {'dev':>7s} {'test':>7s}"]
-    lines += [f"{label:{width}s} {cell(dev):>7s} {cell(test):>7s}" for label, dev, test in rows]
+    paired = s.get("vs_best_single")
+    if paired:
+        lo, hi = paired["interval"]
+        lines.append(
+            f"{label} - best single on the same {paired['items']} test items: "
+            f"{paired['difference']:+.3f} [{lo:+.3f}, {hi:+.3f}], paired bootstrap: "
+            f"{verdict(paired)}"
+        )
+    answers = (s.get("diagnostics") or {}).get("answers")
+    if answers and answers.get("collapsed"):
+        lines.append(
+            f"warning: {answers['top_share']:.0%} of the system's test answers are "
+            f"{answers['top']!r}: it answers (almost) one thing to everything"
+        )
     print(
         f"\n{s['task']}: {s['iterations']} iterations ({s['stop_reason']}), "
-        f"{s['seconds']:.0f} s\n" + "\n".join(lines) + "\n"
+        f"{s['seconds']:.0f} s; {s.get('n_dev', '?')} dev / {s.get('n_test', '?')} test items\n"
+        + "\n".join(lines)
+        + "\n"
     )

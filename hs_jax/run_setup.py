@@ -5,6 +5,11 @@ builds it step by step (the workdir records are written between the steps: run.j
 and model have loaded, the pool's fingerprint once the pool is built); `assemble` makes the
 last part (mesh, engine, scorer) once the pool is known. The loaders are shared with
 `make_pool`, `hs_jax.found_system` and the benchmarks.
+
+Training data never meets scored data: generated training slices come from the generator's
+'train' split, dev and test from its 'dev' and 'test' splits (`hs_jax.tasks.split_of`), and
+`check_train_overlap` refuses, before any model loads, a run whose dev or test questions are
+in the training record of any expert of its pool (`hs_jax.experts.TRAINING_RECORD`).
 """
 
 from __future__ import annotations
@@ -25,7 +30,15 @@ from hs_jax import checkpointing, full_experts, host_memory, lora, sharding, tas
 from hs_jax import config as config_lib
 from hs_jax import workdir as workdir_lib
 from hs_jax.engine import Engine
-from hs_jax.experts import Example, build_or_load_pool
+from hs_jax.errors import ConfigError
+from hs_jax.experts import (
+    TRAINING_RECORD,
+    Example,
+    build_or_load_pool,
+    pool_folders,
+    pool_present,
+    read_training_record,
+)
 from hs_jax.models import gemma_config as model_config
 from hs_jax.models.convert import init_params
 from hs_jax.models.gguf_io import PYPI_MODEL_NAME
@@ -41,7 +54,9 @@ class Setup:
     """Everything a method runs on: the resolved config, the task (spec, dev and test items,
     the task file), the protocol, the base model, the expert pool and its labels, and the
     engine and scorer on the run's mesh. The pool is a LoRA stack, or full-weight experts
-    (experts.source='full'); both have a leading expert axis on every leaf."""
+    (experts.source='full'); both have a leading expert axis on every leaf. `train_overlap`:
+    how many dev and test items are among the pool's training questions
+    (`check_train_overlap`; None where the run did not check, e.g. a Setup built by hand)."""
 
     config: ml_collections.ConfigDict
     spec: tasks.TaskSpec
@@ -57,6 +72,7 @@ class Setup:
     engine: Engine
     scorer: SystemScorer
     mesh: jax.sharding.Mesh
+    train_overlap: dict[str, Any] | None = None
 
 
 class _OnlyOrbaxWarnings(std_logging.Filter):
@@ -175,26 +191,50 @@ def _tokenizer_spec(model_spec: str) -> str:
     return PYPI_MODEL_NAME if model_spec == "tiny" else model_spec
 
 
-def _training_slices(c, spec, protocol, dev, test) -> tuple[list[str], list[list[Example]]]:
-    """One generated training slice per expert: expert i learns question type i (the last
-    experts, if more than the types, learn a mix). Half of the examples show the expert
-    'previous responses' (right or wrong) so it also learns its middle/end-node role."""
+def _pool_names(c: ml_collections.ConfigDict) -> list[str]:
+    """The experts of a trained pool: one per question type of task.gen.types, then
+    mixed_<i> for experts beyond the types."""
+    types = list(c.task.gen.types)
+    return [types[i] if i < len(types) else f"mixed_{i}" for i in range(c.experts.n)]
+
+
+def _training_items(c, dev, test) -> tuple[list[str], list[list[dict[str, Any]]]]:
+    """(expert names, each expert's generated training items): expert i's items are of
+    question type i (a mix for experts beyond the types), drawn from the generator's 'train'
+    split, so they share no question with any run's dev or test items; this run's dev and
+    test questions are excluded too, a second guard (a task.path file of the generated task
+    was not drawn by split)."""
     if c.task.name != "nlgraph_gen":
         raise ValueError(
             "experts.source='train' builds pools only for the generated task (task.name="
             "'nlgraph_gen'); for other tasks set experts.source='peft' and experts.peft_dirs"
         )
     types = list(c.task.gen.types)
-    names = [types[i] if i < len(types) else f"mixed_{i}" for i in range(c.experts.n)]
+    names = _pool_names(c)
     seen = {item.question for item in [*dev, *test]}
-    rng = np.random.default_rng(c.seed + 1)
-    slices = []
+    pieces = []
     for i, name in enumerate(names):
         gen = gen_config(c)
         if name in types:
             gen = tasks.GraphGenConfig(node_range=gen.node_range, types=(name,))
         seed = np.random.SeedSequence([c.seed, 17, i])
-        raw = tasks.generate_items(c.experts.train_examples, seed=seed, config=gen, exclude=seen)
+        pieces.append(
+            tasks.generate_items(
+                c.experts.train_examples, seed=seed, split="train", config=gen, exclude=seen
+            )
+        )
+    return names, pieces
+
+
+def _training_slices(c, spec, protocol, dev, test) -> tuple[list[str], list[list[Example]]]:
+    """One generated training slice per expert (`_training_items`): expert i learns question
+    type i (the last experts, if more than the types, learn a mix). Half of the examples show
+    the expert 'previous responses' (right or wrong) so it also learns its middle/end-node
+    role. Each example keeps its question, for the pool's training record."""
+    names, pieces = _training_items(c, dev, test)
+    rng = np.random.default_rng(c.seed + 1)
+    slices = []
+    for raw in pieces:
         examples = []
         for k, item in enumerate(raw):
             parents = []
@@ -205,9 +245,74 @@ def _training_slices(c, spec, protocol, dev, test) -> tuple[list[str], list[list
                 parents = [item["answer"] if rng.random() < 0.5 else wrong for _ in range(2)]
             question = tasks.Item(index=k, id=k, question=item["question"], answer=item["answer"])
             prompt = protocol.node_prompt(question, parents, is_end=bool(parents), position=0)
-            examples.append(Example(prompt=prompt, answer=" " + item["answer"]))
+            examples.append(
+                Example(prompt=prompt, answer=" " + item["answer"], question=item["question"])
+            )
         slices.append(examples)
     return names, slices
+
+
+def _trained_questions(c, workdir: Path, dev, test) -> tuple[list[str], list] | None:
+    """(the pool's expert folders, each expert's training-question hashes, None where not
+    known), or None for a pool nothing was trained for ('random', 'full'). A trained pool on
+    disk and PEFT folders are read from their training records; a pool about to be trained,
+    from the slices it will be trained (and recorded) on."""
+    source = c.experts.source
+    if source in ("random", "full"):
+        return None
+    if source == "peft":
+        folders = peft_folders(c)
+    else:
+        folders = pool_folders(pool_dir_of(c, workdir), _pool_names(c))
+        if not pool_present(folders):
+            _, pieces = _training_items(c, dev, test)
+            hashes = [{tasks.question_hash(item["question"]) for item in raw} for raw in pieces]
+            return folders, hashes
+    records = [read_training_record(folder) for folder in folders]
+    return folders, [None if r is None else set(r["question_sha256"]) for r in records]
+
+
+def check_train_overlap(c, workdir: Path, dev, test) -> dict[str, Any]:
+    """How many of the run's dev and test items an expert of its pool was trained on:
+    results.json's `train_overlap`, {'dev', 'test', 'checked', 'experts_with_record'}.
+
+    checked = 'not trained' (random or full-weight experts: 0 and 0), 'no record' (no expert
+    says what it was trained on: None and None) or 'records' (counted over the
+    `experts_with_record` experts that say; the others are unknown). Needs no model, so a run
+    on training questions is refused (ConfigError, one line naming the counts and the folders)
+    before one loads, unless config.experts.allow_train_overlap.
+    """
+    trained = _trained_questions(c, workdir, dev, test)
+    if trained is None:
+        return {"dev": 0, "test": 0, "checked": "not trained", "experts_with_record": 0}
+    folders, hashes = trained
+    known = [(folder, h) for folder, h in zip(folders, hashes, strict=True) if h is not None]
+    if not known:
+        logging.warning(
+            "the expert pool has no training records (%s): whether it was trained on this "
+            "run's dev or test items is not known", ", ".join(folders),
+        )  # fmt: skip
+        return {"dev": None, "test": None, "checked": "no record", "experts_with_record": 0}
+    trained_on = set().union(*(h for _, h in known))
+    scored = {split: [tasks.question_hash(it.question) for it in items]
+              for split, items in (("dev", dev), ("test", test))}  # fmt: skip
+    counts = {split: sum(h in trained_on for h in hs) for split, hs in scored.items()}
+    summary = {**counts, "checked": "records", "experts_with_record": len(known)}
+    if counts["dev"] or counts["test"]:
+        both = {*scored["dev"], *scored["test"]}
+        culprits = ", ".join(folder for folder, h in known if h & both)
+        if not c.experts.allow_train_overlap:
+            raise ConfigError(
+                f"config.experts.allow_train_overlap=False: {counts['dev']} dev and "
+                f"{counts['test']} test items of this run are training questions of the expert "
+                f"pool ({culprits}: {TRAINING_RECORD}); score other items (task.gen.seed, "
+                "task.path) or use another pool, or set experts.allow_train_overlap=True"
+            )
+        logging.warning(
+            "experts.allow_train_overlap: %d dev and %d test items are training questions "
+            "of %s", counts["dev"], counts["test"], culprits,
+        )  # fmt: skip
+    return summary
 
 
 def expert_names(experts: lora.LoraStack | full_experts.FullExperts) -> list[str]:
@@ -271,7 +376,7 @@ def build_experts(
     sft = config_lib.sft_config(c)  # checked at the door (config.check_config)
     return build_or_load_pool(
         pool_dir_of(c, workdir), base_cfg, params, tokenizer, slices, names, sft,
-        base_model_name_or_path=c.model.spec,
+        base_model_name_or_path=c.model.spec, task=c.task.name,
     )  # fmt: skip
 
 
@@ -328,11 +433,17 @@ def make_engine(c, base: tuple, experts: Any, mesh) -> Engine:
 
 
 def assemble(
-    c, task: tuple, task_file: Path, base: tuple, experts: Any, layout: dict[str, int]
+    c,
+    task: tuple,
+    task_file: Path,
+    base: tuple,
+    experts: Any,
+    layout: dict[str, int],
+    train_overlap: dict[str, Any] | None = None,
 ) -> Setup:
     """The Setup of a run whose task (spec, dev, test), base model (config, params, tokenizer)
     and pool have loaded: the mesh of `layout`, the engine on it, the protocol and the
-    scorer."""
+    scorer; `train_overlap` is what `check_train_overlap` found."""
     spec, dev, test = task
     base_cfg, params, tokenizer = base
     mesh = sharding.make_mesh(**layout)
@@ -348,6 +459,7 @@ def assemble(
         config=c, spec=spec, dev=dev, test=test, task_file=task_file, protocol=protocol,
         base_config=base_cfg, params=params, tokenizer=tokenizer, experts=experts,
         names=expert_names(experts), engine=engine, scorer=scorer, mesh=mesh,
+        train_overlap=train_overlap,
     )  # fmt: skip
 
 
@@ -367,5 +479,5 @@ def data_merge_adapter(setup: Setup, directory: Path) -> lora.LoraStack:
     union = [example for piece in slices for example in piece]
     return build_or_load_pool(
         directory, setup.base_config, setup.params, setup.tokenizer, [union], ["data_merge"], sft,
-        base_model_name_or_path=c.model.spec,
+        base_model_name_or_path=c.model.spec, task=c.task.name,
     )  # fmt: skip

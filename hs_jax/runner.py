@@ -1,12 +1,13 @@
 """A whole run, from model files to results (`hs_jax.run`): the composition of its parts.
 
 Steps (docs/ARCHITECTURE.md): resolve and check the config; lock the workdir and compare the
-run's identity (`hs_jax.run_identity`); set up the task, protocol, base model, expert pool,
-engine and scorer (`hs_jax.run_setup`); run the method `config.method` names (`hs_jax.methods`:
-the singles baseline, then the Heterogeneous Swarms search, checkpointed in `workdir/search`
-and resumed automatically, its best system scored on the test split); write `results.json`,
-`best_dag.png`, `curves.png` and the best system's experts as PEFT folders (`hs_jax.report`).
-The launcher and the Colab notebooks call this.
+run's identity (`hs_jax.run_identity`); set up the task, refuse a pool trained on its dev or
+test questions (`run_setup.check_train_overlap`, before the model loads), set up the protocol,
+base model, expert pool, engine and scorer (`hs_jax.run_setup`); run the method
+`config.method` names (`hs_jax.methods`: the singles baseline, then the Heterogeneous Swarms
+search, checkpointed in `workdir/search` and resumed automatically, its best system scored on
+the test split); write `results.json`, `best_dag.png`, `curves.png` and the best system's
+experts as PEFT folders (`hs_jax.report`). The launcher and the Colab notebooks call this.
 
 One workdir holds one run (see `hs_jax.workdir`):
 
@@ -136,6 +137,11 @@ def _run_locked(c, workdir: Path, static: dict[str, Any], layout: dict[str, int]
     logging.info(
         "task %s: %d dev / %d test items from %s", spec.name, len(dev), len(test), source.path
     )
+    # The pool's training records need no model: a run that would score its experts on their
+    # own training questions is refused here, before the model loads.
+    train_overlap = distributed.on_primary(
+        lambda: run_setup.check_train_overlap(c, workdir, dev, test)
+    )
     base_cfg, params, tokenizer = run_setup.load_base(c)
     if saved is None:  # written once task and model have loaded: a failed setup binds nothing
         since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -149,7 +155,8 @@ def _run_locked(c, workdir: Path, static: dict[str, Any], layout: dict[str, int]
     saved = distributed.on_primary(lambda: run_identity.check_pool(workdir, saved, pool))
     workdir_lib.kill_point("setup")  # test hook (3rd): pool built and recorded
     setup = run_setup.assemble(
-        c, (spec, dev, test), source.path, (base_cfg, params, tokenizer), experts, layout
-    )
+        c, (spec, dev, test), source.path, (base_cfg, params, tokenizer), experts, layout,
+        train_overlap=train_overlap,
+    )  # fmt: skip
     found = methods.METHODS[c.method].run(setup, workdir, progress=distributed.is_primary())
     return report.report(setup, found, workdir, time.perf_counter() - start)

@@ -9,8 +9,9 @@ cell is that config with config.method, config.seed and the task set, run as
 names of hs_jax.methods.METHODS. --tasks: a comma list of task files or registered task names
 (default: the config's task; a registered task other than nlgraph_gen reads
 <--data_dir>/<its file>, --data_dir defaulting to the folder of config.task.path, else
-data/eval). The methods of --seeded_methods run once per seed of --seeds, the
-others once with config.seed. --budget_from_hs gives the budgeted methods the utility
+data/eval). Every method runs once per seed of --seeds (--seeded_methods=a,b: only those, the
+others once with config.seed; the table then compares a cell only with cells of the same
+seeds). --budget_from_hs gives the budgeted methods the utility
 evaluations the 'hs' cell of the same task and seed spent.
 
 The same command resumes a killed comparison: finished cells are not recomputed, the
@@ -35,7 +36,9 @@ _TASKS = flags.DEFINE_string(
 )
 _SEEDS = flags.DEFINE_string("seeds", "0,1,2", "Seeds of the seeded methods.")
 _SEEDED = flags.DEFINE_string(
-    "seeded_methods", ",".join(compare.DEFAULT_SEEDED), "Methods run once per seed."
+    "seeded_methods",
+    ",".join(compare.DEFAULT_SEEDED),
+    "Methods run once per seed of --seeds ('all': every method); the others run with config.seed.",
 )
 _BUDGET_FROM_HS = flags.DEFINE_boolean(
     "budget_from_hs", True, "Budgeted methods get the evaluations the 'hs' cell spent."

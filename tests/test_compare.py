@@ -104,51 +104,105 @@ def test_table_numbers_and_formatting_on_synthetic_results(tmp_path):
     hs_a = table.cells[("hs", "a")]
     assert hs_a.seeds == (0, 1) and hs_a.mean == pytest.approx(0.75)
     assert hs_a.sd == pytest.approx(stats.mean_and_spread([1.0, 0.5])[1])
-    assert hs_a.interval == pytest.approx(stats.interval(ones + half))  # pooled items
-    assert hs_a.vs_single == stats.paired(ones + half, zeros + zeros).as_dict()
+    # Seeds are the unit: the two-level interval and the paired test by seed and item.
+    assert hs_a.interval == pytest.approx(stats.interval_over_seeds([ones, half]))
+    assert hs_a.vs_single == stats.paired_over_seeds([ones, half], [zeros, zeros])
+    assert hs_a.vs_single.seeds == 2
     assert table.cells[("random_search", "b")].planned == 2  # one of two seeds finished
 
     md = (tmp_path / "table.md").read_text()
-    utility, section = md.split("## vs random search")
+    sections = {part.split("\n", 1)[0]: part for part in md.split("\n## ")}
+    utility, section = sections["Test utility"], sections["vs random search"]
     rows = {line.split(" | ")[1]: line for line in utility.splitlines() if line.startswith("| ")}
     lo, hi = hs_a.interval
-    assert f"**0.750 ± {hs_a.sd:.3f}** [{lo:.3f}, {hi:.3f}] †" in rows["hs"]
-    assert "0.000 [0.000, 0.000] ‡" in rows["best_single"]  # worse than its best single
+    # 2 seeds, t with 1 degree of freedom: not established, so no marker.
+    assert table.vs_single[("hs", "a")].p_holm >= 0.05
+    assert f"**0.750 ± {hs_a.sd:.3f}** [{lo:.3f}, {hi:.3f}] (seeds 0-1)" in rows["hs"]
+    # best_single: one seed, 20 items all worse than its best single; Holm over 5 tests.
+    assert table.vs_single[("best_single", "a")].p_holm == pytest.approx(5 / stats.RESAMPLES)
+    assert "0.000 [0.000, 0.000] ‡ (seed 0)" in rows["best_single"]
+    assert "**0.000" not in rows["best_single"]  # alone in its group: not compared
     assert "| pending |" in rows["best_single"]
     assert "n/a: no data" in rows["data_merge"]
     assert "(1/2 seeds)" in rows["random_search"]
-    assert "**1.000**" in rows["random_search"]  # task b: best
+    assert "1.000 [" in rows["random_search"] and "**1.000" not in rows["random_search"]
     assert "failed" not in rows["random_search"]  # a result from the other seed is shown
-    # Ranks: a = hs 0.75, random_search 0.25, best_single 0; b = random_search 1, hs 0.5.
+    assert "cells differ in seeds" in md and "seeds 0-1: hs, random_search" in md
+    # Ranks within same-seed groups only: a = hs 0.75 vs random_search 0.25; b: none.
     assert table.avg_rank == pytest.approx(
-        {"hs": 1.5, "random_search": 1.5, "best_single": 3.0, "data_merge": float("nan")},
+        {"hs": 1.0, "random_search": 2.0, "best_single": float("nan"),
+         "data_merge": float("nan")},
         nan_ok=True,
-    )
+    )  # fmt: skip
     assert table.costs["hs"]["seconds"] == pytest.approx(2.5)  # mean over the 4 runs
     assert "| 1000 + 50 |" in rows["hs"]
     order = [line.split(" | ")[1] for line in utility.splitlines() if line.startswith("| ")]
     assert order[:6] == ["method", "---", "best_single", "data_merge", "hs", "random_search"]
 
-    # vs random search: hs - random_search on task a, seeds 0 and 1 pooled.
-    expected = stats.paired(ones + half, half + zeros)
+    # vs random search: hs - random_search on task a, paired by seed (0 and 1) and item.
+    expected = stats.paired_over_seeds([ones, half], [half, zeros])
     control_rows = {
         line.split(" | ")[1]: line for line in section.splitlines() if line.startswith("| ")
     }
     hs_row = control_rows["hs"]
-    assert f"{expected.difference:+.3f}" in hs_row and "(2 seeds)" in hs_row
-    assert f"p = {expected.p_value:.3g}" in hs_row
+    assert f"{expected.difference:+.3f}" in hs_row and "(seeds 0-1)" in hs_row
+    assert stats.format_p(expected.p_value) in hs_row and "Holm" in hs_row
     # best_single ran seed 0 only: paired with the control's seed 0.
-    assert table.control[("best_single", "a")][1] == [0]
+    assert table.controls["random_search"][("best_single", "a")].seeds == [0]
     assert "random_search" not in control_rows  # the control has no row of its own
     assert control_rows["data_merge"].endswith("| — | — |")
+    # A p at the bootstrap's resolution is a bound, never "p = 0.0001".
+    assert "p = 0.0001" not in md and "p < 0.0001" in md
 
     rows_csv = {r["method"]: r for r in csv.DictReader(io.StringIO(ct.csv_text(table)))}
     assert float(rows_csv["hs"]["a"]) == pytest.approx(0.75)
     assert float(rows_csv["hs"]["a_vs_random_difference"]) == pytest.approx(expected.difference)
+    assert rows_csv["hs"]["a_vs_random_p_holm"] != ""
     assert rows_csv["data_merge"]["a_status"] == "n/a: no data"
     assert rows_csv["data_merge"]["a"] == "" and rows_csv["data_merge"]["avg_rank"] == ""
     assert float(rows_csv["best_single"]["evaluations"]) == 0
     assert (tmp_path / "comparison.png").stat().st_size > 0
+
+
+def test_collapsed_systems_and_diagnostics_are_shown(tmp_path):
+    """A system that answers one thing everywhere scores the class frequency: the notes, the
+    per-type table and answers.png say so, next to the gold answers' share."""
+    from hs_jax import comparison_table as ct
+
+    n = 20
+    gold = {"top": "No", "top_share": 0.5}
+    collapsed = _results("gpt_swarm", 0, [1.0, 0.0] * (n // 2), [0.0] * n)
+    collapsed["diagnostics"] = {
+        "answers": {"top": "No", "top_share": 1.0, "distinct": 1, "unread": 0,
+                    "collapsed": True},
+        "gold": gold, "per_type": {"cycle": {"n": 10, "utility": 1.0},
+                                   "edge": {"n": 10, "utility": 0.0}},
+        "fallback_rate": 0.75,
+    }  # fmt: skip
+    healthy = _results("hs", 0, [1.0] * n, [0.0] * n)
+    healthy["diagnostics"] = {
+        "answers": {"top": "Yes", "top_share": 0.55, "distinct": 2, "unread": 0,
+                    "collapsed": False},
+        "gold": gold, "per_type": {"cycle": {"n": 10, "utility": 1.0},
+                                   "edge": {"n": 10, "utility": 1.0}},
+        "svd_rel_error_max": 0.6, "svd_rel_error_mean": 0.4,
+    }  # fmt: skip
+    healthy["train_overlap"] = {"dev": 0, "test": 0, "checked": "records"}
+    runs = {("gpt_swarm", "a", 0): collapsed, ("hs", "a", 0): healthy}
+    entries = [_entry(m, "dynamic role", t, s) for (m, t, s) in runs]
+    for (m, t, s), r in runs.items():
+        (tmp_path / t / m / f"seed_{s}").mkdir(parents=True)
+        (tmp_path / t / m / f"seed_{s}" / "results.json").write_text(json.dumps(r))
+    ct.write_tables(tmp_path, entries)
+    md = (tmp_path / "table.md").read_text()
+    assert "collapsed systems" in md and "gpt_swarm (seed 0: 'No' for 100% of the items)" in md
+    assert "'No', is 50% of the test items" in md
+    assert "designer proposals replaced by random DAGs" in md and "75%" in md
+    assert "relative SVD error mean 0.400, max 0.600" in md
+    assert "0 in every cell (records)" in md
+    assert "| a: cycle | a: edge | a: top answer |" in md
+    assert "No 1.00 ⚠" in md
+    assert (tmp_path / "answers.png").stat().st_size > 0
 
 
 def test_ranks_share_ties():
@@ -193,6 +247,9 @@ def test_plan_order_task_refs_and_shared_pools(tmp_path):
         ("hs", 0), ("hs", 1), ("random_search", 0), ("random_search", 1), ("chain", 7),
     ]  # fmt: skip
     assert cells[0].subdir() == "nlgraph_gen/hs/seed_0"
+    # By default every method runs on every seed: cells differ in seeds only when asked.
+    every = compare.plan(["chain", "hs"], refs[:1], [1, 0], compare.DEFAULT_SEEDED, 7)
+    assert [(c.method, c.seed) for c in every] == [("hs", 0), ("hs", 1), ("chain", 0), ("chain", 1)]
 
     c = _tiny_config()
     c.experts.source = "train"
@@ -234,7 +291,7 @@ def test_compare_on_the_tiny_config(tmp_path):
     try:
         entries = compare.compare(
             _tiny_config(), tmp_path, method_list=names, task_list=["nlgraph_gen"],
-            seeds=[0, 1], progress=False,
+            seeds=[0, 1], seeded=["hs", "random_search"], progress=False,
         )  # fmt: skip
         never = compare.Cell("t_never", compare.task_refs(["nlgraph_gen"], "")[0], 0)
         own = compare.run_cell(_tiny_config(), never, tmp_path, budget_from_hs=False)
@@ -261,8 +318,10 @@ def test_compare_on_the_tiny_config(tmp_path):
             assert rs["evaluations"] <= hs["evaluations"]
 
     assert json.loads((tmp_path / "cells.json").read_text()) == entries
-    utility = (tmp_path / "table.md").read_text().split("## vs random search")[0]
+    md = (tmp_path / "table.md").read_text()
+    utility = md.split("## vs the best single expert")[0]
     rows = {line.split(" | ")[1]: line for line in utility.splitlines() if line.startswith("| ")}
+    assert "## vs random search" in md and "Holm" in md
     for m in names:
         assert m in rows
     assert "n/a: a test method that never applies" in rows["t_never"]
@@ -318,13 +377,13 @@ def test_killed_comparison_resumes_without_recomputing_finished_cells(tmp_path):
     proc = _launch(tmp_path)
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-4000:]
-    assert f"3 cells (2 methods x 1 tasks, seeds [0, 1] for ['hs']): {len(finished)} finished " \
+    assert f"4 cells (2 methods x 1 tasks, seeds [0, 1] for all): {len(finished)} finished " \
         "earlier (not recomputed)" in err  # fmt: skip
     assert err.count("finished earlier: test utility") == len(finished)
     for path, stamp in finished.items():
         assert (path.stat().st_ino, path.stat().st_mtime_ns) == stamp
     cells = json.loads((tmp_path / "cells.json").read_text())
-    assert [c["status"] for c in cells] == ["done"] * 3
+    assert [c["status"] for c in cells] == ["done"] * 4
     assert [c["finished_before"] for c in cells] == [p in finished for p in (
         tmp_path / c["workdir"] / "results.json" for c in cells)]  # fmt: skip
     assert (tmp_path / "table.md").exists() and (tmp_path / "table.csv").exists()

@@ -216,5 +216,34 @@ def test_summary_table_aligns_long_expert_names(capsys):
     )
     header, single, system = capsys.readouterr().out.strip().splitlines()[-3:]
     assert single.split()[-2:] == ["0.333", "0.250"] and system.split()[-2:] == ["0.500", "n/a"]
-    # Every row's columns end where the header's do.
-    assert len(header) == len(single) == len(system)
+    # The value columns end where the header's do (the interval column follows).
+    end = header.index("test") + len("test")
+    assert single[:end].endswith("0.250") and system[:end].endswith("n/a")
+
+
+def test_summary_gives_intervals_and_a_plain_verdict(capsys):
+    """A new user must not read 0.417 vs 0.361 as a win: the summary prints the intervals, the
+    paired test on the same items and its verdict, and warns of a collapsed system."""
+    from hs_jax.report import print_summary, verdict
+
+    summary = {
+        "task": "t", "iterations": 3, "stop_reason": "patience", "seconds": 1.0,
+        "n_dev": 12, "n_test": 36,
+        "best_system": {"dev_utility": 0.5, "test_utility": 0.417,
+                        "test_interval": [0.25, 0.583]},
+        "best_single": {"name": "cycle", "dev_utility": 0.333, "test_utility": 0.361,
+                        "test_interval": [0.194, 0.528]},
+        "vs_best_single": {"difference": 0.056, "interval": [-0.139, 0.25], "p_value": 0.69,
+                           "items": 36},
+        "diagnostics": {"answers": {"top": "No", "top_share": 0.97, "collapsed": True}},
+    }  # fmt: skip
+    print_summary(summary)
+    out = capsys.readouterr().out
+    assert "[0.250, 0.583]" in out and "[0.194, 0.528]" in out
+    assert "12 dev / 36 test items" in out
+    assert "+0.056 [-0.139, +0.250]" in out
+    assert "not established at p < 0.05 (p = 0.69)" in out
+    assert "97% of the system's test answers are 'No'" in out
+    assert verdict({"difference": 0.1, "p_value": 0.01}) == "better, p = 0.01"
+    assert verdict({"difference": -0.1, "p_value": 1e-4}) == "worse, p < 0.0001"
+    assert verdict(None) == "no paired test"

@@ -1,4 +1,4 @@
-"""The baselines of the paper's Table 1 and the random-search control, as registered methods.
+"""The baselines of the paper's Table 1 and the controls, as registered methods.
 
 One module per family; each registers its methods with `hs_jax.methods.register` when
 imported (this package imports them all):
@@ -10,7 +10,9 @@ imported (this package imports them all):
 - `static_role`: chain and star;
 - `dynamic_role`: GPT-Swarm-style, GNN edge predictor, Meta-Agent-style;
 - `prune`: Agent-Prune-style (dynamic role);
-- `random_search`: the control at the Heterogeneous Swarms budget.
+- `random_search`: the random-search controls at the Heterogeneous Swarms budget (random
+  systems and weights; random systems over the pool's own weights);
+- `controls`: the constant answer and the best single expert's self-consistency.
 """
 
 import importlib
@@ -24,6 +26,7 @@ _FAMILIES = (
     "dynamic_role",
     "random_search",
     "prune",
+    "controls",
 )
 
 for _name in _FAMILIES:

@@ -7,7 +7,8 @@ in one `method_api.Evaluator` call, so the method costs exactly that many utilit
 
 - `chain`: 1 -> 2 -> ... -> n, the last expert is the end node (`topologies.chain`).
 - `star`: 1 -> (n-2) -> 1, the first expert feeds the n-2 middle ones, which all feed the last
-  (`topologies.star`); needs n >= 3 experts.
+  (`topologies.star`); needs n >= 4 experts: at n = 3 the star is the chain 1 -> 1 -> 1 and
+  would be `chain` again under another name.
 """
 
 from __future__ import annotations
@@ -75,18 +76,28 @@ def chain(setup: Setup, workdir: Path, *, callbacks=(), progress: bool = True) -
     return best_of_orders(setup, workdir, "chain", topologies.chain)
 
 
+STAR_MIN_EXPERTS = 4
+
+
+def _star_refusal(n: int) -> str:
+    return (
+        f"a 1 -> (n-2) -> 1 star needs at least {STAR_MIN_EXPERTS} experts (at 3 it is the "
+        f"chain), the pool has {n}"
+    )
+
+
 def star_applies(c) -> str | None:
     n = config_lib.pool_size(c)
-    if n is not None and n < 3:
-        return f"a 1 -> (n-2) -> 1 star needs at least 3 experts, the pool has {n}"
+    if n is not None and n < STAR_MIN_EXPERTS:
+        return _star_refusal(n)
     return None
 
 
 def star(setup: Setup, workdir: Path, *, callbacks=(), progress: bool = True) -> MethodResult:
     """The experts in a 1 -> (n-2) -> 1 star, the best of random expert orders on dev."""
     n = setup.experts.n_experts
-    if n < 3:  # a pool whose size config.pool_size could not tell in advance
-        raise NotApplicable(f"a 1 -> (n-2) -> 1 star needs at least 3 experts, the pool has {n}")
+    if n < STAR_MIN_EXPERTS:  # a pool whose size config.pool_size could not tell in advance
+        raise NotApplicable(_star_refusal(n))
     return best_of_orders(setup, workdir, "star", topologies.star)
 
 

@@ -1,24 +1,38 @@
 """A seeded generator of NLGraph-style questions, so the package has a task without data files.
 
-Three question types, written like the items of the authors' nlgraph.json (adjacency lists
+Five question types, written like the items of the authors' nlgraph.json (adjacency lists
 with nodes and neighbours in string order, "Q: ..." then a directive line):
 
 * connectivity: "Is there a path between node i and node j?" -> "Yes" / "No";
 * cycle: "Is there a cycle in this undirected graph?" -> "Yes" / "No";
 * shortest_path: weighted graph, "What is the shortest path between node i and node j, and what
   is the length of the shortest path?" -> the total weight (a number); one shortest path is
-  stored in the item's ``path``.
+  stored in the item's ``path``;
+* edge: "Is there an edge between node i and node j?" -> "Yes" / "No" (a "No" pair is joined
+  by a path where the graph has one, so connectivity alone does not answer it);
+* degree: "How many neighbours does node i have?" -> a number.
+
+The first three are the default (`DEFAULT_TYPES`, the authors' task); edge and degree are
+opt-in, so a pool can hold more experts with distinct skills.
 
 Gold answers come from networkx. Every item has ``type`` (and ``domain``, as in the authors'
 file) so expert pools can be trained per question type. Yes/No answers alternate per type,
 so each type is balanced (exactly, for an even count). Graphs are G(n, p) with n drawn from
 ``node_range`` and p from ``edge_prob``; query nodes always have at least one edge, so they
 appear in the text.
+
+Splits. Every question belongs to exactly one split, 'train', 'dev' or 'test', decided by a
+hash of its normalised text (`split_of`); `generate_items` keeps only questions of the split
+it is asked for. Training data (the experts' slices) and the dev and test items a run scores
+therefore never share a question, whatever the seeds, settings or pools. The hash does not
+depend on what the graph looks like, so each split is a uniform sample of the same question
+distribution.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -26,7 +40,21 @@ from typing import Any
 import networkx as nx
 import numpy as np
 
-QUESTION_TYPES: tuple[str, ...] = ("connectivity", "cycle", "shortest_path")
+# The authors' three question types: the default of GraphGenConfig and config.task.gen.types.
+DEFAULT_TYPES: tuple[str, ...] = ("connectivity", "cycle", "shortest_path")
+QUESTION_TYPES: tuple[str, ...] = (*DEFAULT_TYPES, "edge", "degree")
+_YES_NO_TYPES = frozenset({"connectivity", "cycle", "edge"})
+
+# Percent of the question space in each split (`split_of`). Every kept question costs
+# 100 / share draws on average, so no split is small: train is the largest because the
+# training slices are the largest draw (experts.n x experts.train_examples, and the data-merge
+# baseline draws them again); test is larger than dev, as the default splits are (64 vs 32).
+SPLIT_SHARES: dict[str, int] = {"train": 50, "dev": 20, "test": 30}
+SPLITS: tuple[str, ...] = tuple(SPLIT_SHARES)
+# The rule as recorded in a generated task file: a file made by another rule is not reused.
+SPLIT_RULE = "sha256(question)[:8] % 100: " + ", ".join(
+    f"{name} {share}" for name, share in SPLIT_SHARES.items()
+)
 
 _CONNECTIVITY_HEAD = (
     "The following text describes an undirected graph. "
@@ -36,8 +64,42 @@ _CYCLE_HEAD = (
     "The following text describes an undirected graph. Determine if there is a cycle in the graph."
 )
 _SHORTEST_HEAD = "The following paragraph describes an undirected graph with weights."
+_EDGE_HEAD = (
+    "The following text describes an undirected graph. "
+    "Determine if there is an edge between two nodes in the graph."
+)
+_DEGREE_HEAD = (
+    "The following text describes an undirected graph. "
+    "Determine the number of neighbours of a node in the graph."
+)
 _YES_NO_TAIL = "Please directly answer with Yes or No:"
 _SHORTEST_TAIL = "Please directly answer with the length of the shortest path:"
+_DEGREE_TAIL = "Please directly answer with the number of neighbours:"
+
+
+def normalize_question(question: str) -> str:
+    """The question with every run of whitespace made one space and the ends stripped: what
+    `question_hash` and `split_of` read, so a re-indented or re-wrapped copy is the same
+    question."""
+    return " ".join(question.split())
+
+
+def question_hash(question: str) -> str:
+    """sha256 (hex) of the normalised question: how a pool's training record names the
+    questions it was trained on without storing them."""
+    return hashlib.sha256(normalize_question(question).encode("utf-8")).hexdigest()
+
+
+def split_of(question: str) -> str:
+    """'train', 'dev' or 'test': the split this question belongs to, from the first 8 bytes of
+    its `question_hash` modulo 100 against `SPLIT_SHARES` (stable across runs, machines and
+    versions of Python)."""
+    bucket = int(question_hash(question)[:16], 16) % 100
+    for name, share in SPLIT_SHARES.items():
+        if bucket < share:
+            return name
+        bucket -= share
+    raise AssertionError("SPLIT_SHARES must sum to 100")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +117,7 @@ class GraphGenConfig:
     node_range: tuple[int, int] = (6, 12)
     edge_prob: tuple[float, float] = (0.15, 0.35)
     weight_range: tuple[int, int] = (1, 10)
-    types: tuple[str, ...] = QUESTION_TYPES
+    types: tuple[str, ...] = DEFAULT_TYPES
     max_tries: int = 200
 
     def __post_init__(self):
@@ -209,12 +271,54 @@ def _shortest_path(rng: np.random.Generator, cfg: GraphGenConfig):
     return g, int(u), int(v)
 
 
+def _non_edges(g: nx.Graph) -> list[tuple[int, int]]:
+    """Non-adjacent pairs of non-isolated nodes; those joined by a path when there are any, so
+    'is there an edge' is not answered by 'is there a path'."""
+    far = [(u, v) for u, v in _connected_pairs(g, prefer_far=False) if not g.has_edge(u, v)]
+    if far:
+        return far
+    nodes = sorted(u for u in g.nodes if g.degree(u) > 0)
+    return [(u, v) for a, u in enumerate(nodes) for v in nodes[a + 1 :] if not g.has_edge(u, v)]
+
+
+def _edge(rng: np.random.Generator, cfg: GraphGenConfig, want_yes: bool):
+    """A graph and a query pair: adjacent (want_yes) or not, both nodes with an edge."""
+    for _ in range(cfg.max_tries):
+        g = _random_graph(rng, cfg, weighted=False)
+        pairs = sorted(g.edges) if want_yes else _non_edges(g)
+        if pairs:
+            break
+    else:
+        # Very sparse or complete settings: a random path has edges and non-adjacent ends.
+        g = nx.Graph()
+        g.add_nodes_from(range(int(rng.integers(cfg.node_range[0], cfg.node_range[1] + 1))))
+        nx.add_path(g, [int(k) for k in rng.permutation(g.number_of_nodes())])
+        pairs = sorted(g.edges) if want_yes else _non_edges(g)
+    u, v = _pick(rng, pairs)
+    if rng.random() < 0.5:
+        u, v = v, u
+    return g, int(u), int(v)
+
+
+def _degree(rng: np.random.Generator, cfg: GraphGenConfig):
+    """A graph with at least one edge and a query node that has one (so it is in the text)."""
+    for _ in range(cfg.max_tries):
+        g = _random_graph(rng, cfg, weighted=False)
+        if g.number_of_edges():
+            break
+    else:
+        g = _random_graph(rng, cfg, weighted=False)
+        nx.add_path(g, [int(k) for k in rng.permutation(g.number_of_nodes())])
+    return g, int(_pick(rng, sorted(u for u in g.nodes if g.degree(u) > 0)))
+
+
 def make_item(
     rng: np.random.Generator, qtype: str, *, want_yes: bool = True, cfg: GraphGenConfig
 ) -> dict[str, Any]:
     """One item dict (without ``id``) of the given question type.
 
-    ``want_yes`` picks the gold answer of the yes/no types (ignored for shortest_path).
+    ``want_yes`` picks the gold answer of the yes/no types (ignored for shortest_path and
+    degree).
     """
     if qtype == "connectivity":
         g, u, v = _connectivity(rng, cfg, want_yes)
@@ -248,6 +352,22 @@ def make_item(
             "type": qtype,
             "path": [int(x) for x in path],
         }
+    if qtype == "edge":
+        g, u, v = _edge(rng, cfg, want_yes)
+        answer = "Yes" if g.has_edge(u, v) else "No"
+        question = (
+            f"{_EDGE_HEAD}\n{_describe(g, False)}\n"
+            f"Q: Is there an edge between node {u} and node {v}?\n{_YES_NO_TAIL}"
+        )
+        return {"question": question, "answer": answer, "domain": qtype, "type": qtype}
+    if qtype == "degree":
+        g, u = _degree(rng, cfg)
+        question = (
+            f"{_DEGREE_HEAD}\n{_describe(g, False)}\n"
+            f"Q: How many neighbours does node {u} have?\n{_DEGREE_TAIL}"
+        )
+        answer = str(int(g.degree(u)))
+        return {"question": question, "answer": answer, "domain": qtype, "type": qtype}
     raise ValueError(f"unknown question type {qtype!r}; one of {QUESTION_TYPES}")
 
 
@@ -255,30 +375,41 @@ def generate_items(
     n: int,
     *,
     seed: int | np.random.SeedSequence,
+    split: str | None,
     config: GraphGenConfig = GraphGenConfig(),
     start_id: int = 0,
     exclude: set[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """``n`` items cycling through ``config.types``; Yes/No alternates within each type.
+    """``n`` items of `split` ('train', 'dev' or 'test'; `split_of`) cycling through
+    ``config.types``; Yes/No alternates within each type.
 
-    Deterministic in ``seed``. Questions in ``exclude`` (and repeats) are redrawn; the
-    questions used are added to ``exclude`` so another split can avoid them.
+    Deterministic in ``seed``. Questions of another split, questions in ``exclude`` and repeats
+    are redrawn; the questions used are added to ``exclude`` so another draw can avoid them.
+    `split` has no default: every caller says which split its data is, and None (questions of
+    any split) is for studies of the generator itself, never for data a run trains or scores on.
     """
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS} or None, got {split!r}")
     rng = np.random.default_rng(seed)
     seen = exclude if exclude is not None else set()
     counts = dict.fromkeys(config.types, 0)
+    # Rejection by split takes 100 / share draws per item on average; the bound only stops a
+    # question space too small for n items.
+    tries = 1000 * (1 if split is None else -(-100 // SPLIT_SHARES[split]))
     items = []
     for i in range(n):
         qtype = config.types[i % len(config.types)]
         want_yes = counts[qtype] % 2 == 0
         counts[qtype] += 1
-        for _ in range(1000):
+        for _ in range(tries):
             item = make_item(rng, qtype, want_yes=want_yes, cfg=config)
-            if item["question"] not in seen:
+            question = item["question"]
+            if question not in seen and (split is None or split_of(question) == split):
                 break
         else:
+            where = "" if split is None else f" in the {split!r} split"
             raise RuntimeError(
-                f"could not draw a new {qtype} question; "
+                f"could not draw a new {qtype} question{where}; "
                 "widen GraphGenConfig.node_range or edge_prob"
             )
         seen.add(item["question"])
@@ -293,14 +424,18 @@ def generate_dataset(
     seed: int = 0,
     config: GraphGenConfig = GraphGenConfig(),
 ) -> dict[str, Any]:
-    """``{'dataset': 'nlgraph_gen', 'dev': [...], 'test': [...]}`` with no question shared.
+    """``{'dataset': 'nlgraph_gen', 'dev': [...], 'test': [...]}``: dev from the 'dev' split,
+    test from the 'test' split, so they share no question with each other or with any
+    training data drawn from 'train'.
 
     Dev and test draw from independent child seeds of ``seed``; ids are unique across splits.
     """
     dev_seed, test_seed = np.random.SeedSequence(seed).spawn(2)
     seen: set[str] = set()
-    dev = generate_items(n_dev, seed=dev_seed, config=config, start_id=0, exclude=seen)
-    test = generate_items(n_test, seed=test_seed, config=config, start_id=n_dev, exclude=seen)
+    dev = generate_items(n_dev, seed=dev_seed, split="dev", config=config, start_id=0, exclude=seen)
+    test = generate_items(
+        n_test, seed=test_seed, split="test", config=config, start_id=n_dev, exclude=seen
+    )
     return {"dataset": "nlgraph_gen", "dev": dev, "test": test}
 
 

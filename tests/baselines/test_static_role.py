@@ -39,20 +39,23 @@ def test_expert_orders_are_distinct_all_when_few_and_seeded():
     assert len(expert_orders(4, 24, np.random.default_rng(1))) == 24  # all 4! orders
 
 
-@pytest.mark.parametrize("method", ["chain", "star"])
-def test_best_of_every_order_on_dev_in_one_call(tmp_path, fake_utilities, method):
+# chain on 3 experts: all 3! = 6 orders (fewer than config.baselines.permutations = 20); star
+# (which needs 4) on 4 experts: 20 distinct random orders of the 4! = 24.
+@pytest.mark.parametrize("method, n, orders", [("chain", 3, 6), ("star", 4, 20)])
+def test_best_of_every_order_on_dev_in_one_call(tmp_path, fake_utilities, method, n, orders):
     import hs_jax
     from hs_jax.baselines import topologies
     from hs_jax.graph import Dag
 
-    results = hs_jax.run(_tiny_config(method), tmp_path / "run")
+    c = _tiny_config(method)
+    c.experts.n = n
+    results = hs_jax.run(c, tmp_path / "run")
     rows = _archive(tmp_path / "run")
-    # 3 experts: all 3! = 6 orders (fewer than config.baselines.permutations = 20), each once.
-    assert len(rows) == 6 == results["evaluations"]
-    assert len({tuple(r["system"]["assignment"]) for r in rows}) == 6
+    assert len(rows) == orders == results["evaluations"]
+    assert len({tuple(r["system"]["assignment"]) for r in rows}) == orders
     build = getattr(topologies, method)
     for r in rows:
-        assert sorted(r["system"]["assignment"]) == [0, 1, 2]
+        assert sorted(r["system"]["assignment"]) == list(range(n))
         expected, _ = build(r["system"]["assignment"])
         assert Dag.from_dict(r["system"]["dag"]) == expected
     assert rows[0]["cost"] is not None and all(r["cost"] is None for r in rows[1:])  # one call
@@ -62,13 +65,32 @@ def test_best_of_every_order_on_dev_in_one_call(tmp_path, fake_utilities, method
     assert results["method"] == method and results["best_system"]["test_utility"] is not None
 
 
-def test_star_is_refused_for_two_experts(tmp_path):
+@pytest.mark.parametrize("n", [2, 3])
+def test_star_is_refused_below_four_experts(tmp_path, n):
+    """At n = 3 the 1 -> (n-2) -> 1 star is the chain 1 -> 1 -> 1: not a method of its own."""
     import hs_jax
     from hs_jax.methods import METHODS
 
     c = _tiny_config("star")
-    c.experts.n = 2
-    assert "at least 3 experts" in METHODS["star"].applies(c)
-    assert METHODS["star"].applies(_tiny_config("star")) is None
-    with pytest.raises(ValueError, match="at least 3 experts"):
+    c.experts.n = n
+    why = METHODS["star"].applies(c)
+    assert why == (
+        f"a 1 -> (n-2) -> 1 star needs at least 4 experts (at 3 it is the chain), the pool has {n}"
+    )
+    c4 = _tiny_config("star")
+    c4.experts.n = 4
+    assert METHODS["star"].applies(c4) is None
+    with pytest.raises(ValueError, match="needs at least 4 experts"):
         hs_jax.run(c, tmp_path / "run")
+
+
+def test_star_refuses_a_pool_whose_size_only_loading_tells(tmp_path, monkeypatch):
+    """A pool whose size the config cannot tell (say PEFT folders found later) is refused by
+    the method itself, with the same reason."""
+    import hs_jax
+    from hs_jax import config as config_lib
+    from hs_jax.method_api import NotApplicable
+
+    monkeypatch.setattr(config_lib, "pool_size", lambda c: None)
+    with pytest.raises(NotApplicable, match="needs at least 4 experts .* the pool has 3"):
+        hs_jax.run(_tiny_config("star"), tmp_path / "run")

@@ -50,12 +50,19 @@ def _killed_then_finished(workdir, method, kill):
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
-@pytest.mark.parametrize("method", ["random_search", "gpt_swarm", "greedy_soup", "meta_agent"])
-def test_a_killed_baseline_ends_as_an_uninterrupted_one(tmp_path, method):
+@pytest.mark.parametrize(
+    "method, kill",
+    [("random_search", "evaluation:2"), ("gpt_swarm", "evaluation:2"),
+     ("greedy_soup", "evaluation:2"), ("meta_agent", "evaluation:2"),
+     # After its one archived dev evaluation, before the test samples: sampled again with the
+     # same keys, the same results and costs.
+     ("self_consistency", "evaluation:1")],
+)  # fmt: skip
+def test_a_killed_baseline_ends_as_an_uninterrupted_one(tmp_path, method, kill):
     whole = tmp_path / "whole"
     assert _launch(whole, method).returncode == 0
     killed = tmp_path / "killed"
-    _killed_then_finished(killed, method, "evaluation:2")
+    _killed_then_finished(killed, method, kill)
     assert _results(killed) == _results(whole)
     assert _archive(killed) == _archive(whole)
 

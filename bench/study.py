@@ -1,0 +1,106 @@
+"""The study of bench/RESULTS.md: does Heterogeneous Swarms beat its controls on the real model?
+
+  python -m bench.study --workdir=/path/to/study            # runs (or resumes) every stage
+  python -m bench.comparison --workdir=/path/to/study --name=study   # writes the section
+
+Stages, each an ordinary `hs_jax.compare.compare` into the same workdir (a killed study resumes
+where it stopped; finished cells are never recomputed), ordered so that a study cut short has
+the most useful cells:
+  0. the pool: 4 LoRA experts trained once on the generator's 'train' split (configs/study.py);
+  1. seed by seed (0, 1, 2, then 3, 4 after stage 2): `hs`, `random_search` (DAGs, assignments
+     and expert weights, the search's space), `random_roles` (DAGs and assignments only),
+     `self_consistency` (the best single expert sampled at `hs`'s generated tokens),
+     `best_single`, `constant_answer`;
+  2. every other method on seed 0;
+  3. the two weight methods with the best seed-0 DEV utility (never chosen on test) on seeds
+     1 and 2.
+The budgeted methods get the dev evaluations the `hs` cell of their seed spent.
+"""
+
+from __future__ import annotations
+
+import json
+import runpy
+import time
+from pathlib import Path
+
+from absl import app, flags, logging
+
+from hs_jax import compare, methods, run_setup
+from hs_jax import workdir as workdir_lib
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "The study's workdir.", required=True)
+_STAGES = flags.DEFINE_string("stages", "0,1,2,3", "Stages to run (0: pool, 1-3: cells).")
+_SEEDS = flags.DEFINE_integer("seeds", 5, "Seeds of the core methods (0 .. seeds-1).")
+_CORE_SEEDS = flags.DEFINE_string(
+    "core_seeds", "", "Stage 1 on these seeds only (e.g. '3,4'; '' = all, around stage 2)."
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+CORE = ("hs", "random_search", "random_roles", "self_consistency", "best_single",
+        "constant_answer")  # fmt: skip
+WEIGHT_FAMILIES = ("static weight", "dynamic weight")
+
+
+def study_config(pool: str = ""):
+    return runpy.run_path(str(ROOT / "configs" / "study.py"))["get_config"](pool)
+
+
+def build_pool(workdir: Path) -> Path:
+    """Stage 0: the pool's PEFT folders (trained once; present folders are loaded)."""
+    pool = workdir / "pool"
+    run_setup.make_pool(study_config(), pool)
+    return pool / "experts"
+
+
+def _cells(workdir: Path, method_list, seeds) -> None:
+    config = study_config(str(workdir / "pool" / "experts"))
+    start = time.perf_counter()
+    compare.compare(
+        config, workdir, method_list=list(method_list), task_list=["nlgraph_gen"], seeds=seeds
+    )
+    logging.info("stage %s seeds %s: %.0f s", list(method_list), seeds, time.perf_counter() - start)
+
+
+def best_weight_methods(workdir: Path, k: int = 2) -> list[str]:
+    """The k weight methods with the best seed-0 dev utility (ties: registry order)."""
+    scored = []
+    for name, spec in methods.METHODS.items():
+        if spec.family not in WEIGHT_FAMILIES:
+            continue
+        r = workdir_lib.read_json(workdir / "nlgraph_gen" / name / "seed_0" / "results.json")
+        if r is not None and r["best_system"].get("dev_utility") is not None:
+            scored.append((-float(r["best_system"]["dev_utility"]), len(scored), name))
+    return [name for _, _, name in sorted(scored)[:k]]
+
+
+def main(argv):
+    del argv
+    workdir = Path(_WORKDIR.value)
+    workdir.mkdir(parents=True, exist_ok=True)
+    stages = {int(s) for s in _STAGES.value.split(",") if s.strip()}
+    seeds = list(range(_SEEDS.value))
+    first, later = seeds[:3], seeds[3:]
+    if _CORE_SEEDS.value:
+        first, later = [int(s) for s in _CORE_SEEDS.value.split(",")], []
+    if 0 in stages:
+        build_pool(workdir)
+    if 1 in stages:
+        for seed in first:
+            _cells(workdir, CORE, [seed])
+    if 2 in stages:
+        others = [m for m in methods.METHODS if m not in CORE]
+        _cells(workdir, others, [0])
+    if 1 in stages:
+        for seed in later:
+            _cells(workdir, CORE, [seed])
+    if 3 in stages:
+        best = best_weight_methods(workdir)
+        logging.info("the two weight methods with the best seed-0 dev utility: %s", best)
+        workdir_lib.write_json(workdir / "study_weight_methods.json", {"methods": best})
+        _cells(workdir, best, [1, 2])
+    print(json.dumps({"workdir": str(workdir), "stages": sorted(stages)}))
+
+
+if __name__ == "__main__":
+    app.run(main)
