@@ -7,7 +7,7 @@ Stages, each an ordinary `hs_jax.compare.compare` into the same workdir (a kille
 where it stopped; finished cells are never recomputed), ordered so that a study cut short has
 the most useful cells:
   0. the pool: 4 LoRA experts trained once on the generator's 'train' split (configs/study.py);
-  1. seed by seed (0, 1, 2, then 3, 4 after stage 2): `hs`, `random_search` (DAGs, assignments
+  1. seed by seed (0 to 4): `hs`, `random_search` (DAGs, assignments
      and expert weights, the search's space), `random_roles` (DAGs and assignments only),
      `self_consistency` (the best single expert sampled at `hs`'s generated tokens),
      `best_single`, `constant_answer`;
@@ -32,9 +32,7 @@ from hs_jax import workdir as workdir_lib
 _WORKDIR = flags.DEFINE_string("workdir", None, "The study's workdir.", required=True)
 _STAGES = flags.DEFINE_string("stages", "0,1,2,3", "Stages to run (0: pool, 1-3: cells).")
 _SEEDS = flags.DEFINE_integer("seeds", 5, "Seeds of the core methods (0 .. seeds-1).")
-_CORE_SEEDS = flags.DEFINE_string(
-    "core_seeds", "", "Stage 1 on these seeds only (e.g. '3,4'; '' = all, around stage 2)."
-)
+_CORE_SEEDS = flags.DEFINE_string("core_seeds", "", "Stage 1 on these seeds only (e.g. '3,4').")
 
 ROOT = Path(__file__).resolve().parents[1]
 CORE = ("hs", "random_search", "random_roles", "self_consistency", "best_single",
@@ -80,20 +78,16 @@ def main(argv):
     workdir.mkdir(parents=True, exist_ok=True)
     stages = {int(s) for s in _STAGES.value.split(",") if s.strip()}
     seeds = list(range(_SEEDS.value))
-    first, later = seeds[:3], seeds[3:]
     if _CORE_SEEDS.value:
-        first, later = [int(s) for s in _CORE_SEEDS.value.split(",")], []
+        seeds = [int(s) for s in _CORE_SEEDS.value.split(",")]
     if 0 in stages:
         build_pool(workdir)
     if 1 in stages:
-        for seed in first:
+        for seed in seeds:
             _cells(workdir, CORE, [seed])
     if 2 in stages:
         others = [m for m in methods.METHODS if m not in CORE]
         _cells(workdir, others, [0])
-    if 1 in stages:
-        for seed in later:
-            _cells(workdir, CORE, [seed])
     if 3 in stages:
         best = best_weight_methods(workdir)
         logging.info("the two weight methods with the best seed-0 dev utility: %s", best)
