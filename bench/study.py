@@ -26,12 +26,15 @@ from pathlib import Path
 
 from absl import app, flags, logging
 
-from hs_jax import compare, methods, run_setup
+from hs_jax import compare, diagnostics, found_system, methods, run_setup
 from hs_jax import workdir as workdir_lib
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The study's workdir.", required=True)
 _STAGES = flags.DEFINE_string("stages", "0,1,2,3", "Stages to run (0: pool, 1-3: cells).")
 _SEEDS = flags.DEFINE_integer("seeds", 5, "Seeds of the core methods (0 .. seeds-1).")
+_REFRESH = flags.DEFINE_boolean(
+    "refresh_diagnostics", False, "Recompute every finished cell's answer diagnostics."
+)
 _CORE_SEEDS = flags.DEFINE_string("core_seeds", "", "Stage 1 on these seeds only (e.g. '3,4').")
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,6 +75,32 @@ def best_weight_methods(workdir: Path, k: int = 2) -> list[str]:
     return [name for _, _, name in sorted(scored)[:k]]
 
 
+def refresh_diagnostics(workdir: Path) -> int:
+    """Recomputes `diagnostics.answers` of every finished cell from its stored test outputs,
+    task file and config (cells finished by an hs_jax whose answer key differed); returns
+    how many results.json were rewritten (atomically). No model is loaded."""
+    import types
+
+    changed = 0
+    for path in sorted(workdir.glob("*/*/seed_*/results.json")):
+        r = json.loads(path.read_text())
+        c = found_system.run_config(path.parent)
+        spec, _, test = run_setup.read_items(c, path.parent / workdir_lib.TASK_JSON)
+        setup = types.SimpleNamespace(spec=spec, protocol=run_setup.protocol_for(c, spec))
+        end = r["best_system"]["dag"]["end"]
+        outputs = diagnostics.final_outputs(
+            r["best_system"]["kind"], end, r["best_system_test_outputs"]
+        )
+        if outputs is None or len(outputs) != len(test):
+            continue
+        answers = diagnostics.answers_of(setup, outputs, test)
+        if answers != (r.get("diagnostics") or {}).get("answers"):
+            r.setdefault("diagnostics", {})["answers"] = answers
+            workdir_lib.write_json(path, r)
+            changed += 1
+    return changed
+
+
 def main(argv):
     del argv
     workdir = Path(_WORKDIR.value)
@@ -80,6 +109,9 @@ def main(argv):
     seeds = list(range(_SEEDS.value))
     if _CORE_SEEDS.value:
         seeds = [int(s) for s in _CORE_SEEDS.value.split(",")]
+    if _REFRESH.value:
+        logging.info("diagnostics recomputed in %d cells", refresh_diagnostics(workdir))
+        return
     if 0 in stages:
         build_pool(workdir)
     if 1 in stages:

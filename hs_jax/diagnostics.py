@@ -6,10 +6,12 @@ results.json carries `diagnostics` (`of_run`):
 
 - `per_type`: the best system's test utility per question type (the items' `type`, else their
   `domain`; items with neither are 'all'), with the item count;
-- `answers`: the end node's parsed test answers (read as the protocol reads them; for the
-  authors' substring scoring, which reads no answer, by hs_jax's parsers): the most common one,
-  its share, how many distinct answers and unreadable outputs there were, and `collapsed`:
-  one answer for at least `COLLAPSE_SHARE` of the items;
+- `answers`: the end node's test answers, each read as the protocol reads it (for the authors'
+  substring scoring, which reads no answer, by hs_jax's parsers), or where nothing can be read
+  for its item (a "No" to a question that wants a number) as its own text (`answer_key`): the
+  most common one, its share of all items, how many distinct answers and unreadable outputs
+  there were, and `collapsed`: one answer for at least `COLLAPSE_SHARE` of the items (so "No"
+  to every question of a task that mixes yes/no and number questions is flagged);
 - `gold`: the most common gold answer on test and its share (what a constant answer scores);
 - `singles_dev`: every single expert's dev utility (what every method sees first);
 - method-specific numbers lifted from the method's details so a table can show them:
@@ -52,8 +54,19 @@ def answer_reader(protocol, spec):
     return lambda output, item: protocol.parsed_answer(spec, item, output)
 
 
-def answer_distribution(answers: Sequence[str | None]) -> dict[str, Any]:
-    """The most common readable answer, its share of all items, distinct and unread counts."""
+def answer_key(parsed: str | None, output: str) -> str | None:
+    """What counts as one answer: the parsed answer, else the output's own first line
+    (case and spacing aside; None when empty), both case-folded."""
+    if parsed is not None:
+        return str(parsed).strip().casefold()
+    lines = str(output).strip().splitlines()
+    text = " ".join(lines[0].split()).casefold() if lines else ""
+    return text[:40] or None
+
+
+def answer_distribution(answers: Sequence[str | None], unread: int = 0) -> dict[str, Any]:
+    """The most common answer (`answer_key`s), its share of all items, the distinct answers,
+    and `unread`: the outputs the protocol read no answer from."""
     n = len(answers)
     counts = collections.Counter(a for a in answers if a is not None)
     top, top_count = counts.most_common(1)[0] if counts else (None, 0)
@@ -62,9 +75,19 @@ def answer_distribution(answers: Sequence[str | None]) -> dict[str, Any]:
         "top": top,
         "top_share": share,
         "distinct": len(counts),
-        "unread": sum(a is None for a in answers),
+        "unread": unread,
         "collapsed": bool(n and share >= COLLAPSE_SHARE),
     }
+
+
+def answers_of(setup_like, outputs: Sequence[str], items: Sequence[Any]) -> dict[str, Any] | None:
+    """`answer_distribution` of final outputs on their items (None for judged tasks)."""
+    read = answer_reader(setup_like.protocol, setup_like.spec)
+    if read is None:
+        return None
+    parsed = [read(o, item) for o, item in zip(outputs, items, strict=True)]
+    keys = [answer_key(p, o) for p, o in zip(parsed, outputs, strict=True)]
+    return answer_distribution(keys, unread=sum(p is None for p in parsed))
 
 
 def per_type(items: Sequence[Any], scores: Sequence[float]) -> dict[str, dict[str, float]]:
@@ -95,15 +118,14 @@ def method_numbers(details: Mapping[str, Any]) -> dict[str, float]:
 
 def of_run(setup, found, test_items_scores: Sequence[float]) -> dict[str, Any]:
     """results.json's `diagnostics` of a finished method (module docstring)."""
-    spec, protocol, items = setup.spec, setup.protocol, setup.test
+    items = setup.test
     best = found.best
     end = getattr(getattr(best, "dag", None), "end", None)
     outputs = final_outputs(found.kind, end, found.test_outputs)
-    read = answer_reader(protocol, spec)
     answers = gold = None
-    if read is not None and outputs is not None and len(outputs) == len(items):
-        answers = answer_distribution([read(o, item) for o, item in zip(outputs, items)])
-        gold = gold_distribution(items)
+    if outputs is not None and len(outputs) == len(items):
+        answers = answers_of(setup, outputs, items)
+        gold = gold_distribution(items) if answers is not None else None
     return {
         "per_type": per_type(items, test_items_scores) if test_items_scores else {},
         "answers": answers,
