@@ -185,9 +185,12 @@ def test_paired_over_seeds_extremes():
     none = stats.paired_over_seeds(same, same)
     assert (none.difference, none.interval, none.p_value, none.seeds) == (0.0, (0.0, 0.0), 1.0, 2)
     ones, zeros = [np.ones(20)] * 3, [np.zeros(20)] * 3
-    better = stats.paired_over_seeds(ones, zeros, n=2000)
-    assert (better.difference, better.interval, better.se) == (1.0, (1.0, 1.0), 0.0)
+    better = stats.paired_over_seeds(ones, zeros, n=2000)  # three copies: one replicate
+    assert (better.difference, better.interval, better.seeds) == (1.0, (1.0, 1.0), 1)
     assert better.p_value == pytest.approx(1 / 2000)
+    shifted = [np.ones(20), np.r_[np.ones(19), 0.5], np.r_[0.5, np.ones(19)]]
+    apart = stats.paired_over_seeds(shifted, zeros, n=2000)  # distinct seeds, no seed spread
+    assert apart.seeds == 3 and apart.p_value < 0.05
     # Seeds alone resampled: seed means that agree exactly leave no spread.
     a, b = [np.array([1.0, 0.0]), np.array([1.0, 1.0])], [np.array([0.0, 1.0]), np.ones(2)]
     flat = stats.paired_over_seeds(a, b, resample_items=False)
@@ -271,3 +274,16 @@ def test_format_p_writes_the_resolution_floor_of_a_bootstrap_as_a_bound():
     assert stats.format_p(stats.paired([1.0] * 40, [0.0] * 40, n=2000).p_value, n=2000) == (
         "p < 0.0005"
     )
+
+
+def test_seeds_that_repeat_each_other_count_once():
+    """A method that ignores its seed (the best single expert on the same items) is one
+    replicate, not S: its interval is the item bootstrap's, and a paired test against it keeps
+    every seed of the other method."""
+    rng = np.random.default_rng(1)
+    same = rng.integers(0, 2, size=50).astype(float)
+    assert stats.estimate_over_seeds([same, same, same]).interval == stats.interval(same)
+    assert stats.estimate_over_seeds([same, same]).seeds == 1
+    other = [rng.integers(0, 2, size=50).astype(float) for _ in range(3)]
+    assert stats.paired_over_seeds(other, [same] * 3).seeds == 3
+    assert stats.paired_over_seeds([same] * 3, [other[0]] * 3) == stats.paired(same, other[0])
