@@ -11,9 +11,10 @@ the most useful cells:
      and expert weights, the search's space), `random_roles` (DAGs and assignments only),
      `self_consistency` (the best single expert sampled at `hs`'s generated tokens),
      `best_single`, `constant_answer`;
-  2. every other method on seed 0;
+  2. the weight methods on seed 0;
   3. the two weight methods with the best seed-0 DEV utility (never chosen on test) on seeds
-     1 and 2.
+     1 and 2;
+  4. every other method (role methods, ablations, prediction_merge) on seed 0.
 The budgeted methods get the dev evaluations the `hs` cell of their seed spent.
 """
 
@@ -30,7 +31,7 @@ from hs_jax import compare, diagnostics, found_system, methods, run_setup
 from hs_jax import workdir as workdir_lib
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The study's workdir.", required=True)
-_STAGES = flags.DEFINE_string("stages", "0,1,2,3", "Stages to run (0: pool, 1-3: cells).")
+_STAGES = flags.DEFINE_string("stages", "0,1,2,3,4", "Stages to run (0: pool, 1-4: cells).")
 _SEEDS = flags.DEFINE_integer("seeds", 5, "Seeds of the core methods (0 .. seeds-1).")
 _REFRESH = flags.DEFINE_boolean(
     "refresh_diagnostics", False, "Recompute every finished cell's answer diagnostics."
@@ -63,12 +64,15 @@ def _cells(workdir: Path, method_list, seeds) -> None:
     logging.info("stage %s seeds %s: %.0f s", list(method_list), seeds, time.perf_counter() - start)
 
 
+def weight_methods() -> list[str]:
+    """The static and dynamic weight methods, in registry order."""
+    return [n for n, spec in methods.METHODS.items() if spec.family in WEIGHT_FAMILIES]
+
+
 def best_weight_methods(workdir: Path, k: int = 2) -> list[str]:
     """The k weight methods with the best seed-0 dev utility (ties: registry order)."""
     scored = []
-    for name, spec in methods.METHODS.items():
-        if spec.family not in WEIGHT_FAMILIES:
-            continue
+    for name in weight_methods():
         r = workdir_lib.read_json(workdir / "nlgraph_gen" / name / "seed_0" / "results.json")
         if r is not None and r["best_system"].get("dev_utility") is not None:
             scored.append((-float(r["best_system"]["dev_utility"]), len(scored), name))
@@ -118,13 +122,15 @@ def main(argv):
         for seed in seeds:
             _cells(workdir, CORE, [seed])
     if 2 in stages:
-        others = [m for m in methods.METHODS if m not in CORE]
-        _cells(workdir, others, [0])
+        _cells(workdir, weight_methods(), [0])
     if 3 in stages:
         best = best_weight_methods(workdir)
         logging.info("the two weight methods with the best seed-0 dev utility: %s", best)
         workdir_lib.write_json(workdir / "study_weight_methods.json", {"methods": best})
         _cells(workdir, best, [1, 2])
+    if 4 in stages:
+        others = [m for m in methods.METHODS if m not in CORE and m not in weight_methods()]
+        _cells(workdir, others, [0])
     print(json.dumps({"workdir": str(workdir), "stages": sorted(stages)}))
 
 
