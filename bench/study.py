@@ -37,6 +37,9 @@ _REFRESH = flags.DEFINE_boolean(
     "refresh_diagnostics", False, "Recompute every finished cell's answer diagnostics."
 )
 _CORE_SEEDS = flags.DEFINE_string("core_seeds", "", "Stage 1 on these seeds only (e.g. '3,4').")
+_PER_SEED = flags.DEFINE_boolean(
+    "per_seed", False, "Print the per-seed table (test (dev) utility, wall minutes) and stop."
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 CORE = ("hs", "random_search", "random_roles", "self_consistency", "best_single",
@@ -79,6 +82,28 @@ def best_weight_methods(workdir: Path, k: int = 2) -> list[str]:
     return [name for _, _, name in sorted(scored)[:k]]
 
 
+def per_seed_table(workdir: Path) -> str:
+    """Markdown: one row per method, one column per seed, each cell 'test (dev), minutes' from
+    the finished cells' results.json; methods in registry order, '-' where a cell is missing."""
+    cells = {}
+    for path in sorted(workdir.glob("*/*/seed_*/results.json")):
+        r = json.loads(path.read_text())
+        b = r["best_system"]
+        dev = "-" if b.get("dev_utility") is None else f"{b['dev_utility']:.3f}"
+        minutes = float(r.get("seconds") or 0.0) / 60
+        cells[r["method"], int(r["seed"])] = f"{b['test_utility']:.3f} ({dev}), {minutes:.1f}"
+    seeds = sorted({s for _, s in cells})
+    rows = [
+        "| method | " + " | ".join(f"seed {s}: test (dev), minutes" for s in seeds) + " |",
+        "|---|" + "---|" * len(seeds),
+    ]
+    for name in methods.METHODS:
+        if any((name, s) in cells for s in seeds):
+            row = " | ".join(cells.get((name, s), "-") for s in seeds)
+            rows.append(f"| {name} | {row} |")
+    return "\n".join(rows)
+
+
 def refresh_diagnostics(workdir: Path) -> int:
     """Recomputes `diagnostics.answers` of every finished cell from its stored test outputs,
     task file and config (cells finished by an hs_jax whose answer key differed); returns
@@ -113,6 +138,9 @@ def main(argv):
     seeds = list(range(_SEEDS.value))
     if _CORE_SEEDS.value:
         seeds = [int(s) for s in _CORE_SEEDS.value.split(",")]
+    if _PER_SEED.value:
+        print(per_seed_table(workdir))
+        return
     if _REFRESH.value:
         logging.info("diagnostics recomputed in %d cells", refresh_diagnostics(workdir))
         return
