@@ -34,17 +34,27 @@ both items; this module only stores, verifies and reloads them:
 - **No model needed to read.** ``read_meta`` reads only the JSON item (the search's
   ``summarize_checkpoint`` is built on it); ``verify_checkpoint`` also reads the arrays and
   checks them against the recorded CRC32s.
+- **Safe beside a live search.** The readers (``read_meta``, ``read_step``,
+  ``verify_checkpoint``) open only committed steps, while the search may save new ones and
+  prune old ones (orbax deletes a pruned step's files in place). A read that fails on a step
+  whose folder then disappears is "pruned", never damage; a step whose files stayed unchanged
+  while its read failed is damaged, live run or not. ``live_holder`` says whether a run holds
+  the workdir's lock (and who), without writing anything.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import fcntl
 import itertools
+import json
 import logging as pylogging
 import math
 import os
 import re
 import sys
+import time
 import traceback
 import zlib
 from collections.abc import Iterator, Mapping
@@ -57,6 +67,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from hs_jax import distributed
+from hs_jax.workdir import LOCK_NAME
 
 PyTree = Any
 
@@ -68,6 +79,10 @@ SEARCH_SUBDIR = "search"
 CORRUPT_SUBDIR = "corrupt"
 FORMAT_VERSION = 1
 RESTART_HINT = "--config.restart=True starts over"
+# How long a failed read waits for a live search to finish deleting the step (orbax prunes a
+# step by deleting its files, then its folders), and how often a stale listing is redone.
+_PRUNE_WAIT_S = 1.0
+_ROUNDS = 5
 # Numbers the multi-host barrier of each move-aside: a barrier name must never repeat.
 _move_barriers = itertools.count(1)
 
@@ -255,29 +270,38 @@ class _DropOrphanReadErrors(pylogging.Filter):
         return not (isinstance(exc, ValueError) and re.match(r"[A-Z_]+: ", str(exc)))
 
 
-class _DropReadOnlyNotice(pylogging.Filter):
-    """Drops the warning "Given directory is read only" that orbax logs for every read-only
-    manager: reading is what the caller asked for. Every other record passes."""
+class _DropReaderNotices(pylogging.Filter):
+    """Drops what orbax logs to a reader about things the reader does not need: "Given
+    directory is read only" (reading is what the caller asked for), and "Metadata file does not
+    exist" / "Failed to read Metadata file" for a step's ``_CHECKPOINT_METADATA`` (timestamps,
+    not data: orbax restores without it, and it vanishes when a live search prunes the step
+    while the manager lists it). Every other record passes."""
+
+    _NOTICES = (
+        "Given directory is read only",
+        "Metadata file does not exist",
+        "Failed to read Metadata file",
+    )
 
     def filter(self, record: pylogging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Given directory is read only")
+        return not str(record.msg).startswith(self._NOTICES)
 
 
 @contextlib.contextmanager
 def _read_only_manager(workdir: str) -> Iterator[ocp.CheckpointManager]:
     """A read-only manager of ``workdir`` (never writes or deletes), closed on exit."""
     options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
-    notice = _DropReadOnlyNotice()
+    notices = _DropReaderNotices()
     absl_logger = logging.get_absl_logger()
-    absl_logger.addFilter(notice)
+    absl_logger.addFilter(notices)
     try:
         manager = ocp.CheckpointManager(workdir, options=options, item_names=(STATE, META))
+        try:
+            yield manager
+        finally:
+            manager.close()
     finally:
-        absl_logger.removeFilter(notice)
-    try:
-        yield manager
-    finally:
-        manager.close()
+        absl_logger.removeFilter(notices)
 
 
 def _reason(e: BaseException) -> str:
@@ -481,6 +505,159 @@ def _moved_aside(workdir: str) -> list[str]:
     return sorted(os.listdir(folder), key=lambda n: [int(p) for p in re.findall(r"\d+", n)] or [0])
 
 
+# ----------------------------------------------------------------------------- live runs
+
+
+def _run_dirs(path: str) -> list[str]:
+    """The folders whose lock says a run writes the search workdir ``path``: the folder itself
+    and, for the ``search/`` folder of a run (``hs_jax.run``), the run's workdir."""
+    dirs = [path]
+    if os.path.basename(path.rstrip(os.sep)) == SEARCH_SUBDIR:
+        dirs.append(os.path.dirname(path.rstrip(os.sep)))
+    return dirs
+
+
+def _is_locked(target: str, flags: int) -> bool:
+    """Whether another open file holds a flock on ``target``: a non-blocking shared flock,
+    released at once (shared, so two readers probing at once never see each other)."""
+    try:
+        fd = os.open(target, flags | os.O_CLOEXEC)
+    except OSError:  # absent (no lock file), unreadable, or not a folder
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:  # a file system without flock: nothing to learn
+        return False
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+def _holder(lock_file: str) -> str:
+    """'pid P on HOST since T' from a lock file (retried briefly: the holder writes it right
+    after taking the lock)."""
+    for _ in range(10):
+        try:
+            with open(lock_file) as f:
+                holder = json.load(f)
+            return f"pid {holder['pid']} on {holder['host']} since {holder['since']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            time.sleep(0.05)
+    return "pid unknown"
+
+
+def live_holder(path: str | os.PathLike) -> str | None:
+    """Who runs the search in ``path`` right now ('pid P on HOST since T'), or None when no live
+    process holds its workdir's lock.
+
+    ``path``: as for ``read_meta``. The probe only opens and flocks what exists (the workdir
+    folder and its ``.lock`` file, see ``hs_jax.workdir.lock``), never creates or writes a
+    file, so it works on a read-only workdir. A search workdir used without ``hs_jax.run``
+    (``run_search(workdir=...)`` alone) has no lock: its live run is not seen here, and reads
+    still tell a pruned step from a damaged one (``verify_checkpoint``)."""
+    path = os.path.abspath(os.fspath(path))
+    base = os.path.basename(path.rstrip(os.sep))
+    if base.isdigit() and os.path.isdir(os.path.join(path, META)):
+        path = os.path.dirname(path)  # one step directory
+    elif os.path.isdir(os.path.join(path, SEARCH_SUBDIR)) and not _has_step_dirs(path):
+        path = os.path.join(path, SEARCH_SUBDIR)  # a run's workdir
+    for folder in _run_dirs(path):
+        lock_file = os.path.join(folder, LOCK_NAME)
+        if _is_locked(folder, os.O_RDONLY | os.O_DIRECTORY) or _is_locked(lock_file, os.O_RDONLY):
+            return _holder(lock_file)
+    return None
+
+
+def _in_progress(live: str | None) -> str:
+    return f"; run in progress ({live})" if live else ""
+
+
+class _StepDamage(Exception):
+    """A committed step that does not read back; the message says which item and why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Outcome:
+    """What reading one listed step gave: its value, damage (one line), or that it was pruned
+    (deleted while, or before, it was read: a live search keeps only its newest steps)."""
+
+    value: Any = None
+    damage: str | None = None
+    pruned: bool = False
+
+
+def _signature(workdir: str, step: int) -> frozenset | None:
+    """(path, size, mtime) of every file of a step folder; None when the folder is gone."""
+    root = os.path.join(workdir, str(step))
+    files = set()
+    for folder, _, names in os.walk(root):
+        for name in names:
+            file = os.path.join(folder, name)
+            with contextlib.suppress(FileNotFoundError):
+                st = os.stat(file)
+                files.add((os.path.relpath(file, root), st.st_size, st.st_mtime_ns))
+    return frozenset(files) if os.path.isdir(root) else None
+
+
+def _vanishes(workdir: str, step: int, seconds: float = _PRUNE_WAIT_S) -> bool:
+    """Whether a step folder is gone within ``seconds`` (orbax deletes a pruned step's files,
+    then its folders: a read can fail half-way through a deletion)."""
+    deadline = time.monotonic() + seconds
+    while os.path.isdir(os.path.join(workdir, str(step))):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def _read_committed(
+    manager: ocp.CheckpointManager, workdir: str, step: int, read, live: str | None
+) -> _Outcome:
+    """``read(manager, step)`` on one committed step of a workdir that a live search may prune.
+
+    A failed read is damage only when the step's files did not change during it. A step whose
+    folder is gone (now, or within ``_PRUNE_WAIT_S`` when its files changed or its run is live)
+    was pruned; one that changed but stayed, or a live run's, is read once more."""
+    damage = None
+    for _ in range(2):
+        before = _signature(workdir, step)
+        if before is None:
+            return _Outcome(pruned=True)
+        try:
+            return _Outcome(value=read(manager, step))
+        except _StepDamage as e:
+            damage = str(e)
+        after = _signature(workdir, step)
+        if after is None:
+            return _Outcome(pruned=True)
+        if after == before and not live:
+            break  # nothing moved under the read: the step itself is damaged
+        if _vanishes(workdir, step):
+            return _Outcome(pruned=True)
+    return _Outcome(damage=damage)
+
+
+def _meta_only(manager: ocp.CheckpointManager, step: int) -> dict:
+    try:
+        return _restore_meta(manager, step)
+    except Exception as e:  # any damage: orbax, JSON, missing item or fields
+        raise _StepDamage(f"meta: {_reason(e)}") from e
+
+
+def _meta_and_arrays(
+    manager: ocp.CheckpointManager, step: int
+) -> tuple[dict, dict[str, np.ndarray]]:
+    meta = _meta_only(manager, step)
+    try:
+        return meta, _restore_arrays(manager, step, meta)
+    except Exception as e:  # orbax, tensorstore and checksum errors
+        raise _StepDamage(f"state: {_reason(e)}") from e
+
+
 # ----------------------------------------------------------------------------- summaries
 
 
@@ -495,6 +672,8 @@ def _resolve(path: str | os.PathLike, step: int | None) -> tuple[str, int | None
     base = os.path.basename(path.rstrip(os.sep))
     if step is None and base.isdigit() and os.path.isdir(os.path.join(path, META)):
         path, step = os.path.dirname(path), int(base)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise NotADirectoryError(f"{path} is a file, not a run's workdir")
     if not os.path.isdir(path):
         raise FileNotFoundError(f"no checkpoint in {path}: no such directory")
     nested = os.path.join(path, SEARCH_SUBDIR)
@@ -503,35 +682,72 @@ def _resolve(path: str | os.PathLike, step: int | None) -> tuple[str, int | None
     return path, step
 
 
-def _listed_steps(manager: ocp.CheckpointManager, workdir: str, step: int | None) -> list[int]:
+@contextlib.contextmanager
+def _reader(workdir: str) -> Iterator[ocp.CheckpointManager]:
+    """A read-only manager; opening it (which lists the committed steps and reads their
+    metadata) is retried when a live search deletes a step under it."""
+    for attempt in range(_ROUNDS):
+        with contextlib.ExitStack() as stack:
+            try:
+                manager = stack.enter_context(_read_only_manager(workdir))
+            except (OSError, ValueError):
+                if attempt == _ROUNDS - 1:
+                    raise
+                time.sleep(0.05)
+                continue
+            yield manager
+            return
+
+
+def _listed_steps(
+    manager: ocp.CheckpointManager, workdir: str, step: int | None, live: str | None = None
+) -> list[int]:
+    """The committed steps of ``workdir`` (orbax lists a step only once its folder is renamed
+    into place; ``<step>.orbax-checkpoint-tmp*`` folders of saves in progress are not listed),
+    or only ``step``."""
     steps = sorted(manager.all_steps())
     if not steps:
         moved = _moved_aside(workdir)
         note = f" (unreadable steps moved aside: {', '.join(moved)})" if moved else ""
-        raise FileNotFoundError(f"no checkpoint in {workdir}{note}")
+        yet = " yet" if live else ""
+        raise FileNotFoundError(f"no checkpoint in {workdir}{yet}{note}{_in_progress(live)}")
     if step is not None and step not in steps:
-        raise FileNotFoundError(f"step {step} not in {workdir} (steps: {steps})")
+        raise FileNotFoundError(
+            f"step {step} not in {workdir} (steps: {steps}){_in_progress(live)}"
+        )
     return [step] if step is not None else steps
 
 
-def _read_meta(workdir: str, step: int | None) -> tuple[int, dict]:
-    with _read_only_manager(workdir) as manager:
-        candidates = _listed_steps(manager, workdir, step)
-        for s in reversed(candidates):
-            try:
-                return s, _restore_meta(manager, s)
-            except Exception as e:
+def _newest_readable(path: str, step: int | None, read) -> tuple[int, Any]:
+    """(step, read(manager, step)) for ``step`` or the newest step that reads back.
+
+    A damaged step is skipped with a warning (a named ``step`` raises); never moved aside: the
+    search that owns the folder may still be running. A step pruned under the read means the
+    listing is stale (orbax prunes the oldest steps first): the steps are listed again."""
+    live = live_holder(path)
+    with _reader(path) as manager:
+        for _ in range(_ROUNDS):
+            stale = False
+            for s in reversed(_listed_steps(manager, path, step, live)):
+                out = _read_committed(manager, path, s, read, live)
+                if out.pruned and step is not None:
+                    raise FileNotFoundError(
+                        f"step {s} in {path} was deleted while it was read{_in_progress(live)}"
+                    )
+                if out.pruned:
+                    stale = True
+                    break
+                if out.damage is None:
+                    return s, out.value
                 if step is not None:
                     raise NoUsableCheckpointError(
-                        f"step {s} in {workdir} is unreadable (meta: {_reason(e)})"
-                    ) from e
-                logging.warning(
-                    "checkpoint step %d in %s is unreadable (meta: %s); trying the previous one",
-                    s,
-                    workdir,
-                    _reason(e),
-                )
-        raise NoUsableCheckpointError(f"no readable checkpoint in {workdir}")
+                        f"step {s} in {path} is unreadable ({out.damage})"
+                    )
+                logging.warning("checkpoint step %d in %s is unreadable (%s)", s, path, out.damage)
+            if not stale:
+                break
+            manager.reload()
+    raise NoUsableCheckpointError(f"no readable checkpoint step in {path}{_in_progress(live)}")
 
 
 def read_meta(path: str | os.PathLike, step: int | None = None) -> tuple[str, int, dict]:
@@ -541,9 +757,11 @@ def read_meta(path: str | os.PathLike, step: int | None = None) -> tuple[str, in
     ``path``: a search workdir (latest readable step unless ``step``), one step directory in it
     (``workdir/<step>``), or the workdir of a whole run (``hs_jax.run``), whose checkpoints are
     in its ``search/`` folder. Damaged array files go unnoticed here: see ``verify_checkpoint``.
+    Safe beside a live search: only committed steps are read, and a step it prunes meanwhile is
+    skipped, never reported as damaged.
     """
     path, step = _resolve(path, step)
-    step, meta = _read_meta(path, step)
+    step, meta = _newest_readable(path, step, _meta_only)
     return path, step, meta
 
 
@@ -555,48 +773,51 @@ def read_step(
 
     ``path``: as for ``read_meta``. Unlike a resume, a damaged step is skipped with a
     warning (a named ``step`` raises), never moved aside: the search that owns the folder may
-    still be running.
+    still be running (a step it prunes meanwhile is skipped, not reported).
     """
     _silence_closed_loop_reports()
     path, step = _resolve(path, step)
-    with _read_only_manager(path) as manager:
-        for s in reversed(_listed_steps(manager, path, step)):
-            try:
-                meta = _restore_meta(manager, s)
-                arrays = _restore_arrays(manager, s, meta)
-            except Exception as e:  # orbax, tensorstore, JSON and checksum errors
-                if step is not None:
-                    raise NoUsableCheckpointError(
-                        f"step {s} in {path} is unreadable ({_reason(e)})"
-                    ) from e
-                logging.warning("checkpoint step %d in %s is unreadable (%s)", s, path, _reason(e))
-                continue
-            return path, s, meta, arrays
-    raise NoUsableCheckpointError(f"no readable checkpoint step in {path}")
+    step, (meta, arrays) = _newest_readable(path, step, _meta_and_arrays)
+    return path, step, meta, arrays
 
 
 def verify_checkpoint(path: str | os.PathLike, step: int | None = None) -> dict[str, Any]:
-    """Read every array of each step (or only ``step``) and check it against the CRC32s in its
-    JSON item, without a model or template, changing nothing.
+    """Read every array of each committed step (or only ``step``) and check it against the
+    CRC32s in its JSON item, without a model or template, changing nothing.
 
-    ``path``: as for ``read_meta``. Returns ``{'workdir', 'steps': [{'step', 'ok',
-    'reason'}], 'moved_aside': [names in corrupt/]}``; ``reason`` (None when ok) is one line
-    saying which item is damaged and how.
+    ``path``: as for ``read_meta``. Returns ``{'workdir', 'live', 'steps': [{'step', 'ok',
+    'reason'}], 'pruned': [steps], 'moved_aside': [names in corrupt/]}``; ``reason`` (None when
+    ok) is one line saying which item is damaged and how. ``live``: the holder of the run's
+    lock ('pid P on HOST since T', see ``live_holder``) while a run writes the workdir, else
+    None. Beside a live search, the steps committed when the call starts are checked (listed
+    again when the search pruned every one of them first); one the search prunes before or
+    while it is read is listed in ``pruned``, not in ``steps`` (a named ``step`` pruned so
+    raises FileNotFoundError). A step whose files stay unchanged
+    while a read fails (checked twice when the run is live) is damaged, live run or not.
     """
     _silence_closed_loop_reports()
     path, step = _resolve(path, step)
-    results = []
-    with _read_only_manager(path) as manager:
-        for s in _listed_steps(manager, path, step):
-            reason = None
-            try:
-                meta = _restore_meta(manager, s)
-            except Exception as e:
-                reason = f"meta: {_reason(e)}"
-            else:
-                try:
-                    _restore_arrays(manager, s, meta)
-                except Exception as e:
-                    reason = f"state: {_reason(e)}"
-            results.append({"step": s, "ok": reason is None, "reason": reason})
-    return {"workdir": path, "steps": results, "moved_aside": _moved_aside(path)}
+    live = live_holder(path)
+    results, pruned = [], []
+    with _reader(path) as manager:
+        for _ in range(_ROUNDS):
+            for s in _listed_steps(manager, path, step, live):
+                out = _read_committed(manager, path, s, _meta_and_arrays, live)
+                if out.pruned and step is not None:
+                    raise FileNotFoundError(
+                        f"step {s} in {path} was deleted while it was read{_in_progress(live)}"
+                    )
+                if out.pruned:
+                    pruned.append(s)
+                else:
+                    results.append({"step": s, "ok": out.damage is None, "reason": out.damage})
+            if results:
+                break
+            manager.reload()  # every listed step was pruned: check the ones that replaced them
+    return {
+        "workdir": path,
+        "live": live,
+        "steps": results,
+        "pruned": pruned,
+        "moved_aside": _moved_aside(path),
+    }

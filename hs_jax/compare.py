@@ -24,20 +24,26 @@ can spend). cells.json records each cell's budget and where it came from.
 Shared pools. A trained pool (experts.source='train' without experts.pool_dir) is trained once
 per distinct set of pool-defining settings (the fields `run_identity.pool_reusable` compares:
 seed, protocol, model, task, experts) into `<workdir>/<task>/pools/<hash>` and loaded by every
-cell with those settings, so the methods of one seed are compared on the same experts.
+cell with those settings, so the methods of one seed are compared on the same experts. It is
+written whole or not at all (`experts.write_pool`); a pool folder there that is not whole (a
+kill in an older hs_jax) is moved aside to `<hash>.incomplete-<UTC time>` and trained again
+by the next cell that needs it.
 
 Resume. A finished cell (its results.json present) is not recomputed: `hs_jax.run` returns it
 as it is, loading nothing and writing nothing (a cell whose config changed since is refused by
 its run identity, and reported failed). A killed comparison, run again with the same command,
 goes over the cells again: the finished ones are counted as such in the log, the one it was
-killed in resumes through `hs_jax.run`'s own resume, the rest run. `--config.restart=True`
-starts every cell over (each run moved aside into its `previous/`).
+killed in resumes through `hs_jax.run`'s own resume, the rest run; the staged files a killed
+comparison left (its own: cells.json, the tables, the shared pools, the singles cache) are
+removed once its lock is held (`remove_stale_files`), each cell's by its run.
+`--config.restart=True` starts every cell over (each run moved aside into its `previous/`).
 
 Failures. A method that does not apply (`MethodSpec.applies` of the cell's resolved config,
 or `method_api.NotApplicable` raised by the method) is reported as 'not_applicable' with its
 reason; a cell that raises anything else is reported 'failed' with the error's first line and
 its traceback in `<cell>/failed.txt`. Neither stops the other cells; a failed cell is tried
-again by the next comparison.
+again by the next comparison. `failure_summary` names the failed cells in one line;
+launch.compare prints it and exits 1 when a cell failed (not for a cell that does not apply).
 
 Outputs in the workdir: cells.json (every cell: method, family, task, seed, workdir, status,
 reason, budget; rewritten after each cell, so a killed comparison shows where it stopped),
@@ -53,6 +59,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import time
 import traceback
 from collections.abc import Mapping, Sequence
@@ -71,6 +78,8 @@ from hs_jax.method_api import NotApplicable, budget_of
 
 CELLS_JSON = "cells.json"
 FAILED_TXT = "failed.txt"
+POOLS = "pools"  # <workdir>/<task>/pools: the shared trained pools
+SINGLES = "singles"  # <workdir>/singles: the single experts' scores (config.singles_cache)
 # Every method runs on every seed given: a table compares cells with the same seeds (a method
 # run on fewer seeds is compared only with its like).
 ALL = "all"
@@ -224,7 +233,7 @@ def _shared_pool_dir(c: ml_collections.ConfigDict, workdir: Path, cell: Cell) ->
     settings = {k: v for k, v in flat.items() if k.startswith(pool_fields)}
     settings.pop("experts.pool_dir", None)
     key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
-    return str(workdir / cell.task.label / "pools" / key[:12])
+    return str(workdir / cell.task.label / POOLS / key[:12])
 
 
 def cell_config(
@@ -250,7 +259,7 @@ def cell_config(
     if c.experts.source == "train" and not c.experts.pool_dir:
         c.experts.pool_dir = _shared_pool_dir(c, workdir, cell)
     if not c.singles_cache:  # every cell of a task scores the same single experts
-        c.singles_cache = str(Path(workdir) / "singles")
+        c.singles_cache = str(Path(workdir) / SINGLES)
     return c
 
 
@@ -359,6 +368,45 @@ def _failed(entry: dict[str, Any], cell_dir: Path, e: BaseException) -> dict[str
 # ----------------------------------------------------------------------------- the whole
 
 
+class CellsFailed(UserError):
+    """Cells of a comparison failed; the message names them (`failure_summary`)."""
+
+
+def failure_summary(entries: Sequence[Mapping[str, Any]], shown: int = 5) -> str | None:
+    """One line naming the failed cells of `entries` and their errors' first lines (None when
+    none failed; a cell that does not apply has not failed)."""
+    failed = [e for e in entries if e["status"] == "failed"]
+    if not failed:
+        return None
+    reasons = [str(e["reason"] or "") for e in failed[:shown]]
+    reasons = [r if len(r) <= 120 else r[:117] + "..." for r in reasons]
+    named = [f"{e['workdir']} ({r})" for e, r in zip(failed, reasons, strict=False)]
+    more = f" and {len(failed) - shown} more" if len(failed) > shown else ""
+    return (
+        f"{len(failed)} of {len(entries)} cells failed: {', '.join(named)}{more}; each failed "
+        f"cell's traceback is in its {FAILED_TXT}, and a rerun tries it again"
+    )
+
+
+def remove_stale_files(workdir: Path) -> list[Path]:
+    """Removes the staged (TMP_MARK) entries a killed comparison left in what it writes
+    itself: the top of `workdir` (cells.json, the tables, the pictures), the shared pools
+    (`<task>/pools`) and the singles cache; returns them. The cells' own are removed by their
+    runs. Only call it while holding the comparison's lock."""
+    removed = [p for p in workdir.iterdir() if workdir_lib.TMP_MARK in p.name]
+    for path in removed:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    for folder in [workdir / SINGLES, *sorted(workdir.glob(f"*/{POOLS}"))]:
+        if folder.is_dir():
+            removed += workdir_lib.remove_temp_files(folder)
+    for path in removed:
+        logging.info("removed %s (left by a killed comparison)", path)
+    return removed
+
+
 def _log_cell(k: int, n: int, entry: dict[str, Any]) -> None:
     where = f"cell {k}/{n} {entry['method']} / {entry['task']} / seed {entry['seed']}"
     if entry["status"] == "done":
@@ -401,6 +449,7 @@ def compare(
     cells = plan(names, refs, seeds, seeded, int(config.seed))
     workdir.mkdir(parents=True, exist_ok=True)
     with workdir_lib.lock(workdir):
+        remove_stale_files(workdir)
         finished = [(workdir / c.subdir() / workdir_lib.RESULTS_JSON).is_file() for c in cells]
         logging.info(
             "%d cells (%d methods x %d tasks, seeds %s for %s): %d finished earlier (not "

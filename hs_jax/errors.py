@@ -20,15 +20,33 @@ NotADirectoryError, IsADirectoryError, PermissionError); a ValueError whose mess
 raised while the command line is parsed (an unknown ``--config.<field>``, a config file that
 does not load).
 
+Two more stops are reported in one line, though they are not mistakes in the input:
+
+- a write the file system refuses (:func:`write_failure`): no space left (ENOSPC), a disk
+  quota (EDQUOT), a file over the size limit (EFBIG, ``ulimit -f``) or a read-only file system
+  (EROFS), wherever it happens, orbax's and tensorstore's writer threads included (their error
+  is looked for through ``__cause__``, ``__context__``, exception groups and tensorstore's
+  ``[os_error_code=...]`` messages). The line names the file and what it belongs to, e.g.
+  ``launch.main: no space left on device writing <workdir>/search/3/... (checkpoint step 3);
+  free space and run the same command to resume``; orbax's own log of the same error (an ERROR
+  line with a traceback, from its writer thread) is not shown. Exit status 1.
+- an interrupt (SIGINT, Ctrl-C): ``launch.main: interrupted (SIGINT); run the same command to
+  resume from the last checkpoint`` and exit status 130 (128 + SIGINT, the shell's convention
+  for a process stopped by SIGINT), so scripts can tell it from an error.
+
 This module imports nothing heavy (no jax), so `hs_jax.config` can raise its errors cheaply.
 """
 
 from __future__ import annotations
 
+import errno
+import logging as std_logging
 import os
+import re
 import sys
 import textwrap
 from collections.abc import Callable, Iterator
+from pathlib import PurePath
 from typing import Any
 
 
@@ -62,13 +80,172 @@ def _package_error_types() -> Iterator[type]:
                 yield cls
 
 
-def is_user_error(e: BaseException) -> bool:
-    """Whether `e` is a mistake in the user's input (see the module docstring)."""
+def _input_error(e: BaseException) -> bool:
     if isinstance(e, (UserError, *_PATH_ERRORS)):
         return True
     if isinstance(e, tuple(_package_error_types())):
         return True
     return isinstance(e, ValueError) and str(e).startswith("config.")
+
+
+def is_user_error(e: BaseException) -> bool:
+    """Whether `e` is reported in one line: a mistake in the user's input, or a write the file
+    system refused (see the module docstring)."""
+    return _input_error(e) or write_failure(e) is not None
+
+
+# ----------------------------------------------------------------------------- refused writes
+
+# errno -> the line's text ({where}: ' writing <path> (<what>)') and what to do.
+_WRITE_ERRNOS = {
+    errno.ENOSPC: "no space left on device{where}; free space and run the same command to resume",
+    errno.EDQUOT: (
+        "disk quota exceeded{where}; free space (or raise the quota) and run the same command "
+        "to resume"
+    ),
+    errno.EFBIG: (
+        "file too large{where}: over the file size limit (ulimit -f); raise it and run the same "
+        "command to resume"
+    ),
+    errno.EROFS: (
+        "read-only file system{where}; use a writable location (a finished run is only read, "
+        "and is returned from a read-only one)"
+    ),
+}
+# Matched in the text of errors that carry no errno (tensorstore's, raised as ValueError).
+# "File too large" is left out: too common a phrase to mean EFBIG for sure.
+_WRITE_STRERRORS = {os.strerror(n): n for n in (errno.ENOSPC, errno.EDQUOT, errno.EROFS)}
+_OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")
+_QUOTED_PATH = re.compile(r'"(/[^"]+)"')
+# Frame locals that may hold the file being written when the OSError does not name it
+# (`f.write` raises ENOSPC without a filename): the innermost frame's first match is taken.
+_PATH_LOCALS = ("path", "filename", "tmp", "self")
+# What a file in a workdir is, by name (hs_jax.workdir, hs_jax.report, hs_jax.compare).
+_FILE_ROLES = {
+    ".lock": "the workdir's lock file",
+    "run.json": "the run's record",
+    "results.json": "the run's results",
+    "task.json": "the generated task file",
+    "archive.jsonl": "the archive of scored systems",
+    "test_prompts.jsonl": "the test prompts",
+    "best_dag.png": "a picture",
+    "curves.png": "a picture",
+    "cells.json": "the comparison's cells",
+    "table.md": "the comparison's table",
+}
+_FOLDER_ROLES = {
+    "best_experts": "the best system's exported experts",
+    "experts": "the trained expert pool",
+    "pools": "a comparison's shared expert pool",
+    "data_merge": "the data-merge baseline's adapter",
+    "previous": "the previous run, moved aside",
+    "search": "the checkpoints",
+}
+# `<stem>.hs-tmp-<pid><suffix>` / `<name>.hs-tmp-old-<pid>`: hs_jax.workdir.TMP_MARK names.
+_STAGED = re.compile(r"\.hs-tmp-(?:old-)?\d+")
+# `search/<step>` or orbax's staging name for it, `search/<step>.orbax-checkpoint-tmp...`.
+_STEP = re.compile(r"(\d+)(?:\.orbax-checkpoint-tmp.*)?$")
+
+
+def _linked(e: BaseException) -> Iterator[BaseException]:
+    """`e` and every exception linked to it (cause, context, a group's members, an exception
+    passed as an argument), each once, nearest first."""
+    seen: set[int] = set()
+    todo = [e]
+    while todo:
+        e = todo.pop(0)
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        todo += [x for x in (e.__cause__, e.__context__) if x is not None]
+        todo += [x for x in getattr(e, "exceptions", ()) if isinstance(x, BaseException)]
+        todo += [x for x in e.args if isinstance(x, BaseException)]
+
+
+def _write_errno(e: BaseException) -> int | None:
+    if isinstance(e, OSError):
+        return e.errno if e.errno in _WRITE_ERRNOS else None
+    text = str(e)
+    code = _OS_ERROR_CODE.search(text)
+    if code is not None and int(code.group(1)) in _WRITE_ERRNOS:
+        return int(code.group(1))
+    return next((n for s, n in _WRITE_STRERRORS.items() if s in text), None)
+
+
+def _frame_path(e: BaseException) -> str | None:
+    """The file a frame of `e`'s traceback was writing, innermost frame first."""
+    frames = []
+    tb = e.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    for frame in reversed(frames):
+        for name in _PATH_LOCALS:
+            value = frame.f_locals.get(name)
+            if isinstance(value, os.PathLike):
+                return os.fsdecode(os.fspath(value))
+            if name != "self" and isinstance(value, str) and os.path.isabs(value):
+                return value
+    return None
+
+
+def _error_path(e: BaseException) -> str | None:
+    if isinstance(e, OSError):
+        for name in (e.filename, e.filename2):
+            if name is not None:
+                return os.fsdecode(name)
+    # tensorstore: '... Failed writing: "/the/file": Failed to write ... [os_error_code=28] ...'
+    quoted = _QUOTED_PATH.findall(str(e).split("os_error_code")[0])
+    return quoted[-1] if quoted else None
+
+
+def _role(path: str) -> str | None:
+    """What the file at `path` is part of: 'checkpoint step 3', 'the run's results', ..."""
+    parts = PurePath(path).parts
+    for i in range(len(parts) - 1, -1, -1):
+        if parts[i] == "search" and i + 1 < len(parts):
+            step = _STEP.match(parts[i + 1])
+            if step is not None:
+                return f"checkpoint step {int(step.group(1))}"
+    if parts and parts[-1] in _FILE_ROLES:
+        return _FILE_ROLES[parts[-1]]
+    return next((_FOLDER_ROLES[p] for p in reversed(parts) if p in _FOLDER_ROLES), None)
+
+
+def write_failure(e: BaseException) -> str | None:
+    """One line for a write the file system refused (full, over quota or the size limit,
+    read-only), naming the file and what it belongs to, when `e` is one or wraps one; else
+    None. Nothing else is recognised: a bug that merely mentions a full disk stays a bug."""
+    linked = list(_linked(e))
+    code = next((c for x in linked if (c := _write_errno(x)) is not None), None)
+    if code is None:
+        return None
+    path = next((p for x in linked if (p := _error_path(x)) is not None), None)
+    if path is None:
+        path = next((p for x in linked if (p := _frame_path(x)) is not None), None)
+    where = ""
+    if path is not None:  # a staged file by the name it is staged for
+        path = _STAGED.sub("", path)
+        role = _role(path)
+        where = f" writing {path}" + (f" ({role})" if role else "")
+    return _WRITE_ERRNOS[code].format(where=where)
+
+
+class _HideReportedWriteFailures(std_logging.Filter):
+    """Drops a log record whose exception is a refused write (orbax logs its writer thread's
+    error with a traceback, then raises it in the caller): `run_main` reports it in one line.
+    Kept with --verbose."""
+
+    def __init__(self, verbose: Callable[[], bool]):
+        super().__init__()
+        self._verbose = verbose
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if error is None or self._verbose():
+            return True
+        return write_failure(error) is None
 
 
 def _text(e: BaseException) -> str:
@@ -100,7 +277,10 @@ def format_error(launcher: str, e: BaseException, argv: list[str] | None = None)
     """`launcher: <first line>`; the later lines of a multi-line message (a list of bad fields)
     follow, indented by two spaces (their own relative indentation kept)."""
     argv = sys.argv if argv is None else argv
-    text = _unknown_field(e, argv) or _text(e).strip() or type(e).__name__
+    text = _unknown_field(e, argv)
+    if text is None and not _input_error(e):
+        text = write_failure(e)
+    text = text or _text(e).strip() or type(e).__name__
     first, *rest = [line for line in text.splitlines() if line.strip()]
     rest = textwrap.indent(textwrap.dedent("\n".join(rest)), "  ").splitlines()
     return "\n".join([f"{launcher}: {first}", *rest])
@@ -143,14 +323,33 @@ def launcher_name(main: Callable) -> str:
     return spec.name if spec is not None and spec.name else os.path.basename(sys.argv[0])
 
 
-def run_main(main: Callable[[list[str]], Any]) -> None:
-    """`absl.app.run(main)`, reporting a user error in one line and exiting 1 (module docstring).
+# Launchers whose rerun resumes where an interrupted one stopped (their workdir's checkpoints).
+_RESUMING = ("launch.main", "launch.compare")
+EXIT_INTERRUPTED = 130  # 128 + SIGINT: the shell's status for a process stopped by Ctrl-C
 
-    Defines the boolean flag --verbose (show the traceback of a user error too), once. First of
+
+def _interrupted(e: BaseException) -> bool:
+    return any(isinstance(x, KeyboardInterrupt) for x in _linked(e))
+
+
+def interrupted_line(launcher: str) -> str:
+    """The line printed when SIGINT (Ctrl-C) stops `launcher`."""
+    line = f"{launcher}: interrupted (SIGINT)"
+    if launcher in _RESUMING:
+        line += "; run the same command to resume from the last checkpoint"
+    return line
+
+
+def run_main(main: Callable[[list[str]], Any]) -> None:
+    """`absl.app.run(main)`, reporting a user error in one line and exiting 1, an interrupt
+    (SIGINT) in one line and exiting 130 (module docstring).
+
+    Defines the boolean flag --verbose (show the traceback of these too), once. First of
     all, before anything starts JAX, sets the host allocator to reuse XLA's CPU buffers unless
     ``HS_JAX_HOST_MALLOC=glibc`` (hs_jax.host_memory).
     """
     from absl import app, flags
+    from absl import logging as absl_logging
 
     from hs_jax import host_memory
 
@@ -158,14 +357,33 @@ def run_main(main: Callable[[list[str]], Any]) -> None:
 
     if "verbose" not in flags.FLAGS:
         flags.DEFINE_boolean(
-            "verbose", False, "On a user error (bad config, flag or file) show the traceback."
+            "verbose",
+            False,
+            "On a user error (bad config, flag or file), a refused write (full disk, read-only "
+            "file system) or an interrupt (Ctrl-C), show the traceback.",
         )
+
+    def verbose() -> bool:
+        return flags.FLAGS.verbose if flags.FLAGS.is_parsed() else _argv_verbose(sys.argv)
+
+    handler = absl_logging.get_absl_handler()
+    if not any(isinstance(f, _HideReportedWriteFailures) for f in handler.filters):
+        handler.addFilter(_HideReportedWriteFailures(verbose))
     try:
         app.run(main)
+    except KeyboardInterrupt:
+        if verbose():
+            raise
+        print(interrupted_line(launcher_name(main)), file=sys.stderr, flush=True)
+        sys.exit(EXIT_INTERRUPTED)
     except Exception as e:
         parsing = not flags.FLAGS.is_parsed()
-        verbose = _argv_verbose(sys.argv) if parsing else flags.FLAGS.verbose
-        if verbose or not (parsing or is_user_error(e)):
+        if verbose():
+            raise
+        if _interrupted(e):
+            print(interrupted_line(launcher_name(main)), file=sys.stderr, flush=True)
+            sys.exit(EXIT_INTERRUPTED)
+        if not (parsing or is_user_error(e)):
             raise
         print(format_error(launcher_name(main), e), file=sys.stderr, flush=True)
         sys.exit(1)

@@ -10,13 +10,24 @@ A pool trained here records what each expert learned from: `TRAINING_RECORD` in 
 PEFT folder holds the sha256 of every training question's normalised text (not the prompts),
 so a run can tell, before it loads a model, whether it would score an expert on questions the
 expert was trained on (`hs_jax.run_setup.check_train_overlap`).
+
+A pool is written whole or not at all (`write_pool`): every expert's folder is staged in a
+temporary folder next to it (`hs_jax.workdir.temp_path`), `POOL_RECORD` (the completion
+record: the experts and their PEFT files' sizes) is written last, and the folder is renamed
+into place. A pool is present only when its record is and agrees with the files (`pool_ready`);
+a folder without one (a writer killed in an older hs_jax, a damaged pool) is moved aside,
+never deleted, to `<folder>.incomplete-<UTC time>` and the pool rebuilt. A complete pool an
+older hs_jax wrote (every expert folder loads: its config parses, its weights file is whole)
+is adopted: its record is written and it is used as it is.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import math
 import os
+import shutil
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
@@ -39,6 +50,12 @@ from hs_jax.tasks.nlgraph_gen import question_hash
 # What an expert hs_jax trained was trained on, next to its PEFT files (`training_record`).
 TRAINING_RECORD = "hs_jax_training.json"
 TRAINING_RECORD_FORMAT = 1
+# The completion record of a pool folder hs_jax wrote: written last, so its presence means the
+# pool is whole (`write_pool`, `pool_ready`).
+POOL_RECORD = "hs_jax_pool.json"
+POOL_RECORD_FORMAT = 1
+# A pool folder that was not whole is moved aside to `<folder><INCOMPLETE_MARK><UTC time>`.
+INCOMPLETE_MARK = ".incomplete-"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,10 +248,186 @@ def pool_folders(directory: str | os.PathLike, names: Sequence[str]) -> list[str
     return [os.path.join(os.fspath(directory), name) for name in names]
 
 
-def pool_present(folders: Sequence[str]) -> bool:
-    """Whether every expert's folder holds its adapter weights (written last, after its
-    training record): then the pool is loaded, not trained."""
-    return all(os.path.exists(os.path.join(f, lora.ADAPTER_WEIGHTS)) for f in folders)
+def _pool_files(directory: Path, names: Sequence[str]) -> dict[str, int]:
+    """'<expert>/<file>' -> size in bytes, for the PEFT files of every expert (what loads;
+    a training record may be removed, or damaged, without making the pool another one:
+    `read_training_record` judges it)."""
+    return {
+        f"{name}/{file}": (directory / name / file).stat().st_size
+        for name in names
+        for file in (lora.ADAPTER_CONFIG, lora.ADAPTER_WEIGHTS)
+    }
+
+
+def _write_pool_record(directory: Path, names: Sequence[str]) -> None:
+    record = {
+        "format": POOL_RECORD_FORMAT,
+        "experts": list(names),
+        "files": _pool_files(directory, names),
+        "written": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+    workdir_lib.write_json(directory / POOL_RECORD, record)
+
+
+def pool_problem(directory: str | os.PathLike, names: Sequence[str]) -> str | None:
+    """Why `directory` does not hold the complete pool of experts `names` (None when it does):
+    no completion record (`POOL_RECORD`), an unreadable one, an expert it does not list, or a
+    file it lists that is missing or of another size. Reads no weights."""
+    path = Path(directory) / POOL_RECORD
+    try:
+        record = workdir_lib.read_json(path)
+    except workdir_lib.WorkdirError as e:
+        return str(e)
+    if record is None:
+        return f"no completion record ({POOL_RECORD})"
+    if (
+        not isinstance(record, dict)
+        or record.get("format") != POOL_RECORD_FORMAT
+        or not isinstance(record.get("experts"), list)
+        or not isinstance(record.get("files"), dict)
+    ):
+        return f"{path} is not a pool record of format {POOL_RECORD_FORMAT}"
+    missing = [name for name in names if name not in record["experts"]]
+    if missing:
+        return f"{path} does not list the experts {missing}"
+    for rel, size in record["files"].items():
+        if rel.split("/", 1)[0] not in names:
+            continue
+        file = Path(directory) / rel
+        if not file.is_file():
+            return f"{file} is missing"
+        if file.stat().st_size != size:
+            return f"{file} has {file.stat().st_size} bytes, the record says {size}"
+    return None
+
+
+def _older_pool_problem(directory: Path, names: Sequence[str]) -> str | None:
+    """Why the expert folders of a pool without a completion record are not a whole pool an
+    older hs_jax wrote (None when they are: each folder's adapter config parses and its
+    weights file holds every byte its header announces)."""
+    from hs_jax.models.safetensors_io import read_safetensors
+
+    for name in names:
+        folder = directory / name
+        try:
+            lora.check_peft_folder(folder)
+            read_safetensors(folder / lora.ADAPTER_WEIGHTS)
+            read_training_record(folder)
+        except (OSError, ValueError) as e:  # AdapterError, CheckpointError: ValueErrors
+            return str(e).splitlines()[0]
+    return None
+
+
+def move_incomplete(directory: str | os.PathLike) -> Path:
+    """Moves a pool folder that is not whole to `<folder>.incomplete-<UTC time>` beside it (a
+    new name, never over anything); returns where it went."""
+    directory = Path(directory)
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    dest = directory.with_name(f"{directory.name}{INCOMPLETE_MARK}{stamp}")
+    k = 1
+    while dest.exists():
+        k += 1
+        dest = directory.with_name(f"{directory.name}{INCOMPLETE_MARK}{stamp}-{k}")
+    os.replace(directory, dest)
+    return dest
+
+
+def _stale_stagings(directory: Path) -> list[Path]:
+    """Staging folders of `directory` left by writers that are no longer running (this host's
+    processes; a pool written on another host is not judged)."""
+    stale = []
+    prefix = f"{directory.name}{workdir_lib.TMP_MARK}"
+    for path in directory.parent.glob(f"{directory.name}{workdir_lib.TMP_MARK}*"):
+        pid = path.name[len(prefix) :]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            stale.append(path)
+        except OSError:
+            pass
+    return stale
+
+
+def pool_ready(directory: str | os.PathLike, names: Sequence[str]) -> bool:
+    """Whether `directory` holds the complete pool of experts `names`, settling what is there:
+    a folder with a good completion record is the pool; a folder without one whose experts
+    are whole (a pool of an older hs_jax) gets its record and is the pool; any other folder
+    is moved aside (`move_incomplete`, with a warning naming both places) and False returned,
+    so the caller rebuilds it. Only call it for pools hs_jax writes (never a user's PEFT
+    folders) and only from the process that writes them."""
+    directory = Path(directory)
+    for stale in _stale_stagings(directory):
+        logging.warning(
+            "%s: a pool staged by a process that is no longer running (killed while writing "
+            "it); it is not used and can be deleted", stale,
+        )  # fmt: skip
+    if not directory.exists() and not directory.is_symlink():
+        return False
+    if directory.is_dir() and not directory.is_symlink() and not any(directory.iterdir()):
+        return False  # an empty folder (made beforehand): nothing to keep, the pool replaces it
+    problem = pool_problem(directory, names) if directory.is_dir() else "not a folder"
+    if problem is None:
+        return True
+    if directory.is_dir() and not (directory / POOL_RECORD).exists():
+        older = _older_pool_problem(directory, names)
+        if older is None:
+            _write_pool_record(directory, names)
+            logging.info("%s: a complete pool of an older hs_jax; recorded as complete", directory)
+            return True
+        problem = f"{problem}; {older}"
+    dest = move_incomplete(directory)
+    logging.warning(
+        "%s is not a complete expert pool (%s): moved aside to %s, the pool is built again",
+        directory, problem, dest,
+    )  # fmt: skip
+    return False
+
+
+def write_pool(
+    directory: str | os.PathLike,
+    stack: lora.LoraStack,
+    names: Sequence[str],
+    records: Sequence[dict[str, Any] | None] | None = None,
+    *,
+    base_model_name_or_path: str | None = None,
+) -> list[str]:
+    """Writes expert i of `stack` as the PEFT folder `directory/names[i]` (with its training
+    record `records[i]` first, when given), all of them in one staged folder that is renamed
+    into place once the completion record (`POOL_RECORD`) is written last; returns the
+    folders. A folder already at `directory` is moved aside first unless it is a complete pool
+    (a racing writer's: kept, this one dropped); an empty folder is replaced. The kill point
+    'pool_write' (a test hook) follows each expert's folder."""
+    directory = Path(directory)
+    tmp = workdir_lib.temp_path(directory)
+    _remove(tmp)  # this process id's staging name: an earlier process of the same id's
+    tmp.mkdir(parents=True)
+    try:
+        for i, name in enumerate(names):
+            folder = tmp / name
+            folder.mkdir()
+            if records is not None and records[i] is not None:
+                workdir_lib.write_json(folder / TRAINING_RECORD, records[i])
+            lora.export_peft_adapter(
+                stack, i, folder, base_model_name_or_path=base_model_name_or_path
+            )
+            workdir_lib.kill_point("pool_write")  # test hook: after each expert's folder
+        _write_pool_record(tmp, names)
+        if pool_ready(directory, names):  # anything else there is moved aside
+            logging.info("%s was completed by another process meanwhile; keeping it", directory)
+        else:
+            os.replace(tmp, directory)
+    finally:
+        _remove(tmp)
+    return pool_folders(directory, names)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
 
 
 def build_or_load_pool(
@@ -249,32 +442,26 @@ def build_or_load_pool(
     base_model_name_or_path: str | None = None,
     task: str | None = None,
 ) -> lora.LoraStack:
-    """The pool saved as PEFT folders `directory/<name>`; trained only when some are missing.
+    """The pool saved as PEFT folders `directory/<name>`; trained only when `directory` does
+    not hold it whole (`pool_ready`: a half-written pool is moved aside first).
 
-    Each folder is written whole under a temporary name and renamed into place: its training
-    record (`TRAINING_RECORD`, from the slice's questions, labelled with `task`) first, then
-    the adapter, so a folder that is present always has its record when its examples carried
-    their questions. A present folder without a record (an older hs_jax) still loads.
+    Written by `write_pool`: each folder holds its training record (`TRAINING_RECORD`, from
+    the slice's questions, labelled with `task`) before its adapter, and the pool's completion
+    record comes last, so a pool that is present is whole and has its records when its
+    examples carried their questions. A whole pool of an older hs_jax (no completion record,
+    possibly no training records) is adopted and loads.
 
-    Multi-process runs (`hs_jax.distributed`): process 0 looks for the folders and writes them;
+    Multi-process runs (`hs_jax.distributed`): process 0 looks at the folder and writes it;
     every process trains (the same pool, on its own devices), so none waits idle in a
     collective for the length of a training, and all load the folders process 0 wrote."""
-    folders = pool_folders(directory, names)
-    if distributed.on_primary(lambda: pool_present(folders)):
+    if distributed.on_primary(lambda: pool_ready(directory, names)):
         logging.info("loading the expert pool from %s", directory)
-        return lora.load_peft_pool(folders, config)
+        return lora.load_peft_pool(pool_folders(directory, names), config)
     stack, _ = train_pool(config, params, tokenizer, slices, sft, names=names)
-
-    def export() -> None:
-        for i, folder in enumerate(folders):
-            record = training_record(slices[i], task=task)
-            with workdir_lib.atomic_path(folder) as tmp:
-                tmp.mkdir(parents=True)
-                if record is not None:
-                    workdir_lib.write_json(tmp / TRAINING_RECORD, record)
-                lora.export_peft_adapter(
-                    stack, i, tmp, base_model_name_or_path=base_model_name_or_path
-                )
-
-    distributed.on_primary(export)
+    records = [training_record(piece, task=task) for piece in slices]
+    folders = distributed.on_primary(
+        lambda: write_pool(
+            directory, stack, names, records, base_model_name_or_path=base_model_name_or_path
+        )
+    )
     return lora.load_peft_pool(folders, config)

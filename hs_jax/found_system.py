@@ -15,7 +15,9 @@ items are results.json's `best_system_test_outputs`, node for node. Where it com
   DAG and assignment (its meta) and its best expert weights, restored against a template built
   from the run's pool (`run_setup.build_experts`: the pool is loaded, or regenerated from the
   seed, never trained). Checkpoints are only read (`read_checkpoint`), every array checked
-  against its recorded CRC32, so a running search is never disturbed.
+  against its recorded CRC32, so a running search is never disturbed; beside a live run only
+  committed steps are read, a step it prunes meanwhile is skipped (not called damaged), and a
+  warning says "run in progress (pid ...)".
 
 The config is the run's own: `config` when given (checked against run.json, field by field),
 else rebuilt from `<workdir>/run.json` (the fields that do not change results, FREE_FIELDS,
@@ -293,6 +295,8 @@ def load_system(
     best_experts/, or from checkpoint `step` (default for an unfinished run: the latest
     readable step). `config`: the config the run used (None: read from run.json)."""
     workdir = Path(workdir)
+    if workdir.exists() and not workdir.is_dir():
+        raise NotADirectoryError(f"{workdir} is a file, not a run's workdir")
     if not workdir.is_dir():
         raise FileNotFoundError(f"workdir {workdir} does not exist")
     c = _checked_config(config, workdir)
@@ -301,12 +305,18 @@ def load_system(
     if finished and not (workdir / BEST_EXPERTS).is_dir():
         logging.info("%s has no %s/: reading its last checkpoint", workdir, BEST_EXPERTS)
         finished = False
+    live = None if finished else checkpointing.live_holder(workdir)
+    in_progress = f"; run in progress ({live})" if live else ""
     if not finished and not (workdir / checkpointing.SEARCH_SUBDIR).is_dir():
         raise FileNotFoundError(
             f"{workdir} holds no search: no {workdir_lib.RESULTS_JSON} and no checkpoint in "
-            f"{checkpointing.SEARCH_SUBDIR}/"
+            f"{checkpointing.SEARCH_SUBDIR}/{' yet' if live else ''}{in_progress}"
         )
     ckpt = None if finished else read_checkpoint(workdir / checkpointing.SEARCH_SUBDIR, step)
+    if live:
+        logging.warning(
+            "run in progress (%s): using its committed checkpoint step %d", live, ckpt.step
+        )
     source = run_identity.task_source(c, workdir)
     if source.pending:
         raise workdir_lib.WorkdirError(f"{workdir} has no {workdir_lib.TASK_JSON}")
@@ -346,7 +356,7 @@ def load_system(
     weights = ckpt.restore("best_weights", pool)
     return FoundSystem(
         run, Dag.from_dict(best["dag"]), best["assignment"], run_setup.expert_names(pool),
-        weights, f"checkpoint step {ckpt.step}",
+        weights, f"checkpoint step {ckpt.step}{in_progress}",
     )  # fmt: skip
 
 

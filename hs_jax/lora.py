@@ -28,6 +28,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 from flax import struct
 
 from hs_jax.models.gemma_config import GemmaConfig
@@ -47,6 +48,7 @@ _PARENT = {
 INIT_SCHEMES = ("zero", "random", "peft")
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+_ALL_LINEAR = "all-linear"  # PEFT's target_modules shorthand: every linear layer but the head
 
 
 class AdapterError(ValueError):
@@ -466,10 +468,31 @@ def _read_adapter_config(folder: str) -> dict[str, Any]:
         )
     _check_patterns(folder, cfg)
     targets = cfg.get("target_modules")
-    if isinstance(targets, list) and not all(isinstance(t, str) for t in targets):
+    for key in ("target_modules", "exclude_modules"):
+        value = cfg.get(key)
+        if isinstance(value, str):
+            try:
+                re.compile(value)
+            except re.error as e:
+                raise AdapterError(
+                    f"PEFT adapter {folder!r}: {ADAPTER_CONFIG} {key} is an invalid regex "
+                    f"{value!r}: {e}"
+                ) from e
+        elif value is not None and not (
+            isinstance(value, list) and all(isinstance(t, str) for t in value)
+        ):
+            raise AdapterError(
+                f"PEFT adapter {folder!r}: {ADAPTER_CONFIG} {key} must be module names or a "
+                f"regex, got {value!r}"
+            )
+    layers = cfg.get("layers_to_transform")
+    if layers is not None and not (
+        (isinstance(layers, int) and not isinstance(layers, bool))
+        or (isinstance(layers, list) and all(isinstance(i, int) for i in layers))
+    ):
         raise AdapterError(
-            f"PEFT adapter {folder!r}: {ADAPTER_CONFIG} target_modules must be module names, "
-            f"got {targets!r}"
+            f"PEFT adapter {folder!r}: {ADAPTER_CONFIG} layers_to_transform must be layer "
+            f"indices, got {layers!r}"
         )
     if isinstance(targets, list):
         # Any listed module we do not model would be silently dropped: refuse instead.
@@ -480,6 +503,60 @@ def _read_adapter_config(folder: str) -> dict[str, Any]:
                 f"projections (supported: {list(PROJ_NAMES)})"
             )
     return cfg
+
+
+def _listed(names: list[str], module: str) -> bool:
+    """PEFT's name match: `module` is one of `names` or ends with '.<name>'."""
+    return module in names or any(module.endswith(f".{name}") for name in names)
+
+
+def _targeted(cfg: dict[str, Any], module: str) -> bool:
+    """Whether PEFT puts a LoRA layer on `module` ('model.layers.3.self_attn.q_proj'), by
+    peft's `check_target_module_exists`: not in exclude_modules; in target_modules (a regex:
+    full match, or 'all-linear'; names: the module or a '.'-suffix of it, on the layers of
+    layers_to_transform when given). An adapter without target_modules is not judged."""
+    exclude, targets = cfg.get("exclude_modules"), cfg.get("target_modules")
+    if isinstance(exclude, str) and re.fullmatch(exclude, module):
+        return False
+    if isinstance(exclude, list) and _listed(exclude, module):
+        return False
+    if targets is None or targets == _ALL_LINEAR:
+        return True
+    if isinstance(targets, str):
+        return re.fullmatch(targets, module) is not None
+    if not _listed(targets, module):
+        return False
+    layers = cfg.get("layers_to_transform")
+    if layers is None or layers == []:
+        return True
+    index = int(re.match(r".*?\.[^.]*\.(\d+)\.", module).group(1))
+    return index == layers if isinstance(layers, int) else index in layers
+
+
+def _check_modules(folder: str, cfg: dict[str, Any], modules: Iterable[str]) -> None:
+    """Refuses factors of modules the config's target_modules do not cover (PEFT would drop
+    them: hs_jax and PEFT would run different adapters), naming them; warns about listed
+    module names no factor is for (PEFT gives them a zero update: nothing is lost)."""
+    modules = sorted(set(modules))
+    untargeted = [m for m in modules if not _targeted(cfg, m)]
+    if untargeted:
+        shown = ", ".join(untargeted[:3])
+        if len(untargeted) > 3:
+            shown += f" and {len(untargeted) - 3} more"
+        raise AdapterError(
+            f"PEFT adapter {folder!r}: {ADAPTER_WEIGHTS} holds factors of {len(untargeted)} "
+            f"module(s) that {ADAPTER_CONFIG} does not target (target_modules="
+            f"{cfg.get('target_modules')!r}): {shown}; PEFT would drop them, so correct "
+            "target_modules or remove those tensors"
+        )
+    targets = cfg.get("target_modules")
+    if isinstance(targets, list):
+        unused = [t for t in targets if not any(_listed([t], m) for m in modules)]
+        if unused:
+            logging.warning(
+                "PEFT adapter %r: %s target_modules lists %s, but %s holds no factors for "
+                "them (they add nothing)", folder, ADAPTER_CONFIG, unused, ADAPTER_WEIGHTS,
+            )  # fmt: skip
 
 
 def check_peft_folder(folder: str | os.PathLike) -> dict[str, Any]:
@@ -509,7 +586,9 @@ def load_peft_adapter(
     Factors are transposed to the model's orientation and b is multiplied by PEFT's scale
     (lora_alpha / r, or lora_alpha / sqrt(r) with use_rslora; per-module rank_pattern and
     alpha_pattern honoured). Modules adapted with different ranks are zero-padded to the
-    largest. Raises FileNotFoundError / AdapterError naming the folder, key and problem.
+    largest. Raises FileNotFoundError / AdapterError naming the folder, key and problem; a
+    factor with NaN or infinite values, and factors of a module target_modules does not cover
+    (PEFT would drop them), are refused, naming the tensors.
     """
     folder = os.fspath(folder)
     cfg = check_peft_folder(folder)
@@ -545,6 +624,7 @@ def load_peft_adapter(
             raise AdapterError(
                 f"PEFT adapter {folder!r}: key {key!r} has shape {value.shape}, expected 2-D"
             )
+        _check_finite(folder, key, value)
         slot = factors.setdefault((layer, proj), {})
         if m.group("ab") in slot:
             raise AdapterError(f"PEFT adapter {folder!r}: key {key!r} duplicates a factor")
@@ -552,6 +632,7 @@ def load_peft_adapter(
         modules[(layer, proj)] = m.group("module")
     if not factors:
         raise AdapterError(f"PEFT adapter {folder!r}: {ADAPTER_WEIGHTS} holds no LoRA factors")
+    _check_modules(folder, cfg, modules.values())
 
     r_default, alpha_default = cfg["r"], cfg["lora_alpha"]
     rank_pattern, alpha_pattern = cfg.get("rank_pattern") or {}, cfg.get("alpha_pattern") or {}
@@ -575,7 +656,10 @@ def load_peft_adapter(
             raise AdapterError(f"{where}: factors have rank {r}, adapter_config.json says {r_cfg}")
         alpha = _match_pattern(alpha_pattern, module, alpha_default)
         scale = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
-        entries[(layer, proj)] = (a.T, b.T * scale)  # [d_in, r], [r, d_out]
+        with np.errstate(over="ignore"):
+            b_scaled = b.T * scale  # [r, d_out]
+        _check_finite(folder, f"{module}.lora_B scaled by {scale:g}", b_scaled)
+        entries[(layer, proj)] = (a.T, b_scaled)  # [d_in, r], [r, d_out]
 
     rank = max(a.shape[1] for a, _ in entries.values())
     layers: list[dict[str, dict[str, jax.Array]]] = [{} for _ in range(config.n_layers)]
@@ -588,6 +672,19 @@ def load_peft_adapter(
         }
     label = name if name is not None else os.path.basename(os.path.normpath(folder))
     return LoraStack(layers=tuple(layers), names=(label,), ranks=(rank,))
+
+
+def _check_finite(folder: str, key: str, value: np.ndarray) -> None:
+    """Refuses a factor with NaN or infinite values (it would turn every output it touches
+    into NaN mid-search), naming the tensor and the counts."""
+    if np.isfinite(value).all():
+        return
+    nan = int(np.isnan(value).sum())
+    inf = int(np.isinf(value).sum())
+    raise AdapterError(
+        f"PEFT adapter {folder!r}: {ADAPTER_WEIGHTS} tensor {key!r} holds {nan} NaN and {inf} "
+        f"infinite value(s) of {value.size}; the adapter is unusable"
+    )
 
 
 def unique_names(folders: Sequence[str | os.PathLike]) -> list[str]:

@@ -15,7 +15,8 @@ A method (`hs_jax.methods.METHODS`) gets the run's `Setup` and its workdir and r
 - on resume, the archived calls are replayed (utilities and costs) instead of scored, as long
   as the method asks for the same systems with the same weights in the same order (a method
   is a deterministic function of its seed and the utilities it is given); the first call that
-  was not archived is scored.
+  was not archived (or lost a row to a damaged line, `Archive.repair`) is scored, and the
+  archive's rows from there are moved to archive.jsonl.diverged.
 
 `Evaluator.finish` scores the best system on the test split and returns the `MethodResult`,
 with what that test scoring generated (`test_cost`, measured from an empty generation cache).
@@ -238,7 +239,13 @@ class Evaluator:
         self.method = method
         self.budget = budget
         self.archive = archive_lib.Archive(self.workdir / archive_lib.ARCHIVE)
-        self._replay = distributed.on_primary(self.archive.read) or []
+        # The archived rows by evaluation index (a damaged line set aside leaves a gap: the
+        # call it belonged to is scored again).
+        rows = distributed.on_primary(self.archive.repair) or []
+        self._replay: dict[int, dict[str, Any]] = {}
+        for row in rows:
+            if isinstance(row.get("evaluation"), int):
+                self._replay.setdefault(row["evaluation"], row)
         self.evaluations = 0
         self.best: BestSystem | None = None
         self._last_weights: tuple[Any, str] | None = None
@@ -278,24 +285,26 @@ class Evaluator:
         fp = self.fingerprint(weights)
         keys = [archive_lib.system_key(dag, a) for dag, a in systems]
         start = self.evaluations
-        archived = self._replay[start : start + len(systems)]
-        if len(archived) == len(systems) and all(
-            r["system"] == k and r["weights"] == fp for r, k in zip(archived, keys, strict=True)
+        archived = [self._replay.get(start + k) for k in range(len(systems))]
+        if all(
+            r is not None and r["system"] == key and r["weights"] == fp
+            for r, key in zip(archived, keys, strict=True)
         ):
             utilities = np.asarray([r["dev_utility"] for r in archived], float)
             call_cost = archived[0].get("cost") or {}
             restore_costs(self.setup, _add(cost_snapshot(self.setup), call_cost))
             self.replayed += len(systems)
         else:
-            if self._replay[start:]:
-                # The archive goes another way from here (a run changed since, or a torn call):
-                # its rows from here on are not this run's, and are redone; they are kept aside.
+            if any(e >= start for e in self._replay):
+                # The archive goes another way from here (a run changed since, a torn call, a
+                # damaged row): its rows from here on are not this run's, and are redone; they
+                # are kept aside.
                 logging.warning(
                     "%s: archive differs from row %d on; its rows from there are moved to %s "
                     "and rescored", self.method, start, self.archive.diverged_path(),
                 )  # fmt: skip
                 distributed.on_primary(lambda: self.archive.truncate(start, keep_rest=True))
-                self._replay = self._replay[:start]
+                self._replay = {e: r for e, r in self._replay.items() if e < start}
             clear_generation_cache(self.setup)
             before = cost_snapshot(self.setup)
             utilities = np.asarray(self.setup.scorer.score(systems, weights, self.setup.dev), float)

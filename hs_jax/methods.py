@@ -94,9 +94,21 @@ def heterogeneous_swarms(
         return utility
 
     archive = archive_lib.Archive(workdir / archive_lib.ARCHIVE)
-    archived = {"rows": 0, "iteration": 0}
+    # The archive holds the evaluations 0 .. rows-1 of this search. It is brought in step with
+    # where the search starts before anything is scored: the rows of the checkpoint it resumes
+    # from (`on_resume`), or none when it starts from scratch (the first `score_dev`: a kill
+    # before the first checkpoint leaves rows that the search scores again).
+    archived = {"rows": 0, "iteration": 0, "synced": False}
+
+    def sync_archive(rows: int, why: str) -> None:
+        archived["rows"], archived["synced"] = rows, True
+        dropped = distributed.on_primary(lambda: archive.truncate(rows))
+        if dropped:
+            logging.info("archive.jsonl: %d rows past %s dropped (scored again)", dropped, why)
 
     def score_dev(systems, weights):
+        if not archived["synced"]:
+            sync_archive(0, "the search's start (no checkpoint)")
         utilities = scorer.score(systems, weights, setup.dev)
         fp = archive_lib.weights_fingerprint(distributed.host_tree(weights))
         rows = [
@@ -136,6 +148,13 @@ def heterogeneous_swarms(
         }
 
     def on_resume(extra):
+        if "archive_rows" in extra:
+            # The rows past this checkpoint (the iteration being redone) come back identical.
+            sync_archive(int(extra["archive_rows"]), "the checkpoint resumed from")
+        else:
+            logging.warning("the checkpoint does not say how many rows archive.jsonl held: kept")
+            archived["rows"] = distributed.on_primary(lambda: len(archive.repair()))
+            archived["synced"] = True
         if "cost" not in extra:
             logging.warning("the checkpoint holds no cost counters: costs cover this process")
             return
@@ -144,10 +163,7 @@ def heterogeneous_swarms(
         test_outputs.update(extra["test_outputs"])
         test_items[:] = extra.get("test_items", [])
         test_cost.update(extra.get("test_cost") or {})
-        # The rows of the iteration being redone come back identical: drop them once.
-        archived["rows"] = int(extra.get("archive_rows", 0))
         archived["iteration"] = len(costs)
-        distributed.on_primary(lambda: archive.truncate(archived["rows"]))
 
     def end_of_iteration(record):
         # A fresh generation cache per iteration: what an iteration generates (its cost) then
@@ -163,8 +179,6 @@ def heterogeneous_swarms(
             delta["cache_hits"], delta["prompt_tokens"], delta["generated_tokens"],
         )  # fmt: skip
 
-    if not distributed.on_primary(lambda: (workdir / checkpointing.SEARCH_SUBDIR).exists()):
-        distributed.on_primary(lambda: archive.truncate(0))  # a search from scratch
     try:
         result = search.run_search(
             setup.experts,
@@ -183,6 +197,8 @@ def heterogeneous_swarms(
         raise workdir_lib.WorkdirError(
             f"workdir {workdir}: no checkpoint can be restored ({reason}); {RESTART_HINT}"
         ) from e
+    if not archived["synced"]:  # nothing scored, nothing resumed
+        sync_archive(0, "the search's start (no checkpoint)")
     return MethodResult(
         best=result.best,
         history=result.history,

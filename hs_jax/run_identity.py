@@ -67,6 +67,8 @@ RUN_ENTRIES = (
     "best_experts",
     "test_prompts.jsonl",
     "archive.jsonl",  # hs_jax.archive.ARCHIVE: every system the method scored
+    "archive.jsonl.damaged",  # its damaged lines, set aside (hs_jax.archive.Archive.repair)
+    "archive.jsonl.diverged",  # rows a changed rerun no longer reproduced
     "data_merge",  # the data-merge baseline's adapter (hs_jax.baselines.static_weight)
 )
 POOL_SUBDIR = "experts"
@@ -385,7 +387,11 @@ def open_run(c, workdir: Path, static: dict[str, Any], source_out: list) -> dict
     source = task_source(c, workdir)
     check_same_run(c, workdir, saved, run_identity(static, source))
     source_out.append(source)
-    return {"saved": saved, "results": workdir_lib.read_json(workdir / workdir_lib.RESULTS_JSON)}
+    try:
+        results = workdir_lib.read_json(workdir / workdir_lib.RESULTS_JSON)
+    except workdir_lib.WorkdirError as e:
+        raise workdir_lib.WorkdirError(f"{e}; {RESTART_HINT}") from e
+    return {"saved": saved, "results": results}
 
 
 def remove_stale_files(workdir: Path) -> None:

@@ -36,8 +36,9 @@ from hs_jax.experts import (
     Example,
     build_or_load_pool,
     pool_folders,
-    pool_present,
+    pool_ready,
     read_training_record,
+    write_pool,
 )
 from hs_jax.models import gemma_config as model_config
 from hs_jax.models.convert import init_params
@@ -255,16 +256,18 @@ def _training_slices(c, spec, protocol, dev, test) -> tuple[list[str], list[list
 def _trained_questions(c, workdir: Path, dev, test) -> tuple[list[str], list] | None:
     """(the pool's expert folders, each expert's training-question hashes, None where not
     known), or None for a pool nothing was trained for ('random', 'full'). A trained pool on
-    disk and PEFT folders are read from their training records; a pool about to be trained,
-    from the slices it will be trained (and recorded) on."""
+    disk and PEFT folders are read from their training records; a pool about to be trained
+    (absent, or not whole: then moved aside here, `experts.pool_ready`), from the slices it
+    will be trained (and recorded) on."""
     source = c.experts.source
     if source in ("random", "full"):
         return None
     if source == "peft":
         folders = peft_folders(c)
     else:
-        folders = pool_folders(pool_dir_of(c, workdir), _pool_names(c))
-        if not pool_present(folders):
+        directory, names = pool_dir_of(c, workdir), _pool_names(c)
+        folders = pool_folders(directory, names)
+        if not pool_ready(directory, names):
             _, pieces = _training_items(c, dev, test)
             hashes = [{tasks.question_hash(item["question"]) for item in raw} for raw in pieces]
             return folders, hashes
@@ -383,11 +386,13 @@ def build_experts(
 def make_pool(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[str]:
     """Builds the expert pool of `config` as PEFT folders, without a search; returns them.
 
-    source='train' fine-tunes the pool (skipped when its folders already exist, as in `run`);
+    source='train' fine-tunes the pool (skipped when it is already there whole, as in `run`);
     source='random' exports random experts (smoke tests). The folders go to
-    config.experts.pool_dir, else workdir/experts; a later `run` with the same workdir or
-    pool_dir loads them instead of training, and any run can take them with
-    experts.source='peft', experts.peft_dirs=<that folder>.
+    config.experts.pool_dir, else workdir/experts, written whole or not at all
+    (`experts.write_pool`; a folder there that is not a whole pool is moved aside and the pool
+    built again); a later `run` with the same workdir or pool_dir loads them instead of
+    training, and any run can take them with experts.source='peft',
+    experts.peft_dirs=<that folder>.
     """
     c = config_lib.resolve(config)
     config_lib.check_config(c)
@@ -409,12 +414,10 @@ def make_pool(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> 
         spec, dev, test, _ = load_items(c, workdir) if c.experts.source == "train" else (None,) * 4
         base_cfg, params, tokenizer = load_base(c)
         experts = build_experts(c, workdir, base_cfg, params, tokenizer, spec, dev, test)
-        names = expert_names(experts)
-        folders = [str(pool_dir_of(c, workdir) / name) for name in names]
-        for i, folder in enumerate(folders):
-            if not os.path.exists(os.path.join(folder, lora.ADAPTER_WEIGHTS)):
-                with workdir_lib.atomic_path(folder) as tmp:
-                    lora.export_peft_adapter(experts, i, tmp, base_model_name_or_path=c.model.spec)
+        names, directory = expert_names(experts), pool_dir_of(c, workdir)
+        folders = pool_folders(directory, names)
+        if not pool_ready(directory, names):  # 'train' has written it: 'random' writes here
+            write_pool(directory, experts, names, base_model_name_or_path=c.model.spec)
     logging.info("expert pool: %s", ", ".join(folders))
     return folders
 

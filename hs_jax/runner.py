@@ -18,7 +18,9 @@ One workdir holds one run (see `hs_jax.workdir`):
   pool's files' sha256 and, once the pool is built, its fingerprint. A rerun compares it
   before it loads or writes anything and refuses any difference, one line per field;
 - a rerun of a finished run (results.json present) returns results.json as it is, loading no
-  model and writing no file;
+  model and writing no file; on a workdir that cannot be written (a read-only file system, or
+  files not this user's), where not even the lock can be taken, too: nothing is written, so
+  there is nothing to guard; an unfinished run there stops with one line naming the file;
 - a killed run resumes from its last checkpoint and ends with the results.json of an
   uninterrupted run, costs included (timing fields aside): the cost counters, the
   per-iteration cost records and the test outputs are checkpointed with the search state and
@@ -47,6 +49,9 @@ checked to be the same; the search checks each iteration's host-side draws.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import functools
 import os
 import time
 from pathlib import Path
@@ -88,7 +93,12 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[s
     # A missing model or PEFT folder fails here, before any write.
     static = run_identity.static_identity(c)
     workdir = Path(workdir)
-    with run_identity.workdir_lock(workdir):
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(run_identity.workdir_lock(workdir))
+        except Exception as e:  # raised on every process (workdir_lock hands it round)
+            read_only = functools.partial(_finished_read_only, c, workdir, static, e)
+            return distributed.on_primary(read_only)
         return _run_locked(c, workdir, static, layout)
 
 
@@ -109,6 +119,40 @@ def _run_seeds(config: ml_collections.ConfigDict, workdir) -> dict[str, Any]:
     return {"cells": cells, "table": str(table)}
 
 
+def _finished(workdir: Path, results: dict[str, Any]) -> dict[str, Any]:
+    logging.info("%s holds this run, finished: returning its results.json as it is", workdir)
+    if distributed.is_primary():
+        report.print_summary(results)
+    return results
+
+
+# Errors of a workdir that cannot be written: its file system is read-only, or the files and
+# folders are not this user's to write (hs_jax.workdir refuses the lock with
+# WorkdirReadOnlyError where it has that class).
+_READ_ONLY_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def _cannot_write(e: BaseException) -> bool:
+    read_only = getattr(workdir_lib, "WorkdirReadOnlyError", None)
+    if isinstance(read_only, type) and isinstance(e, read_only):
+        return True
+    return isinstance(e, OSError) and e.errno in _READ_ONLY_ERRNOS
+
+
+def _finished_read_only(c, workdir: Path, static: dict[str, Any], error: Exception):
+    """Process 0, when the workdir's lock could not be taken (`error`): a workdir that cannot
+    be written but holds this run finished is returned as it is, reading only (nothing to
+    write: the lock only guards writes). Anything else re-raises `error` (config.restart too,
+    which moves files)."""
+    if not _cannot_write(error) or c.restart:
+        raise error
+    results = run_identity.open_run(c, workdir, static, [])["results"]  # refuses another run
+    if results is None:
+        raise error
+    logging.info("%s cannot be written (%s); it holds this run, finished", workdir, error)
+    return _finished(workdir, results)
+
+
 def _run_locked(c, workdir: Path, static: dict[str, Any], layout: dict[str, int]) -> dict[str, Any]:
     """The run once the workdir is this process's: its identity checked, set up, the method,
     the report. The kill points (`workdir.kill_point`, a test hook) mark the steps."""
@@ -119,10 +163,7 @@ def _run_locked(c, workdir: Path, static: dict[str, Any], layout: dict[str, int]
     )
     saved, results = opened["saved"], opened["results"]
     if results is not None:
-        logging.info("%s holds this run, finished: returning its results.json as it is", workdir)
-        if distributed.is_primary():
-            report.print_summary(results)
-        return results
+        return _finished(workdir, results)
 
     # Process 0 has read or generated the task file; the others make theirs the same way
     # (reading the same file, or generating the same bytes) and all check they agree.

@@ -168,6 +168,7 @@ class SystemScorer:
                     continue  # no path to the end node: never run
                 row = {
                     "id": item.id,
+                    "item": item.index,  # the position in the split: ids may repeat
                     "pass": "answer",
                     "node": node,
                     "parents": list(dag.parents(node)),
@@ -200,6 +201,7 @@ class SystemScorer:
         for node in nodes:
             row = {
                 "id": item.id,
+                "item": item.index,
                 "pass": "check",
                 "node": node,
                 "parents": [] if check["run"] is None else list(dag.parents(node)),

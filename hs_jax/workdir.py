@@ -3,11 +3,15 @@
 `hs_jax.run` keeps one run per workdir. This module gives it the pieces that make that safe
 when launches are killed, repeated or started twice:
 
-- **One writer.** `lock(workdir)` takes an exclusive `fcntl.flock` on `<workdir>/.lock` and
-  writes the holder (pid, host, start time) into it. The kernel drops the lock when the holder
-  dies, so a lock file left by a killed process is never obeyed; a second launch is refused at
-  once with `WorkdirBusyError`, naming the holder. The file stays after the run; only a held
-  flock counts.
+- **One writer.** `lock(workdir)` takes an exclusive `fcntl.flock` on the workdir folder
+  itself and on `<workdir>/.lock`, the holder's note (pid, host, start time). The kernel drops
+  the flocks when the holder dies, so a note left by a killed process is never obeyed; a second
+  launch is refused at once with `WorkdirBusyError`, naming the holder. Deleting `.lock` does
+  not release the lock (the folder's flock holds; a refused launch then names the holder from
+  /proc/locks), and the holder writes the note again at its next archive write
+  (`require_lock`, which writers that must be alone call first). Where a file system cannot
+  flock a folder (NFS), the note's flock is the lock and must not be deleted. The note stays
+  after the run; only a held flock counts.
 - **Atomic files.** `atomic_path` stages a file or folder under a temporary name in the same
   folder and renames it into place, so every output is either complete or absent. Stale
   temporary entries (a killed writer's) carry `TMP_MARK` and are removed by
@@ -27,10 +31,13 @@ Only the standard library is imported, so the lock and the hook cost nothing to 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
+import errno
 import fcntl
 import hashlib
 import json
+import logging
 import math
 import os
 import shutil
@@ -64,45 +71,250 @@ class WorkdirBusyError(WorkdirError):
     """Another live process holds the workdir's lock."""
 
 
+class WorkdirReadOnlyError(WorkdirError):
+    """The workdir cannot be written: a read-only file system, or no permission."""
+
+
 # ----------------------------------------------------------------------------- lock
 
+# flock errors of a file system that cannot lock a directory (NFS emulates flock with
+# byte-range locks, which need a descriptor open for writing; a directory has none).
+_NO_DIRECTORY_LOCK = {errno.EBADF, errno.EINVAL, errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP}
+_log = logging.getLogger(__name__)
 
-def _read_holder(path: Path) -> str:
-    """'pid P on HOST since T' from a lock file (retried briefly: the holder writes it right
-    after taking the lock)."""
+
+@dataclasses.dataclass
+class _Held:
+    """A lock this process holds: the workdir's descriptor (None where the file system cannot
+    lock a directory) and the holder's note, open and locked too."""
+
+    dir_fd: int | None
+    note_fd: int
+    note: bytes  # written again, as it was, if the file is deleted
+
+
+_HELD: dict[str, _Held] = {}  # by the workdir's real path
+
+
+def _holder_note() -> bytes:
+    since = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    note = {"pid": os.getpid(), "host": socket.gethostname(), "since": since}
+    return json.dumps(note).encode() + b"\n"
+
+
+def _alive_or_elsewhere(holder: Mapping[str, Any]) -> bool:
+    """False only for a note of this host whose process is gone (a stale note the new holder
+    has not overwritten yet)."""
+    if holder["host"] != socket.gethostname():
+        return True
+    try:
+        os.kill(int(holder["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        pass  # alive, another user's
+    return True
+
+
+def _holder_from_proc_locks(workdir: Path) -> str | None:
+    """'pid P' of the process holding a flock on the directory `workdir`, from /proc/locks
+    (Linux, this host's processes): the holder when its note was deleted."""
+    try:
+        st = os.stat(workdir)
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        parts = line.split()  # '1: FLOCK ADVISORY WRITE <pid> <maj>:<min>:<inode> 0 EOF'
+        if len(parts) < 6 or parts[1] != "FLOCK":
+            continue  # '->' marks a waiter
+        try:
+            major, minor, inode = parts[5].split(":")
+            same = (int(major, 16), int(minor, 16), int(inode)) == (
+                os.major(st.st_dev), os.minor(st.st_dev), st.st_ino,
+            )  # fmt: skip
+        except ValueError:
+            continue
+        if same:
+            return f"pid {parts[4]} (its note {workdir / LOCK_NAME} was deleted)"
+    return None
+
+
+def _read_holder(workdir: Path) -> str:
+    """'pid P on HOST since T' from the holder's note (retried briefly: the holder writes it
+    right after taking the lock), else from /proc/locks."""
     for _ in range(20):
         try:
-            holder = json.loads(path.read_text())
-            return f"pid {holder['pid']} on {holder['host']} since {holder['since']}"
+            holder = json.loads((workdir / LOCK_NAME).read_text())
+            if _alive_or_elsewhere(holder):
+                return f"pid {holder['pid']} on {holder['host']} since {holder['since']}"
         except (OSError, ValueError, KeyError, TypeError):
-            time.sleep(0.05)
-    return "an unknown process"
+            pass
+        time.sleep(0.05)
+    return _holder_from_proc_locks(workdir) or "an unknown process"
+
+
+def _busy(workdir: Path) -> WorkdirBusyError:
+    return WorkdirBusyError(
+        f"workdir {workdir} is in use by {_read_holder(workdir)}; wait for that run to end or "
+        "use another --workdir"
+    )
+
+
+def _open_workdir(workdir: Path) -> int:
+    try:
+        return os.open(workdir, os.O_RDONLY | os.O_DIRECTORY)
+    except FileNotFoundError:
+        raise WorkdirError(f"workdir {workdir} does not exist") from None
+    except NotADirectoryError:
+        raise WorkdirError(f"workdir {workdir} is a file, not a folder") from None
+    except OSError as e:
+        raise WorkdirError(f"workdir {workdir} cannot be opened ({e.strerror})") from None
+
+
+def _flock_now(fd: int, patience: float = 0.25) -> None:
+    """An exclusive flock without waiting for a holder, but retried for `patience` seconds:
+    a reader's probe (`checkpointing.live_holder`) holds a shared flock for microseconds,
+    which must not refuse a launch. BlockingIOError when still held after that."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
+
+
+def _lock_workdir(fd: int, workdir: Path) -> bool:
+    """flock on the workdir itself; False where the file system cannot lock a directory."""
+    try:
+        _flock_now(fd)
+    except BlockingIOError:
+        raise _busy(workdir) from None
+    except OSError as e:
+        if e.errno not in _NO_DIRECTORY_LOCK:
+            raise
+        _log.warning(
+            "%s: this file system cannot lock a folder (%s); the lock is the file %s alone, "
+            "which must not be deleted while a run holds it", workdir, e.strerror, LOCK_NAME,
+        )  # fmt: skip
+        return False
+    return True
+
+
+def _open_note(workdir: Path, note: bytes) -> int:
+    """The holder's note `<workdir>/.lock`, opened (created if missing), flocked and written."""
+    path = workdir / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        if e.errno == errno.EROFS:
+            raise WorkdirReadOnlyError(
+                f"workdir {workdir} is on a read-only file system: its lock {path} cannot be "
+                "written"
+            ) from None
+        if e.errno in (errno.EACCES, errno.EPERM):
+            raise WorkdirReadOnlyError(
+                f"workdir {workdir} is not writable: its lock {path} cannot be written "
+                f"({e.strerror})"
+            ) from None
+        raise WorkdirError(
+            f"workdir {workdir}: its lock {path} cannot be opened ({e.strerror})"
+        ) from None
+    try:
+        _flock_now(fd)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, note, 0)
+    except BlockingIOError:
+        os.close(fd)
+        raise _busy(workdir) from None
+    except OSError as e:
+        os.close(fd)
+        raise WorkdirError(
+            f"workdir {workdir}: its lock {path} cannot be written ({e.strerror})"
+        ) from None
+    return fd
 
 
 @contextlib.contextmanager
 def lock(workdir: str | os.PathLike) -> Iterator[Path]:
-    """Holds an exclusive lock on `workdir` (which must exist) until the block ends.
+    """Holds an exclusive lock on `workdir` (which must exist) until the block ends; yields
+    the path of the holder's note.
 
-    Raises WorkdirBusyError at once, naming the holder, when another process (or another open
-    of the file in this process) holds it. A killed holder's lock is released by the kernel.
+    The lock is a `fcntl.flock` on the workdir folder itself, so deleting `.lock` does not
+    release it; `.lock` is a note of the holder (pid, host, start time), flocked too (where a
+    file system cannot flock a folder, as on NFS, it is the lock) and written again by
+    `require_lock` if deleted. Raises WorkdirBusyError at once, naming the holder, when
+    another process (or another `lock` in this process) holds it; WorkdirReadOnlyError when
+    the note cannot be written (a read-only file system, no permission); WorkdirError when
+    `workdir` is missing or a file. A killed holder's lock is released by the kernel.
     """
-    path = Path(workdir) / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    workdir = Path(workdir)
+    dir_fd: int | None = _open_workdir(workdir)
     try:
+        if not _lock_workdir(dir_fd, workdir):
+            os.close(dir_fd)
+            dir_fd = None
+        note = _holder_note()
+        held = _Held(dir_fd, _open_note(workdir, note), note)
+        key = os.path.realpath(workdir)
+        _HELD.setdefault(key, held)  # (a second one only where the note alone is the lock)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise WorkdirBusyError(
-                f"workdir {workdir} is in use by {_read_holder(path)}; wait for that run to end "
-                "or use another --workdir"
-            ) from None
-        since = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-        holder = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": since})
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, holder.encode() + b"\n", 0)
-        yield path
+            yield workdir / LOCK_NAME
+        finally:
+            if _HELD.get(key) is held:
+                del _HELD[key]
+            os.close(held.note_fd)
     finally:
-        os.close(fd)  # closing the descriptor releases the flock
+        if dir_fd is not None:
+            os.close(dir_fd)  # closing the descriptors releases the flocks
+
+
+def _same_file(path: Path, fd: int) -> bool:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    here = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (here.st_dev, here.st_ino)
+
+
+def require_lock(workdir: str | os.PathLike) -> None:
+    """Checks that this process holds `workdir`'s lock (`lock`) before a write that must have
+    one writer (the archive): raises WorkdirError when it does not, or when the workdir was
+    moved or replaced since it was locked. A deleted note is written again; where the lock is
+    the note alone (`lock`), a process that took it since is named (WorkdirBusyError)."""
+    workdir = Path(workdir)
+    held = _HELD.get(os.path.realpath(workdir))
+    if held is None:
+        raise WorkdirError(
+            f"workdir {workdir} is written by a process that does not hold its lock "
+            "(hs_jax.workdir.lock)"
+        )
+    if held.dir_fd is not None and not _same_file(workdir, held.dir_fd):
+        raise WorkdirError(
+            f"workdir {workdir} was moved or deleted while this run held it; the run stops "
+            "(its files are where the folder went)"
+        )
+    if _same_file(workdir / LOCK_NAME, held.note_fd):
+        return
+    if held.dir_fd is None:
+        # The note was the lock: another launch may have taken the workdir since.
+        try:
+            fd = _open_note(workdir, held.note)
+        except WorkdirBusyError as e:
+            raise WorkdirBusyError(
+                f"{workdir / LOCK_NAME} was deleted while this run held the workdir: {e}"
+            ) from None
+    else:
+        fd = _open_note(workdir, held.note)
+    os.close(held.note_fd)
+    held.note_fd = fd
+    _log.warning(
+        "%s was deleted while this run held the workdir; written again", workdir / LOCK_NAME
+    )
 
 
 # ----------------------------------------------------------------------------- atomic files
@@ -301,13 +513,16 @@ def read_json(path: str | os.PathLike) -> Any:
     """The JSON in `path`, or None when there is no such file; a damaged file is a
     WorkdirError naming it."""
     try:
-        text = Path(path).read_text()
+        data = Path(path).read_bytes()
     except FileNotFoundError:
         return None
+    except IsADirectoryError:
+        raise WorkdirError(f"{path} is a folder, not a JSON file") from None
     try:
-        return json.loads(text)
-    except ValueError as e:
-        raise WorkdirError(f"{path} is not valid JSON ({e})") from e
+        return json.loads(data.decode("utf-8"))
+    except ValueError as e:  # UnicodeDecodeError included: random bytes
+        reason = "not UTF-8 text" if isinstance(e, UnicodeDecodeError) else str(e)
+        raise WorkdirError(f"{path} is not valid JSON ({reason}); it is damaged") from None
 
 
 # ----------------------------------------------------------------------------- test hook
@@ -343,7 +558,9 @@ def kill_point(name: str, watch: str | os.PathLike | None = None) -> None:
     methods: 4 baseline scored), 'role_step' / 'weight_step' (search: after the step's
     scoring), 'checkpoint_write' (search: during a save), 'checkpoint_committed' (search:
     after one), 'evaluation' (a baseline's `method_api.Evaluator`: after each archived scoring
-    call), 'outputs' (report: after each picture, after each exported expert).
+    call), 'outputs' (report: after each picture, after each exported expert), 'pool_write'
+    (`experts.write_pool`: after each expert's folder of a staged pool; count k = k experts
+    written, the next expert's files and the completion record not yet).
     """
     spec = os.environ.get(KILL_ENV)
     if not spec:

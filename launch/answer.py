@@ -8,8 +8,10 @@
 (results.json, best_experts/), or with --step (or while no results.json exists) the best
 system of a checkpoint step. --config is the config the run used; without it the config is read
 from the workdir's run.json. All questions are answered in one batched run; --show_nodes also
-prints every node's output in topological order. A missing workdir or another mistake is
-reported in one line (exit status 1); --verbose adds the traceback.
+prints every node's output in topological order. A missing workdir, a path that is a file, or
+another mistake is reported in one line (exit status 1); --verbose adds the traceback. On a
+running search (its workdir's lock held) the system of its newest committed checkpoint step is
+used, with a warning "run in progress (pid ...)"; a step the run prunes meanwhile is skipped.
 """
 
 import json

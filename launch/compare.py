@@ -17,7 +17,9 @@ evaluations the 'hs' cell of the same task and seed spent.
 The same command resumes a killed comparison: finished cells are not recomputed, the
 unfinished one resumes. Writes cells.json, table.md, table.csv and comparison.png into
 --workdir (hs_jax.compare and hs_jax.comparison_table describe them). A method that does not
-apply, or a cell that fails, is reported in its cell; the rest runs.
+apply, or a cell that fails, is reported in its cell; the rest runs. The exit status is 1 when
+a cell failed, with one line naming the failed cells (0 when every cell is done or does not
+apply).
 """
 
 from absl import flags
@@ -54,7 +56,7 @@ def main(argv):
     if len(argv) > 1:
         raise UserError(f"unexpected arguments: {argv[1:]}")
     config = config_value(_CONFIG)
-    compare.compare(
+    entries = compare.compare(
         config,
         _WORKDIR.value,
         method_list=compare.method_names(_METHODS.value),
@@ -64,6 +66,9 @@ def main(argv):
         budget_from_hs=_BUDGET_FROM_HS.value,
         data_dir=_DATA_DIR.value,
     )
+    summary = compare.failure_summary(entries)
+    if summary:
+        raise compare.CellsFailed(summary)
 
 
 if __name__ == "__main__":

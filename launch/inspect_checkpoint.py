@@ -9,6 +9,11 @@ files; --verify reads every array of each step (or of --step) and checks it agai
 recorded at save time, printing one line per step (ok, or damaged and why). Every failure is
 one line, ``inspect_checkpoint: <what>``, with exit status 1 (--verify: also when a step is
 damaged); --verbose shows the traceback instead.
+
+Safe on a running search: while a run holds the workdir's lock, the output says "run in
+progress (pid ...)", only committed steps are read, and a step the run prunes while it is read
+is reported as "pruned while reading", not as damaged (exit status 0 when every step read is
+healthy; real damage still exits 1).
 """
 
 import json
@@ -16,7 +21,7 @@ import sys
 
 from absl import app, flags, logging
 
-from hs_jax.checkpointing import NoUsableCheckpointError, verify_checkpoint
+from hs_jax.checkpointing import NoUsableCheckpointError, live_holder, verify_checkpoint
 from hs_jax.search import summarize_checkpoint
 
 _WORKDIR = flags.DEFINE_string(
@@ -55,12 +60,23 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def _live_line(live: str) -> str:
+    return f"run in progress ({live}): only its committed steps are read"
+
+
 def format_verification(report: dict) -> str:
-    """One line per step: 'step N: ok' or 'step N: damaged (<item>: <reason>)'."""
+    """One line per step: 'step N: ok', 'step N: damaged (<item>: <reason>)' or, beside a live
+    run, 'step N: pruned while reading' (deleted by the run, which keeps its newest steps)."""
     lines = [f"workdir: {report['workdir']}"]
-    for row in report["steps"]:
-        status = "ok" if row["ok"] else f"damaged ({row['reason']})"
-        lines.append(f"step {row['step']}: {status}")
+    if report.get("live"):
+        lines.append(_live_line(report["live"]))
+    rows = {
+        row["step"]: "ok" if row["ok"] else f"damaged ({row['reason']})" for row in report["steps"]
+    }
+    for step in report.get("pruned", []):
+        rows[step] = "pruned while reading (deleted by the run, which keeps only its newest steps)"
+    for step in sorted(rows):
+        lines.append(f"step {step}: {rows[step]}")
     if report["moved_aside"]:
         lines.append(f"moved aside earlier (in corrupt/): {', '.join(report['moved_aside'])}")
     return "\n".join(lines)
@@ -70,7 +86,7 @@ def _one_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     message = text[0] if text else ""
     # The checkpoint layer's own errors say what is wrong; anything else also needs its type.
-    if isinstance(e, FileNotFoundError | NoUsableCheckpointError) and message:
+    if isinstance(e, FileNotFoundError | NotADirectoryError | NoUsableCheckpointError) and message:
         return message
     return f"{type(e).__name__}: {message}" if message else type(e).__name__
 
@@ -85,7 +101,12 @@ def _run() -> int:
             return 1
         return 0
     summary = summarize_checkpoint(_WORKDIR.value, _STEP.value)
-    print(json.dumps(summary, indent=1) if _JSON.value else format_summary(summary))
+    live = live_holder(summary["workdir"])
+    if _JSON.value:
+        print(json.dumps(dict(summary, live=live), indent=1))
+    else:
+        header, rest = format_summary(summary).split("\n", 1)
+        print("\n".join([header, *([_live_line(live)] if live else []), rest]))
     return 0
 
 

@@ -53,7 +53,13 @@ def main(argv):
             n_devices = jax.device_count()
         print(memory.dry_run(config, n_devices, _DEVICE_MEMORY.value))
         return
-    hs_jax.run(config, _WORKDIR.value)
+    out = hs_jax.run(config, _WORKDIR.value)
+    if isinstance(out, dict) and "cells" in out:  # config.seeds: a comparison's row
+        from hs_jax import compare
+
+        summary = compare.failure_summary(out["cells"])
+        if summary:
+            raise compare.CellsFailed(summary)
 
 
 if __name__ == "__main__":

@@ -210,7 +210,8 @@ def test_label_roles_by_position_with_a_fake_judge():
     dag = Dag(3, ((0, 2), (1, 2)), 2)
     rows = [
         {
-            "id": i,
+            "id": f"q{i}",
+            "item": i,
             "pass": "answer",
             "node": node,
             "parents": list(dag.parents(node)),
@@ -223,10 +224,10 @@ def test_label_roles_by_position_with_a_fake_judge():
     ]
     cases = roles.cases_from_audit(rows, dag, questions={0: "question zero"})
     assert [(c.item, c.node, c.position) for c in cases] == [
-        (0, 0, 1),
-        (0, 1, 1),
-        (1, 0, 1),
-        (1, 1, 1),
+        ("q0", 0, 1),
+        ("q0", 1, 1),
+        ("q1", 0, 1),
+        ("q1", 1, 1),
     ]
     assert cases[0].problem == "question zero" and cases[2].problem == "Q1 prompt"
     asked = []

@@ -1,6 +1,7 @@
 """Task loader: every real file loads, every malformed file fails with a precise message."""
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -212,6 +213,51 @@ def test_required_field_empty(tmp_path, field):
 @pytest.mark.parametrize("value", [1.5, None, [1], True])
 def test_id_wrong_type(tmp_path, value):
     _expect(tmp_path, {"dev": [_mc_item(id=value)]}, ["item 0", "field 'id'"])
+
+
+def _warnings(caplog):
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def test_repeated_ids_are_warned_about_naming_them(tmp_path, caplog):
+    """Warned, not refused: the authors' own files repeat ids (see hs_jax.tasks.data)."""
+    dev = [_mc_item(id=7), _mc_item(id="a"), _mc_item(id=7), _mc_item(id="a"), _mc_item()]
+    path = _write(tmp_path, {"dev": dev, "test": [_mc_item(id=7)]})
+    with caplog.at_level(logging.WARNING):
+        items = load_task(path, "dev", spec=MC)
+        load_task(path, "dev", spec=MC, limit=1)  # once per file and split
+        load_task(path, "test", spec=MC)  # an id may be in both splits
+    assert [item.id for item in items] == [7, "a", 7, "a", 4]
+    (warning,) = _warnings(caplog)
+    assert warning.startswith(
+        f"{path}, split 'dev': 2 item ids are not unique: id 7 (items 0, 2), id 'a' (items 1, 3);"
+    )
+
+
+def test_a_default_id_that_repeats_an_explicit_one_is_warned_about(tmp_path, caplog):
+    path = _write(tmp_path, {"dev": [_mc_item(id=1), _mc_item()]})  # item 1's id is 1
+    with caplog.at_level(logging.WARNING):
+        load_task(path, "dev", spec=MC)
+    (warning,) = _warnings(caplog)
+    assert "1 item id is not unique: id 1 (items 0, 1)" in warning
+
+
+def test_unique_ids_are_not_warned_about(tmp_path, caplog):
+    path = _write(tmp_path, {"dev": [_mc_item(id=1), _mc_item(id="1"), _mc_item()]})
+    with caplog.at_level(logging.WARNING):
+        load_task(path, "dev", spec=MC)
+    assert not _warnings(caplog)
+
+
+@needs_data
+def test_the_authors_repeated_ids_load_with_a_warning(caplog, monkeypatch):
+    from hs_jax.tasks import data
+
+    monkeypatch.setattr(data, "_warned", set())  # test_real_files_load read it before
+    with caplog.at_level(logging.WARNING):
+        items = load_task(task_path(EVAL_DIR, "gsm8k"), "dev", spec="gsm8k")
+    assert len(items) == 200
+    assert any("id 0 (items 0, 1, 2 and 197 more)" in w for w in _warnings(caplog))
 
 
 def test_domain_wrong_type(tmp_path):

@@ -319,12 +319,12 @@ def _scaling(doc: _Doc, runs, labels) -> None:
 
 
 def _questions(run: Run) -> dict[Any, str]:
-    """Test question by item id from the run's task file (config task.path, else the
+    """Test question by item position from the run's task file (config task.path, else the
     workdir's task.json); {} when it cannot be read (the entry prompts stand in)."""
     path = run.setting("task.path") or run.path / workdir_lib.TASK_JSON
     try:
         data = json.loads(Path(path).read_text())
-        return {raw.get("id", i): raw["question"] for i, raw in enumerate(data["test"])}
+        return {i: raw["question"] for i, raw in enumerate(data["test"])}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return {}
 

@@ -11,8 +11,9 @@ The cases come from a run's audit file (workdir/test_prompts.jsonl, written when
 config.outputs.save_prompts is set: one row per node call on the test items with the node, its
 expert and output). Intermediate outputs are those of every node but the end node (the end
 node's output is the system's answer); `include_end` adds it. The problem text is the item's
-question when the caller can give it (`questions`, by item id), else the prompt of the item's
-first entry node (the instruction and the question, nothing from other nodes).
+question when the caller can give it (`questions`, by the item's position in the test split,
+which audit rows record as 'item': ids may repeat), else the prompt of the item's first entry
+node (the instruction and the question, nothing from other nodes).
 
 A judge's reply is read by `parse_role`: the first scenario number 1-4, else the first role
 word; neither gives None ('unparsed', counted apart).
@@ -92,6 +93,12 @@ def parse_role(text: str) -> str | None:
     return min(hits)[1] if hits else None
 
 
+def _key(row: Mapping[str, Any]) -> tuple[str, Any]:
+    """An audit row's item: its position in the split when recorded (ids may repeat in a
+    task file), else its id (audits written before positions were)."""
+    return ("item", row["item"]) if "item" in row else ("id", row["id"])
+
+
 def cases_from_audit(
     rows: Iterable[Mapping[str, Any]],
     dag: Dag,
@@ -105,14 +112,15 @@ def cases_from_audit(
     pos = positions(dag)
     entry_prompt: dict[Any, str] = {}
     for r in rows:
-        if not r.get("parents") and r["id"] not in entry_prompt:
-            entry_prompt[r["id"]] = r["prompt"]
+        if not r.get("parents") and _key(r) not in entry_prompt:
+            entry_prompt[_key(r)] = r["prompt"]
     cases = []
     for r in rows:
         node = int(r["node"])
         if (node == dag.end and not include_end) or node not in pos:
             continue
-        problem = (questions or {}).get(r["id"], entry_prompt.get(r["id"], ""))
+        known = (questions or {}).get(r["item"]) if "item" in r else None
+        problem = known if known is not None else entry_prompt.get(_key(r), "")
         cases.append(RoleCase(r["id"], node, int(r["expert"]), pos[node], problem, r["output"]))
     return cases
 

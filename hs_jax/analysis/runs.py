@@ -1,8 +1,8 @@
 """Finished workdirs, read for analysis: results.json, archive.jsonl and run.json's config.
 
-Analysis only reads: nothing in a workdir is written or repaired. So the archive is read here,
-not through `hs_jax.archive.Archive.read` (which cuts a torn last line out of the file); a torn
-last line (a killed writer) is dropped in memory the same way.
+Analysis only reads: nothing in a workdir is written or repaired (the run itself sets damaged
+archive lines aside, `hs_jax.archive.Archive.repair`, before it finishes); a torn last line (a
+killed writer) is dropped in memory.
 
 A workdir is finished when it holds results.json (`hs_jax.report` writes it last). `find_workdirs`
 takes the launcher's comma list: each entry is a workdir, or a folder searched (recursively) for

@@ -149,6 +149,7 @@ def _audit_rows(setup: Setup, items, scored: dict[str, Any]) -> list[dict[str, A
                 continue
             row = {
                 "id": item.id,
+                "item": item.index,
                 "pass": name,
                 "node": 0,
                 "parents": [],

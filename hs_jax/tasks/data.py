@@ -9,6 +9,13 @@ by topological position). ``id`` and ``domain`` are optional; any other key is k
 
 Errors name the file, the split, the item index and the field, so a broken file is fixed in one
 look instead of failing later inside a search.
+
+Item ids that repeat within a split are warned about, naming them, not refused: the authors'
+own files repeat them (gsm8k's dev split gives all 200 items id 0; knowledge_crosswords has
+16 repeated ids in dev and 278 in test, different items asking the same question). hs_jax
+tells items apart by their position (`Item.index`), so nothing is mixed up inside a run; only
+a reader matching outputs to questions by id would be (test_prompts.jsonl rows, results.json's
+`test_ids`, launch.analyze's role cases).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from absl import logging
 
 TaskType = Literal["multiple_choice", "exact_match", "abstain", "judged"]
 AnswerKind = Literal["letter", "auto", "number", "yes_no", "text"]
@@ -355,7 +363,48 @@ def load_task(
         _fail(path, split, msg="split is empty")
     icl = data.get("icl_prompt")
     items = [_validate_item(r, path, split, i, spec, icl) for i, r in enumerate(raw_items)]
+    _warn_repeated_ids(path, split, items)
     return subsample(items, limit=limit, seed=seed)
+
+
+def repeated_ids(items: list[Item]) -> dict[int | str, list[int]]:
+    """The ids that more than one item has, each with those items' indices (file order)."""
+    where: dict[int | str, list[int]] = {}
+    for item in items:
+        where.setdefault(item.id, []).append(item.index)
+    return {k: v for k, v in where.items() if len(v) > 1}
+
+
+def describe_repeated_ids(repeated: Mapping[int | str, list[int]], show: int = 3) -> str:
+    """'id 0 (items 0, 1, 2 and 197 more), id 'a' (items 4, 9)': the first `show` ids."""
+
+    def items(at: list[int]) -> str:
+        more = f" and {len(at) - show} more" if len(at) > show else ""
+        return ", ".join(map(str, at[:show])) + more
+
+    parts = [f"id {k!r} (items {items(at)})" for k, at in list(repeated.items())[:show]]
+    more = f" and {len(repeated) - show} more ids" if len(repeated) > show else ""
+    return ", ".join(parts) + more
+
+
+# (file, split) already warned about in this process: a comparison loads a file per cell.
+_warned: set[tuple[str, str]] = set()
+
+
+def _warn_repeated_ids(path: Path, split: str, items: list[Item]) -> None:
+    repeated = repeated_ids(items)
+    key = (str(path.resolve()), split)
+    if not repeated or key in _warned:
+        return
+    _warned.add(key)
+    count = "1 item id is" if len(repeated) == 1 else f"{len(repeated)} item ids are"
+    logging.warning(
+        "%s: %s not unique: %s; hs_jax tells items apart by position (Item.index), but "
+        "outputs matched to questions by id (launch.analyze's role cases) may be mixed up",
+        _where(path, split),
+        count,
+        describe_repeated_ids(repeated),
+    )
 
 
 def subsample(items: list[Item], *, limit: int | None, seed: int | None) -> list[Item]:

@@ -7,29 +7,10 @@ scoring call of a `method_api.Evaluator`; 'weight_step': after the search's weig
 """
 
 import json
-import os
 import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-
-from hs_jax.workdir import KILL_ENV
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _launch(workdir, method, kill=None):
-    cmd = [
-        sys.executable, "-m", "launch.main", "--config=configs/tiny.py", f"--workdir={workdir}",
-        f"--config.method={method}", "--config.outputs.plots=False",
-    ]  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if k != KILL_ENV}
-    env["PYTHONUNBUFFERED"] = "1"
-    if kill is not None:
-        env[KILL_ENV] = kill
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+from tiny_runs import launch
 
 
 def _results(workdir):
@@ -43,10 +24,10 @@ def _archive(workdir):
 
 
 def _killed_then_finished(workdir, method, kill):
-    proc = _launch(workdir, method, kill)
+    proc = launch(workdir, method, kill)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     assert not (workdir / "results.json").exists()
-    proc = _launch(workdir, method)
+    proc = launch(workdir, method)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
@@ -60,7 +41,7 @@ def _killed_then_finished(workdir, method, kill):
 )  # fmt: skip
 def test_a_killed_baseline_ends_as_an_uninterrupted_one(tmp_path, method, kill):
     whole = tmp_path / "whole"
-    assert _launch(whole, method).returncode == 0
+    assert launch(whole, method).returncode == 0
     killed = tmp_path / "killed"
     _killed_then_finished(killed, method, kill)
     assert _results(killed) == _results(whole)
@@ -69,7 +50,7 @@ def test_a_killed_baseline_ends_as_an_uninterrupted_one(tmp_path, method, kill):
 
 def test_the_search_archives_every_system_once_across_a_kill(tmp_path):
     whole = tmp_path / "whole"
-    assert _launch(whole, "hs").returncode == 0
+    assert launch(whole, "hs").returncode == 0
     rows = [json.loads(r) for r in _archive(whole)]
     results = json.loads((whole / "results.json").read_text())
     assert len(rows) == results["evaluations"] > 0

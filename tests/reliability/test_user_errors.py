@@ -448,22 +448,6 @@ def test_task_file_errors_name_the_file(tmp_path):
 # ----------------------------------------------------------------------------- PEFT folders fuzz
 
 
-@pytest.fixture(scope="module")
-def adapter(tmp_path_factory):
-    """(model config, a valid exported PEFT folder)."""
-    import jax
-
-    from hs_jax.models.gemma_config import tiny_config
-
-    config = tiny_config("gemma3")
-    stack = lora.init_lora_stack(
-        config, 1, 2, ("q_proj", "v_proj"), jax.random.key(0), scheme="random", init_scale=0.1
-    )
-    folder = tmp_path_factory.mktemp("peft") / "good"
-    lora.export_peft_adapter(stack, 0, folder)
-    return config, folder
-
-
 _REGEX = st.sampled_from(["(", "[q", "*", "q_proj(", "(?P<x", "a{2,1}", "q_proj", ".*"])
 _BAD_CONFIG_VALUES = {
     "r": st.sampled_from([0, -1, "2", None, 1.5, True, [2]]),
