@@ -340,6 +340,20 @@ def interrupted_line(launcher: str) -> str:
     return line
 
 
+def _stop_interrupted(launcher: str) -> None:
+    """Prints the interrupt line and ends the process at once (`os._exit`, status 130).
+
+    Not `sys.exit`: an interrupt that lands during a checkpoint save leaves orbax's writer
+    threads running, and the interpreter's shutdown then prints their tracebacks ("cannot
+    schedule new futures after interpreter shutdown") or aborts in C++ ("FATAL: exception
+    not rethrown"). Nothing is lost by skipping it: what a run has committed is on disk
+    (atomic renames, an fsynced archive), and an unfinished save is a killed writer's, which
+    the next start sets right, as after SIGKILL."""
+    print(interrupted_line(launcher), file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(EXIT_INTERRUPTED)
+
+
 def run_main(main: Callable[[list[str]], Any]) -> None:
     """`absl.app.run(main)`, reporting a user error in one line and exiting 1, an interrupt
     (SIGINT) in one line and exiting 130 (module docstring).
@@ -374,15 +388,13 @@ def run_main(main: Callable[[list[str]], Any]) -> None:
     except KeyboardInterrupt:
         if verbose():
             raise
-        print(interrupted_line(launcher_name(main)), file=sys.stderr, flush=True)
-        sys.exit(EXIT_INTERRUPTED)
+        _stop_interrupted(launcher_name(main))
     except Exception as e:
         parsing = not flags.FLAGS.is_parsed()
         if verbose():
             raise
         if _interrupted(e):
-            print(interrupted_line(launcher_name(main)), file=sys.stderr, flush=True)
-            sys.exit(EXIT_INTERRUPTED)
+            _stop_interrupted(launcher_name(main))
         if not (parsing or is_user_error(e)):
             raise
         print(format_error(launcher_name(main), e), file=sys.stderr, flush=True)
