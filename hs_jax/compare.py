@@ -447,7 +447,7 @@ def compare(
     data_dir = data_dir or (str(Path(config.task.path).parent) if config.task.path else "")
     refs = task_refs(list(task_list) or default_tasks(config), data_dir)
     cells = plan(names, refs, seeds, seeded, int(config.seed))
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir_lib.make_workdir(workdir)
     with workdir_lib.lock(workdir):
         remove_stale_files(workdir)
         finished = [(workdir / c.subdir() / workdir_lib.RESULTS_JSON).is_file() for c in cells]

@@ -358,7 +358,7 @@ def workdir_lock(workdir: Path):
     with contextlib.ExitStack() as stack:
 
         def take() -> None:
-            workdir.mkdir(parents=True, exist_ok=True)
+            workdir_lib.make_workdir(workdir)
             stack.enter_context(workdir_lib.lock(workdir))
 
         distributed.on_primary(take)

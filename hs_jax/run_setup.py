@@ -406,8 +406,7 @@ def make_pool(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> 
             f"config.experts.source={c.experts.source!r}: the pool already exists as {kind} "
             f"folders ({given!r}); make_pool builds 'train' or 'random' pools"
         )
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = workdir_lib.make_workdir(workdir)
     with workdir_lib.lock(workdir):
         workdir_lib.remove_temp_files(workdir, skip=(checkpointing.SEARCH_SUBDIR,))
         # Only fine-tuning reads the task (its question types are the experts' slices).

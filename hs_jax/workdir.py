@@ -317,6 +317,16 @@ def require_lock(workdir: str | os.PathLike) -> None:
     )
 
 
+def make_workdir(workdir: str | os.PathLike) -> Path:
+    """Creates `workdir` (and its parents) if absent; a file in its place is a WorkdirError
+    saying so (a user's mistake, one line), not a FileExistsError."""
+    workdir = Path(workdir)
+    if workdir.exists() and not workdir.is_dir():
+        raise WorkdirError(f"{workdir} is a file, not a run's workdir")
+    workdir.mkdir(parents=True, exist_ok=True)
+    return workdir
+
+
 # ----------------------------------------------------------------------------- atomic files
 
 

@@ -184,3 +184,14 @@ def test_a_workdir_that_is_a_file_is_named_in_one_line(tmp_path):
     assert done.stderr.strip().splitlines() == [
         f"launch.answer: {path} is a file, not a run's workdir"
     ]
+    for launcher, extra in (("launch.main", []), ("launch.compare", ["--methods=hs"])):
+        done = subprocess.run(
+            [sys.executable, "-m", launcher, "--config=configs/tiny.py", f"--workdir={path}",
+             *extra],
+            cwd=ROOT, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        lines = [x for x in done.stderr.splitlines() if x.strip() and x[:1] not in "IW"]
+        assert done.returncode == 1 and lines == [
+            f"{launcher}: {path} is a file, not a run's workdir"
+        ], done.stderr[-2000:]
+    assert path.read_text() == "not a folder"
