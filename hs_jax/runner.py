@@ -97,6 +97,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[s
         try:
             stack.enter_context(run_identity.workdir_lock(workdir))
         except Exception as e:  # raised on every process (workdir_lock hands it round)
+            if not _cannot_write(e) or c.restart:
+                raise  # each process's own message (config.restart moves files: it must write)
             read_only = functools.partial(_finished_read_only, c, workdir, static, e)
             return distributed.on_primary(read_only)
         return _run_locked(c, workdir, static, layout)
@@ -142,10 +144,8 @@ def _cannot_write(e: BaseException) -> bool:
 def _finished_read_only(c, workdir: Path, static: dict[str, Any], error: Exception):
     """Process 0, when the workdir's lock could not be taken (`error`): a workdir that cannot
     be written but holds this run finished is returned as it is, reading only (nothing to
-    write: the lock only guards writes). Anything else re-raises `error` (config.restart too,
-    which moves files)."""
-    if not _cannot_write(error) or c.restart:
-        raise error
+    write: the lock only guards writes); a workdir without it re-raises `error`. (`run` raises
+    any other error, and config.restart, which moves files, at once on every process.)"""
     results = run_identity.open_run(c, workdir, static, [])["results"]  # refuses another run
     if results is None:
         raise error

@@ -221,9 +221,12 @@ def test_a_run_that_must_write_on_a_read_only_file_system_is_one_line(
 def test_sigint_stops_with_one_line_and_status_130(tmp_path):
     cmd = [sys.executable, "-m", LAUNCHER, "--config=configs/tiny.py", f"--workdir={tmp_path}"]
     cmd += ["--config.search.max_iterations=50", "--config.search.patience=50"]
+    # A suite started in the background (`cmd &` in a non-interactive shell) runs with SIGINT
+    # ignored, which its children inherit (and then never see a Ctrl-C): restore the default.
     proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+        cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
     logged = []
     for line in proc.stderr:  # the search logs each iteration: interrupt it once it has
         logged.append(line)
