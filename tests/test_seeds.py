@@ -62,3 +62,26 @@ def test_bad_seeds_are_named_before_any_work(tmp_path):
     with pytest.raises(ValueError, match=r"config\.seeds='0,x'"):
         hs_jax.run(c, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_launch_main_with_seeds_exits_1_naming_a_failed_cell(tmp_path):
+    """A seed whose cell fails (here a damaged run.json) makes `launch.main --config.seeds` exit
+    1 with one line naming the cell; the other seed's cell still finishes."""
+    import subprocess
+    import sys
+
+    cell = tmp_path / "nlgraph_gen" / "random_search" / "seed_1"
+    cell.mkdir(parents=True)
+    (cell / "run.json").write_text("{")
+    proc = subprocess.run(
+        [sys.executable, "-m", "launch.main", "--config=configs/tiny.py", f"--workdir={tmp_path}",
+         "--config.method=random_search", "--config.budget=4", "--config.seeds=0,1",
+         "--config.outputs.plots=False", "--config.outputs.export_experts=False"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr[-4000:]
+    lines = [x for x in proc.stderr.splitlines() if x.startswith("launch.main:")]
+    assert len(lines) == 1 and lines[0].startswith(
+        "launch.main: 1 of 2 cells failed: nlgraph_gen/random_search/seed_1 (WorkdirError: "
+    ), proc.stderr[-4000:]
+    assert (tmp_path / "nlgraph_gen" / "random_search" / "seed_0" / "results.json").is_file()
