@@ -168,9 +168,11 @@ def _diagnostics(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         out["top"] = sorted({str(a["top"]) for a in answers if a["top"] is not None}) or [
             "nothing readable"
         ]
-        out["collapsed_seeds"] = [
-            int(r["seed"]) for r, a in zip(runs, answers, strict=True) if a.get("collapsed")
-        ]
+        collapsed = [(r, a) for r, a in zip(runs, answers, strict=True) if a.get("collapsed")]
+        out["collapsed_seeds"] = [int(r["seed"]) for r, _ in collapsed]
+        if collapsed:  # what the collapsed seeds answer, and how often (not all seeds' mean)
+            out["collapsed_top"] = sorted({str(a["top"]) for _, a in collapsed})
+            out["collapsed_share"] = float(np.mean([a["top_share"] for _, a in collapsed]))
     gold = next((d.get("gold") for d in diags if d.get("gold")), None)
     if gold:
         out["gold"] = gold
@@ -490,8 +492,8 @@ def _diagnostic_lines(table: Table) -> list[str]:
             if s is not None and s.diagnostics.get("collapsed_seeds"):
                 d = s.diagnostics
                 collapsed.append(
-                    f"{m} ({seeds_text(d['collapsed_seeds'])}: '{'/'.join(d['top'])}' for "
-                    f"{d['top_share']:.0%} of the items)"
+                    f"{m} ({seeds_text(d['collapsed_seeds'])}: "
+                    f"'{'/'.join(d['collapsed_top'])}' for {d['collapsed_share']:.0%} of the items)"
                 )
         if collapsed:
             tail = (
