@@ -130,13 +130,12 @@ def _finished(workdir: Path, results: dict[str, Any]) -> dict[str, Any]:
 
 # Errors of a workdir that cannot be written: its file system is read-only, or the files and
 # folders are not this user's to write (hs_jax.workdir refuses the lock with
-# WorkdirReadOnlyError where it has that class).
+# WorkdirReadOnlyError).
 _READ_ONLY_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 def _cannot_write(e: BaseException) -> bool:
-    read_only = getattr(workdir_lib, "WorkdirReadOnlyError", None)
-    if isinstance(read_only, type) and isinstance(e, read_only):
+    if isinstance(e, workdir_lib.WorkdirReadOnlyError):
         return True
     return isinstance(e, OSError) and e.errno in _READ_ONLY_ERRNOS
 
