@@ -3,7 +3,7 @@
 bench/search.py times single steps after they have compiled; finer buckets pad less, but every
 new (batch, length) shape compiles once, and a whole run meets more shapes than one step does.
 This script runs the demo (`launch.main`, configs/demo.py on a trained pool) with the config's
-buckets and with `hs_jax.call_plan`'s fine ones (`--config.engine.batch_buckets`,
+buckets and with `hs_jax.engine.call_plan`'s fine ones (`--config.engine.batch_buckets`,
 `--config.engine.length_buckets`), each twice in fresh processes and workdirs: first on an
 empty persistent compilation cache, so it pays for every compilation it needs, as a run on a
 new machine does, then again on the cache that run filled, as a repeated run. It reports each
@@ -23,7 +23,7 @@ from pathlib import Path
 from absl import app, flags
 
 from bench import _common
-from hs_jax.call_plan import FINE_BATCH_BUCKETS, FINE_LENGTH_BUCKETS
+from hs_jax.engine.call_plan import FINE_BATCH_BUCKETS, FINE_LENGTH_BUCKETS
 
 _POOL = flags.DEFINE_string("pool_dir", None, "A trained pool (the demo's: runs/demo/experts).")
 _WORKDIR = flags.DEFINE_string("workdir", "", "Where the two runs go ('' = a temp dir).")

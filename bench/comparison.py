@@ -6,7 +6,7 @@
     --compare_command="python -m launch.compare ..."
 
 reads a comparison workdir (finished or not: cells still pending are shown as pending), rebuilds
-its table from the cells' results.json (`hs_jax.comparison_table`), runs the analyses over the
+its table from the cells' results.json (`hs_jax.comparison.table`), runs the analyses over the
 finished cells (`hs_jax.analysis`: C-Gain), copies the pictures into bench/figures/ and writes
 the section `comparison_<name>` of bench/RESULTS.md: sizes, the table with intervals, paired
 tests and costs, the control comparison and the collaborative gain. It measures nothing itself:
@@ -22,7 +22,8 @@ from pathlib import Path
 from absl import app, flags
 
 from bench import _common
-from hs_jax import analysis, comparison_table
+from hs_jax import analysis
+from hs_jax.comparison import table as comparison_table
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A launch.compare workdir.", required=True)
 _NAME = flags.DEFINE_string("name", None, "Section name: comparison_<name>.", required=True)

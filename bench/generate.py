@@ -144,13 +144,13 @@ class HsJaxWorker:
     """hs_jax Engine on the PyPI model; EOS stopping off so rows run `new_tokens` tokens."""
 
     def __init__(self, dtype: str, new_tokens: int):
-        from hs_jax import host_memory
+        from hs_jax.runtime import host_allocator
 
         # Before JAX starts, as the launchers do (hs_jax's default host allocator on a CPU).
-        self.allocator = host_memory.reuse_freed_memory()
+        self.allocator = host_allocator.reuse_freed_memory()
         import jax
 
-        from hs_jax.engine import Engine
+        from hs_jax.engine.engine import Engine
         from hs_jax.models.gguf_io import PYPI_MODEL_NAME
         from hs_jax.models.loading import load_model
 
@@ -182,8 +182,8 @@ class HsJaxWorker:
         }
 
     def lora_init(self, n_experts: int, rank: int, **_):
-        from hs_jax.engine import Engine
-        from hs_jax.lora import init_lora_stack
+        from hs_jax.engine.engine import Engine
+        from hs_jax.experts.lora import init_lora_stack
 
         stack = init_lora_stack(
             self.config, n_experts, rank, key=self.jax.random.key(1), scheme="random"
@@ -496,7 +496,7 @@ def report(res: dict, command: str) -> str:
         "worker processes, one command at a time, back to back per batch size. hs_jax on "
         f"{device}, transformers on {hf.get('device', 'n/a')} (torch threads "
         f"{hf.get('threads', 'n/a')}, attention `{hf.get('attn_implementation', 'n/a')}`). "
-        "hs_jax's host allocator (`hs_jax.host_memory`, as the launchers set it): "
+        "hs_jax's host allocator (`hs_jax.runtime.host_allocator`, as the launchers set it): "
         f"{res['load']['f32'].get('allocator', 'n/a')}."
     )
     modules = ("jax", "flax", "torch", "transformers", "numpy")

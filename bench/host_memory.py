@@ -1,4 +1,4 @@
-"""Generate calls with glibc's default malloc vs `hs_jax.host_memory.reuse_freed_memory`.
+"""Generate calls with glibc's default malloc vs `hs_jax.runtime.host_allocator.reuse_freed_memory`.
 
 The same workload runs in two fresh processes (the allocator must be set before JAX starts, so
 one process cannot measure both): the real Gemma 3 270M (float32, the config's model), three
@@ -41,22 +41,23 @@ def _faults() -> int:
 def child() -> dict:
     """This process's measurements (the allocator is whatever `reuse_freed_memory` decides from
     the environment the parent gave)."""
-    from hs_jax import host_memory
+    from hs_jax.runtime import host_allocator
 
-    status = host_memory.reuse_freed_memory()
+    status = host_allocator.reuse_freed_memory()
     import jax
     import numpy as np
 
-    from hs_jax import lora, run_setup
+    from hs_jax.experts import lora
+    from hs_jax.setup import assembly
 
     c = _CONFIG.value
-    config, params, tokenizer = run_setup.load_base(c)
+    config, params, tokenizer = assembly.load_base(c)
     experts = lora.init_lora_stack(
         config, 3, c.experts.rank, tuple(c.experts.targets), jax.random.key(0),
         scheme="random", init_scale=0.002,
     )  # fmt: skip
     c.engine.max_batch = max(int(r) for r in _ROWS.value)
-    engine = run_setup.make_engine(c, (config, params, tokenizer), experts, mesh=None)
+    engine = assembly.make_engine(c, (config, params, tokenizer), experts, mesh=None)
     words = np.array("the quick brown fox jumps over a lazy dog and then".split())
     rng = np.random.default_rng(0)
     shapes = []
@@ -113,7 +114,8 @@ def main(argv):
         "Engine.generate on Gemma 3 270M (float32), 3 random LoRA experts, prompts of "
         f"{_WORDS.value} random words, greedy, 4 new tokens: glibc's default malloc "
         "(`HS_JAX_HOST_MALLOC=glibc`) vs reused buffers (hs_jax's default, "
-        "`hs_jax.host_memory`: one arena, no mmap for large blocks, no heap trimming), each in "
+        "`hs_jax.runtime.host_allocator`: one arena, no mmap for large blocks, no heap "
+        "trimming), each in "
         f"a fresh process. Times: the fastest of {_REPEATS.value} calls after one that "
         "compiles; MB first-touched = the median call's minor page faults x the page size. "
         f"Load average at the start {load_start}. Peak RSS: glibc "

@@ -1,8 +1,8 @@
 """A whole comparison in one process with glibc's default malloc vs reused host buffers.
 
 `bench.host_memory` measures single generate calls. What reuse costs shows only in a long
-process: `hs_jax.host_memory` keeps freed blocks in the heap and never trims it, and every
-comparison cell loads the model again, trains or merges adapters and frees them. This script
+process: `hs_jax.runtime.host_allocator` keeps freed blocks in the heap and never trims it, and
+every comparison cell loads the model again, trains or merges adapters and frees them. This script
 runs the same `launch.compare` twice, each in a fresh process (the allocator is set before JAX
 starts) with its own fresh workdir and the persistent compilation cache off (the second run
 would otherwise skip the first one's compilations): once with glibc's defaults
@@ -141,7 +141,8 @@ def main(argv):
         f"`launch.compare` of {len(glibc['cells'])} cells (methods {_METHODS.value}; seed 0; "
         "task nlgraph_gen of configs/demo.py on a trained demo pool), run twice in fresh "
         "processes: glibc's default malloc (`HS_JAX_HOST_MALLOC=glibc`), then reused "
-        "buffers (`HS_JAX_HOST_MALLOC=reuse`, hs_jax's default; `hs_jax.host_memory`). Each "
+        "buffers (`HS_JAX_HOST_MALLOC=reuse`, hs_jax's default; "
+        "`hs_jax.runtime.host_allocator`). Each "
         "in its own fresh workdir, the persistent compilation cache off. Seconds: each cell's "
         "own (results.json) and the whole process; peak RSS: the largest of the half-second "
         "samples while the cell ran, and the process's ru_maxrss. Load average at the start "

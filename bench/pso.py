@@ -34,8 +34,9 @@ from absl import app, flags
 from safetensors.numpy import load_file, save_file
 
 from bench import _common
-from hs_jax import host_memory, pso
-from hs_jax.lora import PROJ_NAMES
+from hs_jax.experts.lora import PROJ_NAMES
+from hs_jax.runtime import host_allocator
+from hs_jax.swarm import pso
 
 _SHAPES = flags.DEFINE_list("shapes", ["gemma-7b", "gemma3-270m"], "stack shapes to time")
 _EXPERTS = flags.DEFINE_integer("experts", 10, "particles (experts)")
@@ -345,7 +346,7 @@ def section(rows, bw, n, rank, allocator: str) -> str:
         + ", ".join(f"{k} {v / 1e9:.1f} GB/s" for k, v in bw.items())
         + "). All times and bandwidths are best of N after warm-up (a shared machine only ever "
         "slows a run down); hs_jax's median is given too. Host allocator "
-        f"(`hs_jax.host_memory`, as the launchers set it): {allocator}."
+        f"(`hs_jax.runtime.host_allocator`, as the launchers set it): {allocator}."
     )
     lines = [
         _common.header("PSO weight step", description, "jax", "numpy"),
@@ -396,7 +397,7 @@ def section(rows, bw, n, rank, allocator: str) -> str:
 
 def main(argv):
     del argv
-    allocator = host_memory.reuse_freed_memory()  # before JAX starts, as the launchers do
+    allocator = host_allocator.reuse_freed_memory()  # before JAX starts, as the launchers do
     bw = _common.bandwidth()
     print("bandwidth: " + ", ".join(f"{k} {v / 1e9:.1f} GB/s" for k, v in bw.items()), flush=True)
     n, rank = _EXPERTS.value, _RANK.value

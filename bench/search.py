@@ -2,7 +2,7 @@
 and each against the compute floor of the tokens it ran.
 
 The setting is the config's (default configs/demo.py: its model, task items, protocol, N, M,
-token budget and engine buckets, through `hs_jax.run_setup`'s loaders); the experts are a
+token budget and engine buckets, through `hs_jax.setup.assembly`'s loaders); the experts are a
 trained PEFT pool (--pool_dir, e.g. the demo run's workdir/experts) or, without one, random
 LoRA experts. Same engine, model, experts, items and systems for both executors; only the order
 of work differs. The node-by-node executor is the authors' order (each system, each node in
@@ -34,9 +34,13 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from bench import _common
-from hs_jax import call_plan, graph, host_memory, jfk, lora, run_setup
-from hs_jax.engine import Engine
-from hs_jax.executor import Executor, Generation, System, run_node_by_node
+from hs_jax.engine import call_plan
+from hs_jax.engine.engine import Engine
+from hs_jax.engine.executor import Executor, Generation, System, run_node_by_node
+from hs_jax.experts import lora
+from hs_jax.runtime import host_allocator
+from hs_jax.setup import assembly
+from hs_jax.swarm import graph, jfk
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "The run's config.")
 _POOL = flags.DEFINE_string("pool_dir", "", "A trained PEFT pool (default: random LoRA experts).")
@@ -116,9 +120,9 @@ def _fine_reading(rows, rate: float) -> str:
 
 def main(argv):
     del argv
-    allocator = host_memory.reuse_freed_memory()  # as the launchers do (HS_JAX_HOST_MALLOC)
+    allocator = host_allocator.reuse_freed_memory()  # as the launchers do (HS_JAX_HOST_MALLOC)
     c = _CONFIG.value
-    config, params, tokenizer = run_setup.load_base(c)
+    config, params, tokenizer = assembly.load_base(c)
     experts = _experts(c, config)
     n = experts.n_experts
 
@@ -135,8 +139,8 @@ def main(argv):
         else None
     )
     workdir = Path(tempfile.mkdtemp(prefix="hs_bench_search_"))
-    spec, items, _, _ = run_setup.load_items(c, workdir)
-    protocol = run_setup.protocol_for(c, spec)
+    spec, items, _, _ = assembly.load_items(c, workdir)
+    protocol = assembly.protocol_for(c, spec)
     # Per expert, the LoRA factors every token of its rows multiplies with (both factors).
     lora_params = lora.num_params(experts) // n
     rate = _common.matmul_rate(2048, "float32")
@@ -272,7 +276,7 @@ def main(argv):
         f"{_REPEATS.value} runs after one that compiles, each with an empty cache (a shared "
         "machine only ever slows a run down; its CPU time is that run's). Load average at "
         f"the start of the steps {load_start} (the machine line gives it at the end). Host "
-        f"allocator (`hs_jax.host_memory`): {allocator}."
+        f"allocator (`hs_jax.runtime.host_allocator`): {allocator}."
     )
     text = "\n".join(
         [
@@ -323,7 +327,7 @@ def main(argv):
             f"divided by the {cores} cores: on a shared machine the wall time also holds the "
             "time other jobs had the cores, the CPU time does not (it does hold XLA's worker "
             "threads spinning while they wait). 'padded GFLOP' = the same count at the shapes "
-            "the engine runs: its call planner (`hs_jax.call_plan.plan_calls`, the engine's "
+            "the engine runs: its call planner (`hs_jax.engine.call_plan.plan_calls`, the engine's "
             "buckets) re-run over the same prompt lengths, every row of a call padded to its "
             "batch bucket and length bucket, the prefill attending over all its positions and "
             "each decode step over all cache slots; 'wall / padded floor' is what is left once "

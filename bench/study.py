@@ -3,9 +3,9 @@
   python -m bench.study --workdir=/path/to/study            # runs (or resumes) every stage
   python -m bench.comparison --workdir=/path/to/study --name=study   # writes the section
 
-Stages, each an ordinary `hs_jax.compare.compare` into the same workdir (a killed study resumes
-where it stopped; finished cells are never recomputed), ordered so that a study cut short has
-the most useful cells:
+Stages, each an ordinary `hs_jax.comparison.compare.compare` into the same workdir (a killed study
+resumes where it stopped; finished cells are never recomputed), ordered so that a study cut short
+has the most useful cells:
   0. the pool: 4 LoRA experts trained once on the generator's 'train' split (configs/study.py);
   1. seed by seed (0 to 4): `hs`, `random_search` (DAGs, assignments
      and expert weights, the search's space), `random_roles` (DAGs and assignments only),
@@ -27,8 +27,12 @@ from pathlib import Path
 
 from absl import app, flags, logging
 
-from hs_jax import compare, diagnostics, found_system, methods, run_setup
-from hs_jax import workdir as workdir_lib
+import hs_jax
+from hs_jax import methods
+from hs_jax.comparison import compare
+from hs_jax.pipeline import diagnostics, found_system
+from hs_jax.setup import assembly
+from hs_jax.store import workdir as workdir_lib
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The study's workdir.", required=True)
 _STAGES = flags.DEFINE_string("stages", "0,1,2,3,4", "Stages to run (0: pool, 1-4: cells).")
@@ -54,7 +58,7 @@ def study_config(pool: str = ""):
 def build_pool(workdir: Path) -> Path:
     """Stage 0: the pool's PEFT folders (trained once; present folders are loaded)."""
     pool = workdir / "pool"
-    run_setup.make_pool(study_config(), pool)
+    hs_jax.make_pool(study_config(), pool)
     return pool / "experts"
 
 
@@ -114,8 +118,8 @@ def refresh_diagnostics(workdir: Path) -> int:
     for path in sorted(workdir.glob("*/*/seed_*/results.json")):
         r = json.loads(path.read_text())
         c = found_system.run_config(path.parent)
-        spec, _, test = run_setup.read_items(c, path.parent / workdir_lib.TASK_JSON)
-        setup = types.SimpleNamespace(spec=spec, protocol=run_setup.protocol_for(c, spec))
+        spec, _, test = assembly.read_items(c, path.parent / workdir_lib.TASK_JSON)
+        setup = types.SimpleNamespace(spec=spec, protocol=assembly.protocol_for(c, spec))
         end = r["best_system"]["dag"]["end"]
         outputs = diagnostics.final_outputs(
             r["best_system"]["kind"], end, r["best_system_test_outputs"]

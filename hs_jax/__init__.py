@@ -1,50 +1,65 @@
 """hs_jax: Heterogeneous Swarms (Feng et al., 2025) in JAX/Flax.
 
-The main entry points are `hs_jax.run(config, workdir)` (one method, `config.method`) and
-`hs_jax.compare.compare(...)` (every method x task x seed, the comparison table). The pieces
-they join are importable on their own: `graph` (DAGs, G-decode), `pso` (particle swarms over
-pytrees), `jfk` (JFK-score), `search` (the alternating loop, checkpointed), `engine` (batched
-multi-expert generation on Flax Gemma models), `executor` (multi-LLM systems, level by level),
-`tasks` (data, prompts, parsers, metrics), `lora` / `experts` (expert pools), `models` (Gemma
-and its loaders), `baselines` (the other methods), `analysis` (C-Gain, curves, topology).
+The entry points are `hs_jax.run(config, workdir)` (one run of `config.method`; with
+`config.seeds`, one run per seed as a row of a comparison) and
+`hs_jax.comparison.compare.compare(...)` (every method x task x seed, the comparison table).
+The package is in wings, each importing only the wings below it (docs/ARCHITECTURE.md):
 
-Names are imported on first use, so `import hs_jax.graph` does not load the model stack.
+    runtime, stats, models, store, swarm, tasks, experts, engine, config, setup, methods,
+    pipeline, comparison, analysis
+
+Names are imported on first use, so `import hs_jax.swarm.graph` does not load the model stack.
 """
 
 import importlib
 
 _EXPORTS = {
-    "run": "hs_jax.runner",
     "METHODS": "hs_jax.methods",
-    "make_pool": "hs_jax.run_setup",
-    "load_system": "hs_jax.found_system",
-    "FoundSystem": "hs_jax.found_system",
-    "read_checkpoint": "hs_jax.found_system",
+    "make_pool": "hs_jax.pipeline.runner",
+    "load_system": "hs_jax.pipeline.found_system",
+    "FoundSystem": "hs_jax.pipeline.found_system",
+    "read_checkpoint": "hs_jax.pipeline.found_system",
     "base_config": "hs_jax.config",
-    "Dag": "hs_jax.graph",
-    "g_decode": "hs_jax.graph",
-    "PSOConfig": "hs_jax.pso",
-    "SearchConfig": "hs_jax.search",
-    "SearchResult": "hs_jax.search",
-    "run_search": "hs_jax.search",
-    "summarize_checkpoint": "hs_jax.search",
-    "ConfigMismatchError": "hs_jax.checkpointing",
-    "Engine": "hs_jax.engine",
-    "GenerationResult": "hs_jax.engine",
-    "load_engine": "hs_jax.engine",
-    "make_mesh": "hs_jax.sharding",
-    "Executor": "hs_jax.executor",
-    "System": "hs_jax.executor",
-    "SystemScorer": "hs_jax.scoring",
-    "LoraStack": "hs_jax.lora",
-    "load_peft_pool": "hs_jax.lora",
-    "export_peft_adapter": "hs_jax.lora",
-    "FullExperts": "hs_jax.full_experts",
+    "Dag": "hs_jax.swarm.graph",
+    "g_decode": "hs_jax.swarm.graph",
+    "PSOConfig": "hs_jax.swarm.pso",
+    "SearchConfig": "hs_jax.swarm.search",
+    "SearchResult": "hs_jax.swarm.search",
+    "run_search": "hs_jax.swarm.search",
+    "summarize_checkpoint": "hs_jax.swarm.checkpoint_summary",
+    "ConfigMismatchError": "hs_jax.store.checkpointing",
+    "Engine": "hs_jax.engine.engine",
+    "GenerationResult": "hs_jax.engine.engine",
+    "load_engine": "hs_jax.engine.engine",
+    "make_mesh": "hs_jax.runtime.sharding",
+    "Executor": "hs_jax.engine.executor",
+    "System": "hs_jax.engine.executor",
+    "SystemScorer": "hs_jax.engine.scoring",
+    "LoraStack": "hs_jax.experts.lora",
+    "load_peft_pool": "hs_jax.experts.lora",
+    "export_peft_adapter": "hs_jax.experts.lora",
+    "FullExperts": "hs_jax.experts.full_models",
     "load_model": "hs_jax.models.loading",
     "load_tokenizer": "hs_jax.models.tokenizer",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted([*_EXPORTS, "run"])
+
+
+def run(config, workdir):
+    """Runs (or resumes) `config.method` in `workdir` and returns its results.json
+    (`hs_jax.pipeline.runner.run`); with config.seeds ('0,1,2'), once per seed, each run a cell
+    of a comparison in `workdir` (`hs_jax.comparison.compare.run_seeds`), returning the cells
+    and the table's path."""
+    from hs_jax.pipeline import door
+
+    if door.open_config(config).seeds:
+        from hs_jax.comparison.compare import run_seeds
+
+        return run_seeds(config, workdir)
+    from hs_jax.pipeline.runner import run as run_one
+
+    return run_one(config, workdir)
 
 
 def __getattr__(name):

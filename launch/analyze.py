@@ -13,7 +13,7 @@ reported in one line (exit status 1); --verbose adds the traceback.
 
 from absl import flags
 
-from hs_jax.errors import UserError, run_main
+from hs_jax.runtime.errors import UserError, run_main
 
 _WORKDIRS = flags.DEFINE_string(
     "workdirs", None, "Comma list of finished workdirs, or folders holding them.", required=True

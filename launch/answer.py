@@ -20,7 +20,7 @@ from absl import flags
 from ml_collections import config_flags
 
 import hs_jax
-from hs_jax.errors import UserError, config_value, run_main
+from hs_jax.runtime.errors import UserError, config_value, run_main
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "The run's config file (default: the workdir's run.json).", lock_config=True

@@ -16,8 +16,8 @@ evaluations the 'hs' cell of the same task and seed spent.
 
 The same command resumes a killed comparison: finished cells are not recomputed, the
 unfinished one resumes. Writes cells.json, table.md, table.csv and comparison.png into
---workdir (hs_jax.compare and hs_jax.comparison_table describe them). A method that does not
-apply, or a cell that fails, is reported in its cell; the rest runs. The exit status is 1 when
+--workdir (hs_jax.comparison.compare and hs_jax.comparison.table describe them). A method that does
+not apply, or a cell that fails, is reported in its cell; the rest runs. The exit status is 1 when
 a cell failed, with one line naming the failed cells (0 when every cell is done or does not
 apply).
 """
@@ -25,8 +25,8 @@ apply).
 from absl import flags
 from ml_collections import config_flags
 
-from hs_jax import compare
-from hs_jax.errors import UserError, config_value, run_main
+from hs_jax.comparison import compare
+from hs_jax.runtime.errors import UserError, config_value, run_main
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/tiny.py", "Python config file (configs/*.py).", lock_config=True

@@ -17,11 +17,11 @@ import jax
 import numpy as np
 from absl import flags
 
-from hs_jax import lora
-from hs_jax.engine import load_engine
-from hs_jax.errors import UserError, run_main
+from hs_jax.engine.engine import load_engine
+from hs_jax.experts import lora
 from hs_jax.models.gguf_io import PYPI_MODEL_NAME
 from hs_jax.models.loading import resolve_model_path
+from hs_jax.runtime.errors import UserError, run_main
 
 _MODEL = flags.DEFINE_string("model", PYPI_MODEL_NAME, "GGUF file, HF dir or PyPI model name.")
 _PROMPT = flags.DEFINE_multi_string("prompt", [], "A prompt (repeatable).")

@@ -21,8 +21,8 @@ import sys
 
 from absl import app, flags, logging
 
-from hs_jax.checkpointing import NoUsableCheckpointError, live_holder, verify_checkpoint
-from hs_jax.search import summarize_checkpoint
+from hs_jax.store.checkpointing import NoUsableCheckpointError, live_holder, verify_checkpoint
+from hs_jax.swarm.checkpoint_summary import summarize_checkpoint
 
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "run workdir, its search/ folder, or one step directory in it"

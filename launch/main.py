@@ -9,20 +9,20 @@ reported in one line before anything is loaded (exit status 1); --verbose adds t
   python -m launch.main --config=configs/paper.py --config.model.spec=gemma-7b --dry_run \
     --devices=8 --device_memory_gib=16
 
-prints the run's per-device memory (hs_jax.memory) and exits: no model is loaded, no workdir is
-created. --devices defaults to this machine's device count.
+prints the run's per-device memory (hs_jax.pipeline.memory_plan) and exits: no model is loaded, no
+workdir is created. --devices defaults to this machine's device count.
 
 Multi-process (TPU pod slices, GPU clusters): start the same command on every host with
 `--config.distributed=True`; on TPU VMs, SLURM and Open MPI the processes find each other, else
 add `--config.coordinator_address=<host0>:<port> --config.num_processes=<N>
---config.process_id=<i>` (hs_jax.distributed).
+--config.process_id=<i>` (hs_jax.runtime.distributed).
 """
 
 from absl import flags
 from ml_collections import config_flags
 
 import hs_jax
-from hs_jax.errors import UserError, config_value, run_main
+from hs_jax.runtime.errors import UserError, config_value, run_main
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/demo.py", "Python config file (configs/*.py).", lock_config=True
@@ -44,18 +44,18 @@ def main(argv):
         raise UserError(f"unexpected arguments: {argv[1:]}")
     config = config_value(_CONFIG)
     if _DRY_RUN.value:
-        from hs_jax import memory
+        from hs_jax.pipeline import memory_plan
 
         n_devices = _DEVICES.value
         if n_devices is None:
             import jax
 
             n_devices = jax.device_count()
-        print(memory.dry_run(config, n_devices, _DEVICE_MEMORY.value))
+        print(memory_plan.dry_run(config, n_devices, _DEVICE_MEMORY.value))
         return
     out = hs_jax.run(config, _WORKDIR.value)
     if isinstance(out, dict) and "cells" in out:  # config.seeds: a comparison's row
-        from hs_jax import compare
+        from hs_jax.comparison import compare
 
         summary = compare.failure_summary(out["cells"])
         if summary:

@@ -14,7 +14,7 @@ from absl import flags
 from ml_collections import config_flags
 
 import hs_jax
-from hs_jax.errors import UserError, config_value, run_main
+from hs_jax.runtime.errors import UserError, config_value, run_main
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/demo.py", "Python config file (configs/*.py).", lock_config=True

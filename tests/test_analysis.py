@@ -10,11 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hs_jax import analysis, archive, graph
+from hs_jax import analysis
 from hs_jax.analysis import cgain, curves, roles, runs, scaling, topology
 from hs_jax.analysis.compose import unique_labels
-from hs_jax.errors import UserError
-from hs_jax.graph import Dag
+from hs_jax.methods import archive
+from hs_jax.runtime.errors import UserError
+from hs_jax.swarm import graph
+from hs_jax.swarm.graph import Dag
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG"
@@ -259,7 +261,7 @@ def _write_workdir(
     history=True,
     audit=False,
 ):
-    """A finished workdir as hs_jax.report writes it (the fields the analyses read)."""
+    """A finished workdir as hs_jax.pipeline.report writes it (the fields the analyses read)."""
     rng = np.random.default_rng(len(names) * 10 + seed)
     n_test = 8
     singles = rng.integers(0, 2, size=(len(names), n_test)).astype(float).tolist()

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from hs_jax import archive as archive_lib
-from hs_jax import workdir as workdir_lib
-from hs_jax.archive import Archive
+from hs_jax.methods import archive as archive_lib
+from hs_jax.methods.archive import Archive
+from hs_jax.store import workdir as workdir_lib
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
 import pytest
 
-from hs_jax import call_plan
+from hs_jax.engine import call_plan
 from hs_jax.models.gemma_config import tiny_config
 
 CFG = tiny_config("gemma3")

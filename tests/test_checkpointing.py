@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hs_jax import checkpointing, graph, search
+from hs_jax.store import checkpointing
+from hs_jax.swarm import checkpoint_summary, graph, search
 
 N_EXPERTS = 4
 TARGET = graph.from_edges(4, [(0, 2), (1, 2), (2, 3)], end=3)
@@ -228,7 +229,7 @@ def test_summary_needs_no_model_and_cli_prints_it(tmp_path, reference):
     wd = str(tmp_path / "wd")
     result = _run(_cfg(), wd, test_scorer=lambda dag, assignment, w: 0.25)
     assert result.test_utility == 0.25
-    summary = search.summarize_checkpoint(wd)
+    summary = checkpoint_summary.summarize_checkpoint(wd)
     assert summary["iteration"] == result.iterations and summary["finished"]
     assert summary["stop_reason"] == result.stop_reason
     assert summary["best_utility"] == result.best.utility
@@ -241,7 +242,7 @@ def test_summary_needs_no_model_and_cli_prints_it(tmp_path, reference):
         assert row["weight_mean"] == rec["weight"]["mean"]
     assert summary["config"]["seed"] == 3
 
-    older = search.summarize_checkpoint(os.path.join(wd, "3"))
+    older = checkpoint_summary.summarize_checkpoint(os.path.join(wd, "3"))
     assert older["step"] == 3 and older["iteration"] == 3 and not older["finished"]
     assert len(older["utilities"]) == 3
 
@@ -301,11 +302,12 @@ def test_an_orphaned_tensorstore_read_error_is_not_logged_twice(caplog):
     report of it is dropped, any other unretrieved error is not."""
     import logging
 
-    from hs_jax import checkpointing
+    from hs_jax.store import checkpointing
 
     checkpointing._silence_closed_loop_reports()
     log = logging.getLogger("asyncio")
-    for exc in (ValueError("DATA_LOSS: Error reading a chunk"), ValueError("a bug")):
-        log.error("Task exception was never retrieved\nfuture: <Task>", exc_info=exc)
+    for kind in ("Task", "Future"):  # a gathered read's task, or its future
+        for exc in (ValueError("OUT_OF_RANGE: Error opening a chunk"), ValueError("a bug")):
+            log.error(f"{kind} exception was never retrieved\nfuture: <{kind}>", exc_info=exc)
     texts = [r.exc_info[1] for r in caplog.records if r.name == "asyncio"]
-    assert [str(e) for e in texts] == ["a bug"]
+    assert [str(e) for e in texts] == ["a bug", "a bug"]

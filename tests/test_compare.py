@@ -1,5 +1,5 @@
-"""The comparison (hs_jax.compare, hs_jax.comparison_table, launch.compare): cells on the tiny
-config with their budget and statuses, a method that does not apply and one that fails
+"""The comparison (hs_jax.comparison.compare, hs_jax.comparison.table, launch.compare): cells on
+the tiny config with their budget and statuses, a method that does not apply and one that fails
 reported in their cells while the rest completes, a SIGKILLed comparison resumed without
 recomputing finished cells, and the table's numbers and formatting on synthetic results."""
 
@@ -31,7 +31,7 @@ def _tiny_config():
 
 
 def _results(method, seed, system, single, *, evaluations=8, seconds=2.0):
-    """A results.json as hs_jax.report writes it, reduced to what the table reads."""
+    """A results.json as hs_jax.pipeline.report writes it, reduced to what the table reads."""
     from hs_jax import stats
 
     return {
@@ -68,8 +68,8 @@ def test_table_numbers_and_formatting_on_synthetic_results(tmp_path):
     """Families in Table 1 order, mean ± sd over seeds with the pooled interval, bold best,
     the † / ‡ markers, average ranks, mean costs, the vs-random-search section, n/a, failed
     and pending cells, and the CSV's numbers."""
-    from hs_jax import comparison_table as ct
     from hs_jax import stats
+    from hs_jax.comparison import table as ct
 
     n = 20
     ones, zeros = [1.0] * n, [0.0] * n
@@ -167,7 +167,7 @@ def test_table_numbers_and_formatting_on_synthetic_results(tmp_path):
 def test_collapsed_systems_and_diagnostics_are_shown(tmp_path):
     """A system that answers one thing everywhere scores the class frequency: the notes, the
     per-type table and answers.png say so, next to the gold answers' share."""
-    from hs_jax import comparison_table as ct
+    from hs_jax.comparison import table as ct
 
     n = 20
     gold = {"top": "No", "top_share": 0.5}
@@ -206,7 +206,7 @@ def test_collapsed_systems_and_diagnostics_are_shown(tmp_path):
 
 
 def test_ranks_share_ties():
-    from hs_jax.comparison_table import ranks
+    from hs_jax.comparison.table import ranks
 
     # The same 19/60 as a float32 mean and as a float64 mean is one utility.
     assert ranks({"a": float(np.float32(19 / 60)), "b": 19 / 60}) == {"a": 1.5, "b": 1.5}
@@ -224,8 +224,8 @@ def test_ranks_share_ties():
 def test_plan_order_task_refs_and_shared_pools(tmp_path):
     """'hs' cells of a task first, seeds only for the seeded methods; task files named by
     their dataset; a trained pool shared by the cells that would train the same pool."""
-    from hs_jax import compare
-    from hs_jax.errors import UserError
+    from hs_jax.comparison import compare
+    from hs_jax.runtime.errors import UserError
 
     path = tmp_path / "my.json"
     item = {"question": "q", "answer": "Yes"}
@@ -281,8 +281,9 @@ def test_compare_on_the_tiny_config(tmp_path):
     """hs (2 seeds), hs_no_weight, random_search (2 seeds, budget = hs's evaluations), the
     best single expert, a method that does not apply and one that fails: every cell reported,
     the table written."""
-    from hs_jax import compare, methods
-    from hs_jax.methods import MethodSpec
+    from hs_jax import methods
+    from hs_jax.comparison import compare
+    from hs_jax.methods.registry import MethodSpec
 
     names = ["hs", "hs_no_weight", "random_search", "best_single", "t_never", "t_broken"]
     names = [m for m in names if m in methods.METHODS or m.startswith("t_")]

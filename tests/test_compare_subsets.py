@@ -8,7 +8,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_a_rerun_with_another_method_keeps_the_earlier_cells(tmp_path):
-    from hs_jax import compare
+    from hs_jax.comparison import compare
 
     c = runpy.run_path(str(ROOT / "configs" / "tiny.py"))["get_config"]()
     c.outputs.plots = False

@@ -9,10 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from hs_jax import call_plan, methods, pso, run_setup, search, sharding
 from hs_jax import config as config_lib
-from hs_jax.errors import ConfigError
-from hs_jax.experts import SFTConfig
+from hs_jax.config import schema
+from hs_jax.engine import call_plan
+from hs_jax.experts.pool import SFTConfig
+from hs_jax.pipeline import door
+from hs_jax.runtime import sharding
+from hs_jax.runtime.errors import ConfigError
+from hs_jax.setup import assembly
+from hs_jax.swarm import pso, search
 
 ROOT = Path(__file__).resolve().parents[1]
 # Left open (None or '') in the config; `resolve` fills in the protocol's value.
@@ -57,9 +62,9 @@ def test_experts_section_holds_sft_config_defaults_field_by_field():
 
 def test_the_resolved_default_config_builds_the_dataclass_defaults():
     """Under the default protocol every open field resolves to the dataclass's default."""
-    c = config_lib.resolve(config_lib.base_config())
-    assert methods.search_config(c) == search.SearchConfig(seed=c.seed)
-    assert config_lib.sft_config(c) == SFTConfig(seed=c.seed)
+    c = door.resolve(config_lib.base_config())
+    assert schema.search_config(c) == search.SearchConfig(seed=c.seed)
+    assert schema.sft_config(c) == SFTConfig(seed=c.seed)
 
 
 def test_bad_fine_tuning_fields_are_named_at_the_door():
@@ -69,14 +74,14 @@ def test_bad_fine_tuning_fields_are_named_at_the_door():
     c.experts.train_steps = 0
     c.experts.last_layers = -2
     with pytest.raises(ConfigError) as info:
-        config_lib.check_config(config_lib.resolve(c))
+        door.check(door.resolve(c))
     message = str(info.value)
     assert message.startswith("3 bad config values:")
     assert "config.experts.learning_rate=-1.0: SFTConfig.learning_rate must be a finite" in message
     assert "config.experts.train_steps=0: SFTConfig.steps must be" in message  # config's name
     assert "config.experts.last_layers=-2: SFTConfig.last_layers must be an int >= 0" in message
     c.experts.learning_rate, c.experts.train_steps, c.experts.last_layers = 2e-3, 40, 0
-    config_lib.check_config(config_lib.resolve(c))
+    door.check(door.resolve(c))
 
 
 def test_bad_learning_rate_fails_before_anything_is_written(tmp_path):
@@ -91,9 +96,9 @@ def test_bad_learning_rate_fails_before_anything_is_written(tmp_path):
 
 
 def test_engine_buckets_come_from_the_config_and_default_to_the_planners():
-    c = config_lib.resolve(_tiny())
+    c = door.resolve(_tiny())
     assert config_lib.base_config().engine.length_buckets == call_plan.DEFAULT_LENGTH_BUCKETS
     c.engine.length_buckets = (48, 16)
     c.engine.batch_buckets = (16, 4)
-    engine = run_setup.make_engine(c, run_setup.load_base(c), None, sharding.make_mesh())
+    engine = assembly.make_engine(c, assembly.load_base(c), None, sharding.make_mesh())
     assert engine.buckets.length == (16, 48) and engine.buckets.batch == (4, 16)

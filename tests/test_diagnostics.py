@@ -1,11 +1,11 @@
-"""What a utility hides (hs_jax.diagnostics): a collapsed system is flagged on a task that mixes
-yes/no and number questions, per-type utilities, the method numbers a table shows."""
+"""What a utility hides (hs_jax.pipeline.diagnostics): a collapsed system is flagged on a task that
+mixes yes/no and number questions, per-type utilities, the method numbers a table shows."""
 
 import types
 
 import pytest
 
-from hs_jax import diagnostics
+from hs_jax.pipeline import diagnostics
 from hs_jax.tasks import Item, Protocol, get_spec
 
 

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from hs_jax import config as config_lib
-from hs_jax import memory
+from hs_jax.pipeline import door, memory_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = [
@@ -36,10 +35,10 @@ def _dry_run(tmp_path, *flags):
 
 
 def _expected(devices: int, gib: float) -> str:
-    """The table memory.plan gives for the same config (resolved as the launcher does)."""
+    """The table memory_plan.plan gives for the same config (resolved as the launcher does)."""
     c = runpy.run_path(str(ROOT / "configs" / "paper.py"))["get_config"]("gsm8k")
     c.model.spec, c.experts.n = "gemma-7b", 10
-    return memory.plan(config_lib.resolve(c), devices).table(gib)
+    return memory_plan.plan(door.resolve(c), devices).table(gib)
 
 
 @pytest.mark.parametrize("gib, verdict", [(16, "does NOT fit in 16 GiB"), (80, "fits in 80 GiB")])

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 from test_sampling import CFG, random_params
 
-from hs_jax import expert_sets, sampling, sharding, stops
-from hs_jax import full_experts as fe
-from hs_jax.engine import Engine
-from hs_jax.lora import LoraStack
+from hs_jax.engine import expert_sets, sampling, stops
+from hs_jax.engine.engine import Engine
+from hs_jax.experts import full_models as fe
+from hs_jax.experts.lora import LoraStack
+from hs_jax.runtime import sharding
 
 # Shared buckets so most tests reuse a few compiled programs.
 BUCKETS = dict(length_buckets=(32,), new_token_buckets=(16,), batch_buckets=(8,))

@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from hs_jax import graph
-from hs_jax.executor import Executor, Generation, System, run_node_by_node
+from hs_jax.engine.executor import Executor, Generation, System, run_node_by_node
+from hs_jax.swarm import graph
 
 
 class FakeEngine:

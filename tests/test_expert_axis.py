@@ -23,9 +23,10 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 import hs_jax
-from hs_jax import config as config_lib
-from hs_jax import distributed, search
-from hs_jax.errors import ConfigError
+from hs_jax.pipeline import door
+from hs_jax.runtime import distributed
+from hs_jax.runtime.errors import ConfigError
+from hs_jax.swarm import search
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYOUTS = {  # name: (data, expert, model)
@@ -150,7 +151,7 @@ def test_a_resumed_run_restores_the_split_swarm(runs, tmp_path, monkeypatch):
 
 def test_an_expert_axis_that_does_not_divide_the_pool_is_refused_up_front():
     with pytest.raises(ConfigError) as info:
-        config_lib.check_config(config_lib.resolve(_tiny(expert=2, n=3)))
+        door.check(door.resolve(_tiny(expert=2, n=3)))
     assert str(info.value) == "config.mesh.expert=2: the pool's 3 experts do not divide by it"
 
 

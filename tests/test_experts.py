@@ -4,8 +4,8 @@ import jax
 import numpy as np
 import pytest
 
-from hs_jax import lora
-from hs_jax.experts import Example, SFTConfig, build_or_load_pool, train_pool
+from hs_jax.experts import lora
+from hs_jax.experts.pool import Example, SFTConfig, build_or_load_pool, train_pool
 from hs_jax.models import init_params, tiny_config
 from hs_jax.models.tokenizer import load_tokenizer
 
@@ -61,7 +61,7 @@ def test_pool_saved_as_peft_and_reloaded_without_training(setup, tmp_path, monke
     def no_training(*args, **kwargs):
         raise AssertionError("the pool exists and must not be trained again")
 
-    monkeypatch.setattr("hs_jax.experts.train_pool", no_training)
+    monkeypatch.setattr("hs_jax.experts.pool.train_pool", no_training)
     second = build_or_load_pool(tmp_path, cfg, params, tok, [YES, COLOR], names, SFT)
     for x, y in zip(jax.tree.leaves(first), jax.tree.leaves(second), strict=True):
         np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)

@@ -16,12 +16,14 @@ import numpy as np
 import pytest
 
 import hs_jax
-from hs_jax import config as config_lib
-from hs_jax import found_system, lora, run_setup, sharding
-from hs_jax.engine import Engine
-from hs_jax.executor import System
-from hs_jax.scoring import SystemScorer
-from hs_jax.workdir import WorkdirError
+from hs_jax.engine.engine import Engine
+from hs_jax.engine.executor import System
+from hs_jax.engine.scoring import SystemScorer
+from hs_jax.experts import lora
+from hs_jax.pipeline import door, found_system
+from hs_jax.runtime import sharding
+from hs_jax.setup import assembly
+from hs_jax.store.workdir import WorkdirError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,7 +73,7 @@ def test_checkpoint_step_holds_the_exported_system(run, tmp_path):
     assert _node_outputs(system, system.test_items)[1] == want
     # The checkpoint's best weights are those exported to best_experts/, bit for bit.
     used = sorted(set(system.assignment))
-    base_cfg = run_setup.load_base(config_lib.resolve(_tiny()))[0]
+    base_cfg = assembly.load_base(door.resolve(_tiny()))[0]
     folders = [workdir / "best_experts" / results["experts"][e] for e in used]
     exported = jax.tree.leaves(lora.load_peft_pool(folders, base_cfg))
     saved = list(last.part("best_weights").values())
@@ -125,13 +127,13 @@ def test_a_subset_of_the_experts_answers_as_the_whole_pool(run, tmp_path):
     system = hs_jax.load_system(copy)
     _, nodes = _node_outputs(system, system.test_items)
 
-    c = config_lib.resolve(_tiny())
-    base = run_setup.load_base(c)
+    c = door.resolve(_tiny())
+    base = assembly.load_base(c)
     pool = lora.load_peft_pool(
         [workdir / "best_experts" / name for name in results["experts"]], base[0]
     )
     mesh = sharding.make_mesh(data=c.mesh.data, model=c.mesh.model)
-    engine = run_setup.make_engine(c, base, pool, mesh)
+    engine = assembly.make_engine(c, base, pool, mesh)
     executor = SystemScorer(engine, system.spec, system.protocol, max_batch=16).executor
     full = executor.run([System(system.dag, tuple(assignment))], system.test_items)
     assert nodes == {str(u): out for u, out in full.node_outputs[0].items()}
@@ -139,8 +141,8 @@ def test_a_subset_of_the_experts_answers_as_the_whole_pool(run, tmp_path):
 
 
 def test_padding_to_the_pools_rank_changes_no_output():
-    c = config_lib.resolve(_tiny())
-    base = run_setup.load_base(c)
+    c = door.resolve(_tiny())
+    base = assembly.load_base(c)
     stack = lora.init_lora_stack(
         base[0], 2, 2, ("q_proj", "v_proj"), jax.random.key(1), scheme="random", init_scale=0.5
     )

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
-from hs_jax import full_experts as fe
+from hs_jax.experts import full_models as fe
 from hs_jax.models.gemma import abstract_model, from_params
 from hs_jax.models.gemma_config import tiny_config
 from hs_jax.models.safetensors_io import load_hf_dir

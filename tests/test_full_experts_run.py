@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 
 import hs_jax
-from hs_jax import config as config_lib
-from hs_jax import memory, run_identity, run_setup
-from hs_jax.errors import ConfigError
-from hs_jax.full_experts import FullExperts
+from hs_jax.experts.full_models import FullExperts
 from hs_jax.models.hf_writer import save_hf_dir
 from hs_jax.models.safetensors_io import load_hf_dir
+from hs_jax.pipeline import door, memory_plan
+from hs_jax.runtime.errors import ConfigError
+from hs_jax.setup import assembly, identity
 
 ROOT = Path(__file__).resolve().parents[1]
 N = 3
@@ -41,7 +41,7 @@ def _full(dirs):
 @pytest.fixture(scope="module")
 def base():
     """(GemmaConfig, params) of the tiny config's base model, as a run builds it."""
-    cfg, params, _ = run_setup.load_base(config_lib.resolve(_tiny()))
+    cfg, params, _ = assembly.load_base(door.resolve(_tiny()))
     return cfg, params
 
 
@@ -68,7 +68,7 @@ def run(model_dirs, tmp_path_factory):
 
 
 def _initial_pool(base, model_dirs) -> FullExperts:
-    return run_setup.load_model_folders(model_dirs, base[0], "tiny")
+    return assembly.load_model_folders(model_dirs, base[0], "tiny")
 
 
 def test_run_finishes_with_valid_results(run, model_dirs):
@@ -133,13 +133,13 @@ def test_rerun_returns_the_finished_results(run, model_dirs):
 
 
 def test_changed_model_file_changes_the_identity(model_dirs):
-    c = config_lib.resolve(_full(model_dirs))
-    before = run_identity.static_identity(c)
+    c = door.resolve(_full(model_dirs))
+    before = identity.static_identity(c)
     weights = model_dirs[0] / "model.safetensors"
     st = weights.stat()
     os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     try:
-        assert run_identity.static_identity(c) != before
+        assert identity.static_identity(c) != before
     finally:
         os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))
 
@@ -176,7 +176,7 @@ def test_missing_or_empty_model_dirs_are_named(model_dirs, tmp_path):
     c = _full(model_dirs)
     c.mesh.expert = 2  # 3 experts do not divide by it
     with pytest.raises(ConfigError, match="pool's 3 experts do not divide"):
-        config_lib.check_config(config_lib.resolve(c))
+        door.check(door.resolve(c))
 
 
 @pytest.mark.parametrize("method", ["uniform_soup", "dare_ties", "data_merge", "pack_llm"])
@@ -184,14 +184,14 @@ def test_methods_that_need_lora_factors_refuse(model_dirs, method):
     c = _full(model_dirs)
     c.method = method
     with pytest.raises(ConfigError, match="does not apply here"):
-        config_lib.check_config(config_lib.resolve(c))
+        door.check(door.resolve(c))
 
 
 def test_dry_run_counts_full_experts(model_dirs):
     c = _full(model_dirs)
     c.model.param_dtype = "float32"
-    plan = memory.plan(config_lib.resolve(c), 1)
-    one = memory.model_shapes("tiny", "float32").num_params() * 4
+    plan = memory_plan.plan(door.resolve(c), 1)
+    one = memory_plan.model_shapes("tiny", "float32").num_params() * 4
     assert plan.parts["expert pool (as loaded)"] == N * one
     assert plan.parts["weight swarm (x, v, p, g, worst)"] == (3 * N + 2) * one
     assert "expert stack (generation)" not in plan.parts

@@ -503,7 +503,7 @@ def test_real_greedy_continuations_match_transformers(ours, our_params, hf_model
 def test_real_screened_head(ours, our_params, tokenizer):
     """Real hidden states: the bfloat16 screen certifies nearly every row, a certified token is
     the float32 argmax, and the engine's screened greedy tokens equal the plain model's."""
-    from hs_jax.engine import Engine
+    from hs_jax.engine.engine import Engine
     from hs_jax.models import screened_head
     from hs_jax.models.gemma import from_params
 

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from scipy import stats
 
-from hs_jax import graph
-from hs_jax.graph import Dag
+from hs_jax.swarm import graph
+from hs_jax.swarm.graph import Dag
 
 # --- An independent reference of the decoding distribution, in plain Python floats. -----------
 

@@ -1,4 +1,4 @@
-"""The search's typed history (hs_jax.history): records round-trip through JSON exactly, and a
+"""The search's typed history (hs_jax.swarm.history): records round-trip through JSON exactly, and a
 small real search writes the same history, key for key and value for value, as the code before
 the typed records (tests/data/search_history.json, written by it), so results.json files and
 checkpoints written before read the same; the checkpoint summary reads the typed records."""
@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hs_jax import graph, history, pso, search
+from hs_jax.swarm import checkpoint_summary, graph, history, pso, search
 
 GOLDEN = Path(__file__).parent / "data" / "search_history.json"
 
@@ -128,8 +128,8 @@ def test_is_search_record():
 
 
 def test_analysis_curves_read_the_records_as_the_report_does():
-    from hs_jax import report
     from hs_jax.analysis import curves
+    from hs_jax.pipeline import report
 
     records = json.loads(GOLDEN.read_text())["hs_jax"]
     drawn, read = report.curves(records), curves.optimisation_curves(records)
@@ -140,7 +140,7 @@ def test_analysis_curves_read_the_records_as_the_report_does():
 def test_checkpoint_round_trip_and_summary(tmp_path, histories):
     """Checkpointed runs return the same history; the summary's table reads the records."""
     assert json.dumps(_histories(tmp_path)) == json.dumps(histories)  # NaN == NaN in JSON
-    summary = search.summarize_checkpoint(tmp_path / "hs_jax")
+    summary = checkpoint_summary.summarize_checkpoint(tmp_path / "hs_jax")
     want = [
         {
             "iteration": r["iteration"],
@@ -157,7 +157,7 @@ def test_checkpoint_round_trip_and_summary(tmp_path, histories):
 
 
 def test_curves_read_the_search_records_and_other_methods_step_utilities():
-    from hs_jax import report
+    from hs_jax.pipeline import report
 
     records = json.loads(GOLDEN.read_text())["hs_jax"]
     drawn = report.curves(records)

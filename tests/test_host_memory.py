@@ -1,6 +1,6 @@
-"""hs_jax.host_memory: when the allocator setting applies, and that it stops the per-call page
-faults of XLA's CPU temporaries (each case in a fresh process: the setting is per process and
-must come before JAX starts)."""
+"""hs_jax.runtime.host_allocator: when the allocator setting applies, and that it stops the
+per-call page faults of XLA's CPU temporaries (each case in a fresh process: the setting is per
+process and must come before JAX starts)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 _PROBE = textwrap.dedent(
     """
     import json, resource
-    from hs_jax import host_memory
+    from hs_jax.runtime import host_allocator as host_memory
     status = host_memory.reuse_freed_memory()
     import jax, jax.numpy as jnp
     f = jax.jit(lambda x: jnp.tanh(jnp.sin(x) @ jnp.cos(x).T) @ x)
@@ -39,7 +39,7 @@ _PROBE = textwrap.dedent(
 
 # What the setting decided, in a process that has not started JAX.
 _STATUS = (
-    "import json\nfrom hs_jax import host_memory\n"
+    "import json\nfrom hs_jax.runtime import host_allocator as host_memory\n"
     "print(json.dumps({'status': host_memory.reuse_freed_memory()}))"
 )
 

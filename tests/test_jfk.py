@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from hs_jax import jfk
+from hs_jax.swarm import jfk
 
 # Three assignments of 3 nodes over experts 0..2 (expert 3 is never drawn when n_experts=4).
 ASSIGN = np.array([[0, 0, 1], [1, 2, 2], [0, 2, 1]])

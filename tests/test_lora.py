@@ -21,7 +21,7 @@ from safetensors.torch import save_file as save_torch_file
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig, GemmaForCausalLM
 from transformers import GemmaConfig as HFGemmaConfig
 
-from hs_jax import lora
+from hs_jax.experts import lora
 from hs_jax.models.gemma import from_params
 
 TOL = 1e-4  # max relative error vs PyTorch in float32

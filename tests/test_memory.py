@@ -10,12 +10,12 @@ copy of the swarm's positions and keep their split along 'expert'.
 import pytest
 
 from hs_jax import config as config_lib
-from hs_jax import memory
 from hs_jax.models import PRESETS, PYPI_MODEL_NAME
+from hs_jax.pipeline import door, memory_plan
 
 
 def _config(spec, dtype, **mesh):
-    c = config_lib.resolve(config_lib.base_config())
+    c = door.resolve(config_lib.base_config())
     c.model.spec, c.model.param_dtype = spec, dtype
     c.experts.n, c.experts.rank = 10, 8
     c.experts.targets = ("q_proj", "v_proj")
@@ -31,7 +31,7 @@ PER_EXPERT = 28 * 8 * ((3072 + 4096) + (3072 + 4096))
 
 def test_gemma_7b_on_one_device_holds_every_parameter():
     cfg = PRESETS["gemma-7b"]
-    p = memory.plan(_config("gemma-7b", "bfloat16"), 1)
+    p = memory_plan.plan(_config("gemma-7b", "bfloat16"), 1)
     assert p.parts["base parameters"] == cfg.num_params() * 2
     assert "head screen (bfloat16 embedding)" not in p.parts  # bfloat16 models have none
     assert p.parts["expert stack (generation)"] == 10 * PER_EXPERT * 4
@@ -45,15 +45,15 @@ def test_gemma_7b_on_one_device_holds_every_parameter():
 
 
 def test_float32_models_add_the_head_screen():
-    p = memory.plan(_config("gemma-7b", "float32"), 1)
+    p = memory_plan.plan(_config("gemma-7b", "float32"), 1)
     assert p.parts["head screen (bfloat16 embedding)"] == 256_000 * 3072 * 2
     assert p.parts["base parameters"] == PRESETS["gemma-7b"].num_params() * 4
 
 
 def test_axes_split_what_they_shard():
-    one = memory.plan(_config("gemma-7b", "bfloat16", model=1, data=1), 8)
-    model8 = memory.plan(_config("gemma-7b", "bfloat16", model=8, data=1), 8)
-    data8 = memory.plan(_config("gemma-7b", "bfloat16", model=1, data=8), 8)
+    one = memory_plan.plan(_config("gemma-7b", "bfloat16", model=1, data=1), 8)
+    model8 = memory_plan.plan(_config("gemma-7b", "bfloat16", model=8, data=1), 8)
+    data8 = memory_plan.plan(_config("gemma-7b", "bfloat16", model=1, data=8), 8)
     base = one.parts["base parameters"]
     assert base / 8 < model8.parts["base parameters"] < base / 7  # norms stay replicated
     assert data8.parts["base parameters"] == base
@@ -65,7 +65,7 @@ def test_axes_split_what_they_shard():
 
 
 def test_the_expert_axis_splits_the_swarm_and_the_best_copy():
-    p = memory.plan(_config("gemma-7b", "bfloat16", expert=5), 10)
+    p = memory_plan.plan(_config("gemma-7b", "bfloat16", expert=5), 10)
     assert p.mesh == {"data": 2, "expert": 5, "model": 1}
     assert p.parts["weight swarm (x, v, p, g, worst)"] == (3 * 2 + 2) * PER_EXPERT * 4
     assert p.parts["all-time best experts"] == 2 * PER_EXPERT * 4
@@ -78,8 +78,8 @@ def _placed_bytes(spec: str, model: int) -> int:
     import jax
     import numpy as np
 
-    from hs_jax import sharding
     from hs_jax.models import gemma
+    from hs_jax.runtime import sharding
 
     cfg = PRESETS[spec].replace(param_dtype="bfloat16")
     _, abstract = gemma.abstract_model(cfg)
@@ -101,14 +101,14 @@ def _placed_bytes(spec: str, model: int) -> int:
 )
 def test_base_parameters_match_the_engines_placement(spec, model):
     c = _config(spec, "bfloat16", model=model, data=1)
-    assert memory.plan(c, model).parts["base parameters"] == _placed_bytes(spec, model)
+    assert memory_plan.plan(c, model).parts["base parameters"] == _placed_bytes(spec, model)
 
 
 def test_the_budget_comes_from_the_task_when_the_config_sets_none():
     c = _config("gemma-7b", "bfloat16")
     c.task.max_new_tokens = 0
     c.task.name = "gsm8k"  # registered: 100 new tokens -> the 128 bucket
-    assert "KV cache (64 rows x 1024+128 slots)" in memory.plan(c, 1).parts
+    assert "KV cache (64 rows x 1024+128 slots)" in memory_plan.plan(c, 1).parts
 
 
 def test_a_peft_pool_is_sized_from_its_adapter_configs(tmp_path):
@@ -126,7 +126,7 @@ def test_a_peft_pool_is_sized_from_its_adapter_configs(tmp_path):
         (tmp_path / f"e{i}" / "adapter_config.json").write_text(json.dumps(adapter))
     c = _config("gemma-7b", "bfloat16")
     c.experts.source, c.experts.peft_dirs = "peft", str(tmp_path)
-    p = memory.plan(c, 1)
+    p = memory_plan.plan(c, 1)
     # q: 3072 + 4096, v: 3072 + 4096, o: 4096 + 3072; 28 layers; rank 32; float32.
     assert p.parts["expert stack (generation)"] == 3 * 28 * 32 * 3 * (3072 + 4096) * 4
     assert "pool read from 3 PEFT folders" in p.table()
@@ -136,12 +136,12 @@ def test_data_axis_must_divide_the_devices():
     with pytest.raises(
         ValueError, match="config.mesh: 6 devices do not divide by expert=1 x model=4"
     ):
-        memory.plan(_config("gemma-7b", "bfloat16", model=4), 6)
+        memory_plan.plan(_config("gemma-7b", "bfloat16", model=4), 6)
 
 
 @pytest.mark.slow
 def test_shapes_from_the_real_gguf_header_match_the_preset():
-    shapes = memory.model_shapes(PYPI_MODEL_NAME, "float32")
+    shapes = memory_plan.model_shapes(PYPI_MODEL_NAME, "float32")
     preset = PRESETS["gemma3-270m"]
     for field in ("d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "ffn_dim"):
         assert getattr(shapes, field) == getattr(preset, field)

@@ -257,9 +257,9 @@ AGREE = textwrap.dedent(
 
     import jax
 
-    from hs_jax import distributed
-    from hs_jax.errors import UserError
-    from hs_jax.workdir import WorkdirError
+    from hs_jax.runtime import distributed
+    from hs_jax.runtime.errors import UserError
+    from hs_jax.store.workdir import WorkdirError
 
     port, i = sys.argv[1], int(sys.argv[2])
     distributed.initialize(SimpleNamespace(

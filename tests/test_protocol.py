@@ -5,8 +5,9 @@ scoring, and the config presets (docs/FIDELITY.md)."""
 import pytest
 
 from hs_jax import config as config_lib
-from hs_jax.executor import Executor, Generation, System
-from hs_jax.graph import Dag
+from hs_jax.engine.executor import Executor, Generation, System
+from hs_jax.pipeline import door
+from hs_jax.swarm.graph import Dag
 from hs_jax.tasks import (
     CheckItem,
     Item,
@@ -196,7 +197,7 @@ def test_registered_name_of_the_authors_spellings(dataset, name):
 
 
 def test_config_presets():
-    hs_cfg = config_lib.resolve(config_lib.base_config())
+    hs_cfg = door.resolve(config_lib.base_config())
     assert hs_cfg.search.top_p == 0.8 and hs_cfg.search.schedule == "hs_jax"
     assert hs_cfg.task.scoring == "hs_jax"
     for name in ("roles_pso", "weights_pso"):
@@ -206,7 +207,7 @@ def test_config_presets():
         )  # fmt: skip
     c = config_lib.base_config()
     c.protocol = "authors"
-    au = config_lib.resolve(c)
+    au = door.resolve(c)
     assert au.search.top_p == 0.0 and au.search.schedule == "authors"
     assert au.task.scoring == "authors"
     for name in ("roles_pso", "weights_pso"):
@@ -218,12 +219,12 @@ def test_config_presets():
     c.search.top_p = 0.5
     c.task.scoring = "hs_jax"
     c.search.weights_pso.restart_patience = 0.0
-    au = config_lib.resolve(c)
+    au = door.resolve(c)
     assert au.search.top_p == 0.5 and au.task.scoring == "hs_jax"
     assert au.search.weights_pso.restart_patience is None
     c.protocol = "paper"
     with pytest.raises(ValueError, match="config.protocol='paper'"):
-        config_lib.resolve(c)
+        door.resolve(c)
 
 
 def test_fidelity_doc_names_only_real_switches():

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-from hs_jax import pso
+from hs_jax.swarm import pso
 
 PHIS = ("phi_v", "phi_p", "phi_g", "phi_w")
 # One config for the tests that only need "some nontrivial config": fewer compilations.

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from hs_jax.pipeline import door  # ANCHOR
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -142,13 +144,12 @@ def test_unknown_method_is_named_before_any_work_and_method_is_part_of_the_ident
     """config.method must name an entry of hs_jax.methods.METHODS; it is recorded in the run's
     identity, so a workdir holds one method's run."""
     import hs_jax
-    from hs_jax import config as config_lib
-    from hs_jax import run_identity
     from hs_jax.methods import METHODS
+    from hs_jax.setup import identity
 
     config = _tiny_config()
     assert config.method == "hs" and "hs" in METHODS
-    static = run_identity.static_identity(config_lib.resolve(config))
+    static = identity.static_identity(door.resolve(config))
     assert static["config"]["method"] == "hs"
     config.method = "nope"
     with pytest.raises(ValueError, match=r"config\.method='nope': expected one of \('hs',"):
@@ -172,8 +173,8 @@ def test_make_pool_writes_peft_folders_that_load_back_to_the_pool(tmp_path):
     import numpy as np
 
     import hs_jax
-    from hs_jax import lora
-    from hs_jax.run_setup import load_base
+    from hs_jax.experts import lora
+    from hs_jax.setup.assembly import load_base
 
     config = _tiny_config()
     folders = hs_jax.make_pool(config, tmp_path)
@@ -198,7 +199,7 @@ def test_make_pool_writes_peft_folders_that_load_back_to_the_pool(tmp_path):
 
 
 def test_summary_table_aligns_long_expert_names(capsys):
-    from hs_jax.report import print_summary
+    from hs_jax.pipeline.report import print_summary
 
     print_summary(
         {
@@ -224,7 +225,7 @@ def test_summary_table_aligns_long_expert_names(capsys):
 def test_summary_gives_intervals_and_a_plain_verdict(capsys):
     """A new user must not read 0.417 vs 0.361 as a win: the summary prints the intervals, the
     paired test on the same items and its verdict, and warns of a collapsed system."""
-    from hs_jax.report import print_summary, verdict
+    from hs_jax.pipeline.report import print_summary, verdict
 
     summary = {
         "task": "t", "iterations": 3, "stop_reason": "patience", "seconds": 1.0,

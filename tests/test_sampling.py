@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from hs_jax import sampling, token_choice
-from hs_jax import stops as stops_lib
-from hs_jax.lora import LoraStack
+from hs_jax.engine import sampling, token_choice
+from hs_jax.engine import stops as stops_lib
+from hs_jax.experts.lora import LoraStack
 from hs_jax.models import gemma
 from hs_jax.models.gemma_config import tiny_config
 

@@ -8,9 +8,9 @@ from test_engine import CharTokenizer, lora_stack
 from test_sampling import CFG, random_params
 
 from hs_jax import tasks
-from hs_jax.engine import Engine
-from hs_jax.graph import Dag
-from hs_jax.scoring import SystemScorer
+from hs_jax.engine.engine import Engine
+from hs_jax.engine.scoring import SystemScorer
+from hs_jax.swarm.graph import Dag
 
 
 class AnyCharTokenizer(CharTokenizer):

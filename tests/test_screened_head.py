@@ -8,8 +8,8 @@ import pytest
 from test_engine import BUCKETS, PROMPTS, TOK, lora_stack
 from test_sampling import CFG, random_params
 
-from hs_jax import token_choice
-from hs_jax.engine import Engine
+from hs_jax.engine import token_choice
+from hs_jax.engine.engine import Engine
 from hs_jax.models import gemma, screened_head
 
 V, D = 4096, 64
@@ -180,11 +180,12 @@ def test_engine_screened_equals_plain_and_falls_back(params, monkeypatch):
 
 def test_the_machine_chooses_the_screen(params):
     """The screen pays only where bfloat16 matmuls are native: accelerators always, CPUs with
-    AVX-512 BF16 or AMX; an engine left on 'auto' follows `machine.screen_head_min_rows`."""
-    from hs_jax import machine
+    AVX-512 BF16 or AMX; an engine left on 'auto' follows `cpu_features.screen_head_min_rows`."""
+    from hs_jax.runtime import cpu_features
 
-    assert machine.screen_head_min_rows("gpu") == 2 and machine.screen_head_min_rows("tpu") == 2
-    native = any(f in machine.cpu_flags() for f in machine.NATIVE_BF16_FLAGS)
-    assert machine.screen_head_min_rows("cpu") == (2 if native else None)
+    assert cpu_features.screen_head_min_rows("gpu") == 2
+    assert cpu_features.screen_head_min_rows("tpu") == 2
+    native = any(f in cpu_features.cpu_flags() for f in cpu_features.NATIVE_BF16_FLAGS)
+    assert cpu_features.screen_head_min_rows("cpu") == (2 if native else None)
     engine = Engine(CFG, params, TOK, lora_stack(), **BUCKETS)
-    assert engine.screen_head_min_rows == machine.screen_head_min_rows()
+    assert engine.screen_head_min_rows == cpu_features.screen_head_min_rows()

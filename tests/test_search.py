@@ -10,7 +10,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from hs_jax import graph, pso, search
+from hs_jax.swarm import graph, pso, search
 
 # ----------------------------------------------------------------------------- role-step
 

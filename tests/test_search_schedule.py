@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hs_jax import checkpointing, graph, jfk, pso, search
+from hs_jax.store import checkpointing
+from hs_jax.swarm import graph, jfk, pso, search
 
 N_EXPERTS, N_GRAPHS, N_ASSIGNMENTS = 4, 4, 3  # N != M: a call's length says which step it is
 TARGET = graph.from_edges(4, [(0, 3), (1, 3), (2, 3)], end=3)

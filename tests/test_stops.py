@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hs_jax import stops
+from hs_jax.engine import stops
 
 
 def test_stop_tables_and_truncation():

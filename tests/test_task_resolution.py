@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from hs_jax import config as config_lib
-from hs_jax import run_setup, tasks
+from hs_jax import tasks
+from hs_jax.pipeline import door
+from hs_jax.setup import assembly
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,35 +39,35 @@ def _file(tmp_path, dataset, kind="exact_match"):
 def test_tiny_config_takes_the_files_registered_task(tmp_path, dataset, kind, name, type_, budget):
     c = _config("tiny")
     c.task.max_new_tokens = 0
-    spec = run_setup.task_spec(c, _file(tmp_path, dataset, kind))
+    spec = assembly.task_spec(c, _file(tmp_path, dataset, kind))
     assert (spec.name, spec.type, spec.max_new_tokens) == (name, type_, budget)
-    protocol = run_setup.protocol_for(config_lib.resolve(c), spec)
+    protocol = assembly.protocol_for(door.resolve(c), spec)
     assert protocol.dataset == name
 
 
 def test_custom_task_without_a_type_uses_the_dataset_or_asks(tmp_path):
     c = _config("custom_task")
-    assert run_setup.task_spec(c, _file(tmp_path, "mmlu", "multiple_choice")).name == "mmlu"
+    assert assembly.task_spec(c, _file(tmp_path, "mmlu", "multiple_choice")).name == "mmlu"
     with pytest.raises(ValueError, match="config.task.type is empty .* 'mine'"):
-        run_setup.task_spec(c, _file(tmp_path, "mine"))
+        assembly.task_spec(c, _file(tmp_path, "mine"))
     c.task.type = "exact_match"
-    spec = run_setup.task_spec(c, _file(tmp_path, "mine"))
+    spec = assembly.task_spec(c, _file(tmp_path, "mine"))
     assert (spec.name, spec.type) == ("mine", "exact_match")  # labelled by the dataset
     with pytest.raises(ValueError, match="config.task.type='exact_match'.*'mmlu'"):
-        run_setup.task_spec(c, _file(tmp_path, "mmlu", "multiple_choice"))
+        assembly.task_spec(c, _file(tmp_path, "mmlu", "multiple_choice"))
 
 
 def test_unregistered_dataset_on_the_tiny_config_is_labelled_by_it(tmp_path):
-    spec = run_setup.task_spec(_config("tiny"), _file(tmp_path, "my_graphs"))
+    spec = assembly.task_spec(_config("tiny"), _file(tmp_path, "my_graphs"))
     assert spec.name == "my_graphs" and spec.type == "exact_match"
 
 
 def test_registered_config_name_wins_over_the_dataset(tmp_path):
     c = _config("paper", f"abstain,{tmp_path}")  # the abstain task reads mmlu's file
-    spec = run_setup.task_spec(c, _file(tmp_path, "mmlu", "multiple_choice"))
+    spec = assembly.task_spec(c, _file(tmp_path, "mmlu", "multiple_choice"))
     assert spec.name == "abstain" and spec.max_new_tokens == 50
     c.protocol = "authors"
-    spec = run_setup.task_spec(c, _file(tmp_path, "mmlu", "multiple_choice"))
+    spec = assembly.task_spec(c, _file(tmp_path, "mmlu", "multiple_choice"))
     assert spec.max_new_tokens == tasks.AUTHORS_ABSTAIN_MAX_NEW_TOKENS
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from test_engine import TOK
 
-from hs_jax import text
+from hs_jax.engine import text
 
 
 def test_long_prompt_policy():

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hs_jax import token_choice
+from hs_jax.engine import token_choice
 from hs_jax.models import screened_head
 
 

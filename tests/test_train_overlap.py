@@ -12,10 +12,12 @@ import pytest
 
 import hs_jax
 from hs_jax import config as config_lib
-from hs_jax import run_identity, run_setup, tasks
-from hs_jax import workdir as workdir_lib
-from hs_jax.errors import ConfigError
-from hs_jax.experts import TRAINING_RECORD, read_training_record
+from hs_jax import tasks
+from hs_jax.experts.pool import TRAINING_RECORD, read_training_record
+from hs_jax.pipeline import door
+from hs_jax.runtime.errors import ConfigError
+from hs_jax.setup import assembly, identity
+from hs_jax.store import workdir as workdir_lib
 
 ROOT = Path(__file__).resolve().parents[1]
 SEEDS = range(5)
@@ -42,16 +44,16 @@ def _items(c, workdir):
     """The run's dev and test items, read as the runner reads them (task.json written into
     `workdir` first)."""
     Path(workdir).mkdir(parents=True, exist_ok=True)
-    spec, dev, test, _ = run_setup.load_items(config_lib.resolve(c), Path(workdir))
+    spec, dev, test, _ = assembly.load_items(door.resolve(c), Path(workdir))
     return spec, dev, test
 
 
 def _trained_questions(c, workdir):
     """Every question the pool of config `c` is trained on: its training slices, made by the
     function the runner uses, for the run's own dev and test items."""
-    c = config_lib.resolve(c)
+    c = door.resolve(c)
     spec, dev, test = _items(c, workdir)
-    _, slices = run_setup._training_slices(c, spec, run_setup.protocol_for(c, spec), dev, test)
+    _, slices = assembly._training_slices(c, spec, assembly.protocol_for(c, spec), dev, test)
     questions = [example.question for piece in slices for example in piece]
     assert all(questions) and len(questions) == c.experts.n * c.experts.train_examples
     return set(questions)
@@ -71,7 +73,7 @@ def test_every_seeds_scored_items_are_disjoint_from_every_seeds_pool(tmp_path, t
     trained, scored = {}, {}
     for seed in SEEDS:
         c = _set(config_lib.base_config(), {**settings, "seed": seed})
-        config_lib.check_config(config_lib.resolve(c))
+        door.check(door.resolve(c))
         trained[seed] = _trained_questions(c, tmp_path / f"seed_{seed}")
         _, dev, test = _items(c, tmp_path / f"seed_{seed}")
         scored[seed] = {item.question for item in [*dev, *test]}
@@ -85,16 +87,14 @@ def test_every_seeds_scored_items_are_disjoint_from_every_seeds_pool(tmp_path, t
 
 
 def test_task_gen_seed_gives_every_seed_the_same_items(tmp_path):
-    same = [
-        run_identity.task_source(_tiny(seed=s, **{"task.gen.seed": 7}), tmp_path) for s in (0, 1)
-    ]
+    same = [identity.task_source(_tiny(seed=s, **{"task.gen.seed": 7}), tmp_path) for s in (0, 1)]
     assert same[0].data == same[1].data  # byte for byte: one task file sha256, one singles key
     data = json.loads(same[0].data)
     assert data["generation"]["task"]["gen"]["seed"] == 7 and "seed" not in data["generation"]
     assert data["generation"]["splits"] == tasks.SPLIT_RULE
-    alone = tasks.generate_dataset(3, 3, seed=7, config=run_identity.gen_config(_tiny()))
+    alone = tasks.generate_dataset(3, 3, seed=7, config=identity.gen_config(_tiny()))
     assert [i["question"] for i in data["test"]] == [i["question"] for i in alone["test"]]
-    own = [run_identity.task_source(_tiny(seed=s), tmp_path) for s in (0, 1)]
+    own = [identity.task_source(_tiny(seed=s), tmp_path) for s in (0, 1)]
     assert own[0].data != own[1].data  # -1 (the default): each seed its own items
     assert json.loads(own[0].data)["generation"]["seed"] == 0
     # Every seed's run scores the same items.
@@ -106,32 +106,30 @@ def test_task_gen_seed_gives_every_seed_the_same_items(tmp_path):
 @pytest.mark.parametrize("value", [-2, 2**63])
 def test_task_gen_seed_is_checked_at_the_door(value):
     with pytest.raises(ConfigError) as e:
-        config_lib.check_config(config_lib.resolve(_tiny(**{"task.gen.seed": value})))
+        door.check(door.resolve(_tiny(**{"task.gen.seed": value})))
     message = str(e.value)
     assert message.startswith(f"config.task.gen.seed={value}: must be -1") and "\n" not in message
-    config_lib.check_config(config_lib.resolve(_tiny(**{"task.gen.seed": 0})))
+    door.check(door.resolve(_tiny(**{"task.gen.seed": 0})))
 
 
 def test_a_task_json_of_another_gen_seed_or_from_before_the_splits_is_refused(tmp_path):
     c = _tiny(**{"task.gen.seed": 7})
-    source = run_identity.task_source(c, tmp_path)
-    run_setup.write_task(config_lib.resolve(c), source)
-    assert run_identity.task_source(c, tmp_path).data == source.data  # reused as it is
+    source = identity.task_source(c, tmp_path)
+    assembly.write_task(door.resolve(c), source)
+    assert identity.task_source(c, tmp_path).data == source.data  # reused as it is
     with pytest.raises(workdir_lib.WorkdirError, match=r"task\.gen\.seed: saved 7, now 8"):
-        run_identity.task_source(_tiny(**{"task.gen.seed": 8}), tmp_path)
+        identity.task_source(_tiny(**{"task.gen.seed": 8}), tmp_path)
     data = json.loads(source.data)
     del data["generation"]["splits"]
     (tmp_path / "task.json").write_text(json.dumps(data))
     with pytest.raises(workdir_lib.WorkdirError, match="before generated questions were split"):
-        run_identity.task_source(c, tmp_path)
+        identity.task_source(c, tmp_path)
 
 
 def test_allow_train_overlap_changes_no_results_so_not_the_identity():
-    assert "experts.allow_train_overlap" in run_identity.FREE_FIELDS
-    a = run_identity.static_identity(config_lib.resolve(_tiny()))
-    b = run_identity.static_identity(
-        config_lib.resolve(_tiny(**{"experts.allow_train_overlap": True}))
-    )
+    assert "experts.allow_train_overlap" in identity.FREE_FIELDS
+    a = identity.static_identity(door.resolve(_tiny()))
+    b = identity.static_identity(door.resolve(_tiny(**{"experts.allow_train_overlap": True})))
     assert a == b
     with pytest.raises(TypeError):  # a bool field: ml_collections refuses another type
         _tiny(**{"experts.allow_train_overlap": "yes"})
@@ -150,7 +148,7 @@ TRAIN = {
 def trained_pool(tmp_path_factory):
     """A tiny pool fine-tuned by make_pool (seed 0), checking as it is written that each
     folder's training record is in place before its adapter weights."""
-    from hs_jax import lora
+    from hs_jax.experts import lora
 
     workdir = tmp_path_factory.mktemp("pool")
     export = lora.export_peft_adapter
@@ -163,7 +161,7 @@ def trained_pool(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setattr(lora, "export_peft_adapter", checked_export)
     try:
-        folders = run_setup.make_pool(_tiny(**TRAIN), workdir)
+        folders = hs_jax.make_pool(_tiny(**TRAIN), workdir)
     finally:
         mp.undo()
     assert order == [True] * len(folders)
@@ -172,9 +170,9 @@ def trained_pool(tmp_path_factory):
 
 def test_a_trained_pool_records_the_hashes_of_its_training_questions(trained_pool, tmp_path):
     workdir, folders = trained_pool
-    c = config_lib.resolve(_tiny(**TRAIN))
+    c = door.resolve(_tiny(**TRAIN))
     spec, dev, test = _items(c, tmp_path)
-    names, slices = run_setup._training_slices(c, spec, run_setup.protocol_for(c, spec), dev, test)
+    names, slices = assembly._training_slices(c, spec, assembly.protocol_for(c, spec), dev, test)
     assert [Path(f).name for f in folders] == names
     for folder, piece in zip(folders, slices, strict=True):
         record = read_training_record(folder)
@@ -193,7 +191,7 @@ def test_a_pool_trained_for_one_seed_is_clean_for_every_seed(trained_pool, tmp_p
         c = _tiny(seed=seed, **TRAIN, **{"experts.pool_dir": str(workdir / "experts")})
         c.task.gen.n_test = 200
         _, dev, test = _items(c, tmp_path / f"seed_{seed}")
-        overlap = run_setup.check_train_overlap(config_lib.resolve(c), tmp_path, dev, test)
+        overlap = assembly.check_train_overlap(door.resolve(c), tmp_path, dev, test)
         assert overlap == {"dev": 0, "test": 0, "checked": "records", "experts_with_record": 3}
 
 
@@ -204,20 +202,20 @@ def test_records_are_read_as_they_are_found(trained_pool, tmp_path):
     pool = tmp_path / "copy"
     for folder in folders:
         shutil.copytree(folder, pool / Path(folder).name)
-    c = config_lib.resolve(_tiny(**TRAIN, **{"experts.pool_dir": str(pool)}))
+    c = door.resolve(_tiny(**TRAIN, **{"experts.pool_dir": str(pool)}))
     _, dev, test = _items(c, tmp_path / "run")
     (pool / Path(folders[0]).name / TRAINING_RECORD).unlink()
-    partial = run_setup.check_train_overlap(c, tmp_path, dev, test)
+    partial = assembly.check_train_overlap(c, tmp_path, dev, test)
     assert partial == {"dev": 0, "test": 0, "checked": "records", "experts_with_record": 2}
     for folder in folders[1:]:
         (pool / Path(folder).name / TRAINING_RECORD).unlink()
-    none = run_setup.check_train_overlap(c, tmp_path, dev, test)
+    none = assembly.check_train_overlap(c, tmp_path, dev, test)
     assert none == {"dev": None, "test": None, "checked": "no record", "experts_with_record": 0}
     (pool / Path(folders[1]).name / TRAINING_RECORD).write_text("{not json")
     with pytest.raises(ValueError, match=TRAINING_RECORD):
-        run_setup.check_train_overlap(c, tmp_path, dev, test)
-    fresh = config_lib.resolve(_tiny(**TRAIN, **{"experts.pool_dir": str(tmp_path / "none")}))
-    before = run_setup.check_train_overlap(fresh, tmp_path, dev, test)
+        assembly.check_train_overlap(c, tmp_path, dev, test)
+    fresh = door.resolve(_tiny(**TRAIN, **{"experts.pool_dir": str(tmp_path / "none")}))
+    before = assembly.check_train_overlap(fresh, tmp_path, dev, test)
     assert before == {"dev": 0, "test": 0, "checked": "records", "experts_with_record": 3}
 
 
@@ -233,7 +231,7 @@ def test_a_tiny_random_run_reports_nothing_trained(tmp_path):
 
 
 def test_a_peft_pool_trained_on_a_test_question_is_refused_unless_allowed(tmp_path, monkeypatch):
-    folders = run_setup.make_pool(_tiny(), tmp_path / "pool")  # random experts as PEFT folders
+    folders = hs_jax.make_pool(_tiny(), tmp_path / "pool")  # random experts as PEFT folders
     c = _tiny(**{"experts.source": "peft", "experts.peft_dirs": str(tmp_path / "pool/experts")})
     _, _, test = _items(c, tmp_path / "probe")
     record = {"format": 1, "task": "nlgraph_gen", "split": "train", "n_examples": 2}
@@ -248,7 +246,7 @@ def test_a_peft_pool_trained_on_a_test_question_is_refused_unless_allowed(tmp_pa
         raise AssertionError("the model loaded before the overlap was refused")
 
     with monkeypatch.context() as m:
-        m.setattr(run_setup, "load_base", no_model)
+        m.setattr(assembly, "load_base", no_model)
         with pytest.raises(ConfigError) as e:
             hs_jax.run(c, tmp_path / "refused")
     message = str(e.value)

@@ -34,6 +34,8 @@ matplotlib.use("Agg")  # files only
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from hs_jax.pipeline.plots import save_figure  # noqa: E402
+
 SOLVED_ABOVE = 0.0
 PER_ROW = 6  # runs side by side in cgain.png
 
@@ -146,7 +148,4 @@ def plot(gains: Sequence[tuple[str, CollaborativeGain]], path: str | os.PathLike
         row, c = 2 * (i // PER_ROW), i % PER_ROW
         axes[row][c].axis("off")
         axes[row + 1][c].axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return os.fspath(path)
+    return save_figure(fig, path)

@@ -26,11 +26,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hs_jax import plots
-from hs_jax import workdir as workdir_lib
 from hs_jax.analysis import cgain, curves, markdown, roles, scaling, topology
 from hs_jax.analysis.runs import AnalysisInputError, Run, load_runs, read_jsonl
-from hs_jax.errors import UserError
+from hs_jax.pipeline import plots
+from hs_jax.runtime.errors import UserError
+from hs_jax.store import workdir as workdir_lib
 
 ANALYSES = ("cgain", "topology", "curves", "scaling", "roles")
 AUDIT = "test_prompts.jsonl"

@@ -7,7 +7,7 @@
   per task, one line per run, so methods given the same budget compare at every point of it.
 - Optimisation curves: for a Heterogeneous Swarms run (a history of per-iteration records
   with 'role' / 'weight' step records holding the swarm's 'utilities'; some baselines record
-  their iterations the same way, as `hs_jax.report.curves` reads them), the best and mean
+  their iterations the same way, as `hs_jax.pipeline.report.curves` reads them), the best and mean
   utility of each step's candidates per iteration; an iteration where the step did not run has
   NaN (a gap in the line).
 """
@@ -26,7 +26,8 @@ matplotlib.use("Agg")  # files only
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from hs_jax import history as history_lib  # noqa: E402
+from hs_jax.pipeline.plots import save_figure
+from hs_jax.swarm import history as history_lib  # noqa: E402
 
 STEPS = (("role", "role step"), ("weight", "weight step"))
 
@@ -78,10 +79,7 @@ def plot_budget(
         ax.set_ylabel("best dev utility so far")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return os.fspath(path)
+    return save_figure(fig, path)
 
 
 def is_search_history(history: Any) -> bool:

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from hs_jax.analysis.topology import positions
-from hs_jax.graph import Dag
+from hs_jax.swarm.graph import Dag
 from hs_jax.tasks.prompts import flatten_response, wrap_chat
 
 ROLES = ("divide", "refine", "feedback", "irrelevant")
@@ -175,9 +175,9 @@ def tally(cases: Sequence[RoleCase], labels: Sequence[str]) -> dict[str, Any]:
 
 def engine_judge(model: str, *, max_new_tokens: int = 16) -> GenerateFn:
     """A judge from a model spec (GGUF path, HF dir or the PyPI model name): greedy
-    generations of the plain base model (`hs_jax.engine.load_engine`), loaded here and only
+    generations of the plain base model (`hs_jax.engine.engine.load_engine`), loaded here and only
     here, so the rest of the analysis never loads a model."""
-    from hs_jax.engine import load_engine
+    from hs_jax.engine.engine import load_engine
 
     engine = load_engine(model)
 

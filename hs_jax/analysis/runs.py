@@ -1,13 +1,14 @@
 """Finished workdirs, read for analysis: results.json, archive.jsonl and run.json's config.
 
 Analysis only reads: nothing in a workdir is written or repaired (the run itself sets damaged
-archive lines aside, `hs_jax.archive.Archive.repair`, before it finishes); a torn last line (a
-killed writer) is dropped in memory.
+archive lines aside, `hs_jax.methods.archive.Archive.repair`, before it finishes); a torn last line
+(a killed writer) is dropped in memory.
 
-A workdir is finished when it holds results.json (`hs_jax.report` writes it last). `find_workdirs`
-takes the launcher's comma list: each entry is a workdir, or a folder searched (recursively) for
-workdirs; runs moved aside by a restart (`previous/`) are skipped. Anything missing, unfinished or
-damaged is a `UserError` naming the path, so the launcher prints it in one line.
+A workdir is finished when it holds results.json (`hs_jax.pipeline.report` writes it last).
+`find_workdirs` takes the launcher's comma list: each entry is a workdir, or a folder searched
+(recursively) for workdirs; runs moved aside by a restart (`previous/`) are skipped. Anything
+missing, unfinished or damaged is a `UserError` naming the path, so the launcher prints it in one
+line.
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from hs_jax import workdir as workdir_lib
-from hs_jax.errors import UserError
+from hs_jax.runtime.errors import UserError
+from hs_jax.store import workdir as workdir_lib
 
-# hs_jax.archive.ARCHIVE, named here so that analysis does not import jax (that module does).
+# hs_jax.methods.archive.ARCHIVE, named here so that analysis does not import jax (that module
+# does).
 ARCHIVE = "archive.jsonl"
 
-# results.json fields every analysis relies on (hs_jax.report.results writes them all).
+# results.json fields every analysis relies on (hs_jax.pipeline.report.results writes them all).
 REQUIRED = ("method", "task", "experts", "best_system", "single_experts")
 REQUIRED_BEST = ("dag", "assignment", "test_utility", "test_item_scores")
 

@@ -31,6 +31,7 @@ matplotlib.use("Agg")  # files only
 import matplotlib.pyplot as plt  # noqa: E402
 
 from hs_jax import stats  # noqa: E402
+from hs_jax.pipeline.plots import save_figure
 
 
 def pool_size(results: Mapping[str, Any]) -> tuple[int, str]:
@@ -139,7 +140,4 @@ def plot(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, *, xlabel: 
         ax.set_ylabel("test utility")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return os.fspath(path)
+    return save_figure(fig, path)

@@ -11,12 +11,13 @@ those "active" nodes and the edges between them:
   (entry nodes only read the question), 0 when there are none.
 
 The sparsity table groups runs by their search settings read from run.json (`search.prune_tau`,
-`search.l1_lambda`; hs_jax.run_identity records the resolved config): the original (method 'hs',
+`search.l1_lambda`; hs_jax.setup.identity records the resolved config): the original (method 'hs',
 no pruning, no L1 term) and each tau / lambda, and reports test utility, active edges, and the
 reduction of active edges against the original (the paper's "speedup", the percentage of reduced
-connections). G-decode gives every node but the end exactly one outgoing edge (hs_jax.graph.prune),
-so an n-node in-tree always has n - 1 edges: in hs_jax, tau and lambda change which tree is found
-(depth, fan-in) and what the run costs (prompt tokens, reported too), not the edge count.
+connections). G-decode gives every node but the end exactly one outgoing edge
+(hs_jax.swarm.graph.prune), so an n-node in-tree always has n - 1 edges: in hs_jax, tau and lambda
+change which tree is found (depth, fan-in) and what the run costs (prompt tokens, reported too),
+not the edge count.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from hs_jax.graph import Dag
+from hs_jax.swarm.graph import Dag
 
 
 @dataclasses.dataclass(frozen=True)

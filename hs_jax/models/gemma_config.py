@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 FAMILIES = ("gemma", "gemma2", "gemma3")
 LAYER_TYPES = ("global", "local")
@@ -96,6 +97,17 @@ class GemmaConfig:
         norms += 2 * self.head_dim if self.use_qk_norm else 0
         per_layer = attn + 3 * d * f + norms
         return self.vocab_size * d + self.n_layers * per_layer + d
+
+
+def first_difference(a: GemmaConfig, b: GemmaConfig) -> tuple[str, Any, Any] | None:
+    """(field, a's value, b's value) of the first field, in declaration order, where two
+    configs differ; None when they describe the same architecture. Every "same architecture"
+    check (full-weight experts, model folders, a config.json read back) asks this."""
+    for field in dataclasses.fields(GemmaConfig):
+        mine, theirs = getattr(a, field.name), getattr(b, field.name)
+        if mine != theirs:
+            return field.name, mine, theirs
+    return None
 
 
 def default_param_dtype() -> str:

@@ -1,15 +1,14 @@
 """Write a Gemma model as an HF checkpoint folder (config.json + model.safetensors).
 
 The inverse of `hs_jax.models.safetensors_io.load_hf_dir`: a full-weight expert found by a run
-(`hs_jax.full_experts`) is exported in the format it was loaded from, so transformers and this
-package read it back. The config.json is checked to parse back to the same `GemmaConfig`
+(`hs_jax.experts.full_models`) is exported in the format it was loaded from, so transformers and
+this package read it back. The config.json is checked to parse back to the same `GemmaConfig`
 before anything is written, so an architecture HF's config cannot express is refused instead
 of being written wrong.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 from flax import nnx
 
 from hs_jax.models.convert import config_from_hf, state_dict_from_params
-from hs_jax.models.gemma_config import GemmaConfig
+from hs_jax.models.gemma_config import GemmaConfig, first_difference
 
 CONFIG_JSON = "config.json"
 WEIGHTS = "model.safetensors"
@@ -71,13 +70,12 @@ def hf_config_json(config: GemmaConfig) -> dict[str, Any]:
         if config.sliding_window is not None:
             out["sliding_window"] = config.sliding_window
     back = config_from_hf(out, param_dtype=config.param_dtype, source=CONFIG_JSON)
-    for field in dataclasses.fields(GemmaConfig):
-        mine, theirs = getattr(config, field.name), getattr(back, field.name)
-        if mine != theirs:
-            raise ValueError(
-                f"an HF config.json cannot express this {family} architecture: "
-                f"{field.name} = {mine!r} would be read back as {theirs!r}"
-            )
+    if differs := first_difference(config, back):
+        name, mine, theirs = differs
+        raise ValueError(
+            f"an HF config.json cannot express this {family} architecture: "
+            f"{name} = {mine!r} would be read back as {theirs!r}"
+        )
     return out
 
 

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from hs_jax.graph import Dag
+from hs_jax.swarm.graph import Dag
 from hs_jax.tasks import authors_scoring, metrics, parsing
 from hs_jax.tasks.data import Item, TaskSpec
 from hs_jax.tasks.prompts import (

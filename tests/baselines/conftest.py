@@ -13,7 +13,7 @@ import pytest
 
 
 def hashed_utility(dag, assignment) -> float:
-    from hs_jax import archive
+    from hs_jax.methods import archive
 
     key = json.dumps(archive.system_key(dag, assignment), sort_keys=True)
     return (zlib.crc32(key.encode()) % 1000) / 1000
@@ -21,7 +21,7 @@ def hashed_utility(dag, assignment) -> float:
 
 @pytest.fixture
 def fake_utilities(monkeypatch):
-    from hs_jax import scoring
+    from hs_jax.engine import scoring
 
     real = scoring.SystemScorer.score
 

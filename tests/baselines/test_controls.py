@@ -1,4 +1,4 @@
-"""The controls (hs_jax.baselines.controls: constant answer, self-consistency), every method's
+"""The controls (hs_jax.methods.controls: constant answer, self-consistency), every method's
 test cost, the ablations' full budget and self-consistency's target in a comparison, on the
 tiny config (a random tiny Gemma with 3 random experts)."""
 
@@ -11,6 +11,8 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+
+from hs_jax.pipeline import door  # ANCHOR
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -55,7 +57,7 @@ def _archive(workdir):
 @pytest.fixture
 def captured_setup(monkeypatch):
     """The run's Setup, caught when a control scores the single experts."""
-    from hs_jax.baselines import controls
+    from hs_jax.methods import controls
 
     caught = {}
     real = controls.score_singles
@@ -129,8 +131,8 @@ def test_constant_answer_on_the_generated_task_matches_the_gold_share(tmp_path, 
 @pytest.mark.parametrize("task", ["qasper", "abstain"])
 def test_controls_do_not_apply_to_judged_or_abstain_tasks(tmp_path, method, task):
     import hs_jax
-    from hs_jax.method_api import NotApplicable
     from hs_jax.methods import METHODS
+    from hs_jax.methods.api import NotApplicable
 
     c = _tiny_config(method)
     c.task.name = task
@@ -182,8 +184,8 @@ def test_self_consistency_is_the_majority_of_k_sampled_runs_of_the_best_expert(
     so answers are read by a stand-in with two values (the first character's parity): most
     items then have a majority that is not the first sample."""
     import hs_jax
-    from hs_jax.baselines import trivial
-    from hs_jax.method_api import SINGLE
+    from hs_jax.methods import trivial
+    from hs_jax.methods.api import SINGLE
 
     def parity(protocol, spec, item, output):
         return ord(output[0]) % 2 if output else None
@@ -267,7 +269,7 @@ def test_the_search_and_a_baseline_report_their_test_scoring_from_an_empty_cache
     """test_cost: one row per test item and live node of the best system, every one generated
     (no cache hit), for 'hs' and for a method scored by `Evaluator.finish`."""
     import hs_jax
-    from hs_jax.graph import Dag
+    from hs_jax.swarm.graph import Dag
 
     for method in ("hs", "random_roles"):
         c = _tiny_config(method)
@@ -284,8 +286,8 @@ def test_the_search_and_a_baseline_report_their_test_scoring_from_an_empty_cache
 
 
 def test_the_comparison_gives_self_consistency_the_hs_cells_tokens(tmp_path):
-    from hs_jax import compare
-    from hs_jax import workdir as workdir_lib
+    from hs_jax.comparison import compare
+    from hs_jax.store import workdir as workdir_lib
 
     task = compare.task_refs(["nlgraph_gen"], "")[0]
     hs_dir = tmp_path / compare.Cell("hs", task, 0).subdir()
@@ -312,7 +314,6 @@ def test_the_comparison_gives_self_consistency_the_hs_cells_tokens(tmp_path):
 
 
 def _resolved(method, **search):
-    from hs_jax import config as config_lib
 
     c = _tiny_config(method)
     for field, value in search.items():
@@ -320,7 +321,7 @@ def _resolved(method, **search):
             c.protocol = value
         else:
             c.search[field] = value
-    return config_lib.resolve(c)
+    return door.resolve(c)
 
 
 @pytest.mark.parametrize(
@@ -333,8 +334,7 @@ def _resolved(method, **search):
     ],
 )
 def test_the_ablations_get_the_search_budget(settings, no_role, no_weight):
-    from hs_jax import config as config_lib
-    from hs_jax.method_api import default_budget
+    from hs_jax.methods.api import default_budget
 
     hs = _resolved("hs", **settings)
     budget = default_budget(hs)
@@ -342,7 +342,7 @@ def test_the_ablations_get_the_search_budget(settings, no_role, no_weight):
     for method, iterations in (("hs_no_role", no_role), ("hs_no_weight", no_weight)):
         c = _resolved(method, **settings)
         assert c.search.max_iterations == iterations and c.budget == budget, method
-        assert config_lib.resolve(c).search.max_iterations == iterations  # idempotent
+        assert door.resolve(c).search.max_iterations == iterations  # idempotent
         rounds = iterations + authors
         most = n + rounds * m if method == "hs_no_role" else rounds * n
         fewer = n + (rounds - 1) * m if method == "hs_no_role" else (rounds - 1) * n
@@ -362,15 +362,14 @@ def test_an_ablation_without_early_stop_spends_the_search_budget(tmp_path, metho
 
 
 def test_bad_self_consistency_settings_are_named_before_anything_loads():
-    from hs_jax import config as config_lib
-    from hs_jax.errors import ConfigError
+    from hs_jax.runtime.errors import ConfigError
 
     c = _tiny_config(
         "self_consistency", sc_samples=-1, sc_tokens=-2.0, sc_max_samples=0, sc_temperature=0.0,
         sc_top_p=1.5,
     )  # fmt: skip
     with pytest.raises(ConfigError) as e:
-        config_lib.check_config(config_lib.resolve(c))
+        door.check(door.resolve(c))
     for field in ("sc_samples", "sc_tokens", "sc_max_samples", "sc_temperature", "sc_top_p"):
         assert f"config.baselines.{field}=" in str(e.value), field
-    config_lib.check_config(config_lib.resolve(_tiny_config("self_consistency")))
+    door.check(door.resolve(_tiny_config("self_consistency")))

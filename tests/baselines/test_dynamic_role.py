@@ -1,4 +1,4 @@
-"""GPT-Swarm, the GNN edge predictor and Meta-Agent (hs_jax.baselines.dynamic_role).
+"""GPT-Swarm, the GNN edge predictor and Meta-Agent (hs_jax.methods.dynamic_role).
 
 Pure parts against hand-computed values; each method end to end on the tiny config, whose
 random experts score 0 on everything: the end-to-end runs replace each system's utility by a
@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hs_jax.baselines import dynamic_role as dr
-from hs_jax.graph import Dag
+from hs_jax.methods import dynamic_role as dr
+from hs_jax.swarm.graph import Dag
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -212,7 +212,7 @@ def test_gnn_end_to_end(tmp_path, fake_utilities):
 
 
 def test_meta_agent_end_to_end_falls_back_and_counts_the_designer(tmp_path, monkeypatch):
-    from hs_jax import engine as engine_lib
+    from hs_jax.engine import engine as engine_lib
 
     designer = {"calls": 0, "generated_tokens": 0}
     real = engine_lib.Engine.generate

@@ -1,4 +1,4 @@
-"""The dynamic-weight baselines (hs_jax.baselines.dynamic_weight) on the tiny config.
+"""The dynamic-weight baselines (hs_jax.methods.dynamic_weight) on the tiny config.
 
 The tiny model's random experts score 0 everywhere, so besides runs with the real utilities
 (fields, budget, determinism, patience), some runs replace the utility by a function of the
@@ -39,7 +39,7 @@ def _run(c, workdir):
 def distance_utilities(monkeypatch):
     """Utility of (SINGLE, (k,)) = -|slot k - (expert 0 + expert 1) / 2|^2 of the pool scored
     first (the singles)."""
-    from hs_jax import scoring
+    from hs_jax.engine import scoring
 
     real = scoring.SystemScorer.score
     target = {}
@@ -60,7 +60,7 @@ def distance_utilities(monkeypatch):
 
 
 def _random_stack(n=N):
-    from hs_jax import lora
+    from hs_jax.experts import lora
     from hs_jax.models import gemma_config
 
     cfg = gemma_config.tiny_config("gemma3")
@@ -69,8 +69,8 @@ def _random_stack(n=N):
 
 
 def test_composition_with_one_hot_weights_is_the_expert_and_uniform_is_the_average():
-    from hs_jax import lora
-    from hs_jax.baselines.dynamic_weight import remix, uniform_weights
+    from hs_jax.experts import lora
+    from hs_jax.methods.dynamic_weight import remix, uniform_weights
 
     stack = _random_stack()
     one_hot = np.eye(N, dtype=np.float32)[[2, 0]]  # slot 0 <- expert 2, slot 1 <- expert 0
@@ -86,7 +86,7 @@ def test_composition_with_one_hot_weights_is_the_expert_and_uniform_is_the_avera
 
 
 def test_lorahub_objective_subtracts_the_l1_norm_and_counts_non_finite_as_worst():
-    from hs_jax.baselines.dynamic_weight import objective
+    from hs_jax.methods.dynamic_weight import objective
 
     w = np.array([[0.5, -0.5, 0.0], [1.0, 1.0, 1.0]])
     got = objective(np.array([0.4, np.nan]), w, 0.05)

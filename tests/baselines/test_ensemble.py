@@ -15,11 +15,12 @@ from test_engine import BUCKETS, PROMPTS, TOK, lora_stack, merged_params
 from test_sampling import CFG, _forward_no_cache, random_params
 
 import hs_jax
-from hs_jax import call_plan, sampling, sharding, token_choice
-from hs_jax import full_experts as fe
-from hs_jax.baselines.ensemble import packllm_weights
-from hs_jax.engine import Engine
-from hs_jax.lora import LoraStack
+from hs_jax.engine import call_plan, sampling, token_choice
+from hs_jax.engine.engine import Engine
+from hs_jax.experts import full_models as fe
+from hs_jax.experts.lora import LoraStack
+from hs_jax.methods.ensemble import packllm_weights
+from hs_jax.runtime import sharding
 
 ROOT = Path(__file__).resolve().parents[2]
 

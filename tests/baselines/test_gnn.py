@@ -1,10 +1,10 @@
-"""The GAT edge model (hs_jax.baselines.gnn) against a numpy reference, its labels and its
+"""The GAT edge model (hs_jax.methods.gnn) against a numpy reference, its labels and its
 training."""
 
 import numpy as np
 import pytest
 
-from hs_jax.baselines import gnn
+from hs_jax.methods import gnn
 
 
 def _np_gat(h, mask, w, w_res, a_dst, a_src):

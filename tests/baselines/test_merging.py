@@ -1,4 +1,4 @@
-"""The merge math of hs_jax.baselines.merging against plain numpy references (loops over the
+"""The merge math of hs_jax.methods.merging against plain numpy references (loops over the
 entries), and the SVD back to LoRA factors: exact up to the factors' rank, Eckart-Young past it."""
 
 import itertools
@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hs_jax import lora
-from hs_jax.baselines import merging
+from hs_jax.experts import lora
+from hs_jax.methods import merging
 
 
 def _stack(rng, n=3, ranks=(2, 3, 1), d_in=5, d_out=4):

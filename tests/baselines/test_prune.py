@@ -1,4 +1,4 @@
-"""The Agent-Prune-style baseline (hs_jax.baselines.prune): its pieces, and end to end on the
+"""The Agent-Prune-style baseline (hs_jax.methods.prune): its pieces, and end to end on the
 tiny config with utilities replaced by a fixed function of the system (the tiny model's
 random experts score 0 everywhere; the generation still runs and is counted)."""
 
@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hs_jax.baselines import prune, topologies
-from hs_jax.graph import Dag
+from hs_jax.methods import prune, topologies
+from hs_jax.swarm.graph import Dag
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,7 +26,7 @@ def _tiny_config(budget=0):
 
 
 def _hashed(dag, assignment):
-    from hs_jax import archive
+    from hs_jax.methods import archive
 
     key = json.dumps(archive.system_key(dag, assignment), sort_keys=True)
     return (zlib.crc32(key.encode()) % 1000) / 1000
@@ -37,7 +37,7 @@ def _sparse_is_better(dag, assignment):
 
 
 def _fake(monkeypatch, utility):
-    from hs_jax import scoring
+    from hs_jax.engine import scoring
 
     real = scoring.SystemScorer.score
 

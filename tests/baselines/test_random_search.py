@@ -1,4 +1,4 @@
-"""The random-search controls (hs_jax.baselines.random_search) end to end on the tiny config.
+"""The random-search controls (hs_jax.methods.random_search) end to end on the tiny config.
 
 Utilities are replaced by a fixed pseudo-random function of the system (the tiny model's
 random experts score 0 everywhere); the generation still runs and is counted.
@@ -13,6 +13,8 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+
+from hs_jax.pipeline import door  # ANCHOR
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,21 +35,21 @@ def _archive(workdir):
 @pytest.fixture
 def scored_weights(monkeypatch):
     """Every Evaluator.score call's (iteration, weights, the pool as loaded)."""
-    from hs_jax import method_api
+    from hs_jax.methods import api
 
     calls = []
-    real = method_api.Evaluator.score
+    real = api.Evaluator.score
 
     def score(self, systems, weights, *, step, iteration=0):
         calls.append((iteration, weights, self.setup.experts))
         return real(self, systems, weights, step=step, iteration=iteration)
 
-    monkeypatch.setattr(method_api.Evaluator, "score", score)
+    monkeypatch.setattr(api.Evaluator, "score", score)
     return calls
 
 
 def test_random_system_is_a_g_decoded_in_tree_with_a_random_assignment():
-    from hs_jax.baselines.random_search import random_system
+    from hs_jax.methods.random_search import random_system
 
     rng = np.random.default_rng(0)
     systems = [random_system(4, rng, scale=1.0, top_p=0.8) for _ in range(50)]
@@ -59,7 +61,7 @@ def test_random_system_is_a_g_decoded_in_tree_with_a_random_assignment():
 
 
 def test_mixing_matrices_are_seeded_rows_on_the_simplex():
-    from hs_jax.baselines.random_search import mixing_matrix
+    from hs_jax.methods.random_search import mixing_matrix
 
     m = mixing_matrix(5, np.random.default_rng(3))
     assert m.shape == (5, 5) and m.dtype == np.float32
@@ -74,7 +76,7 @@ def test_spends_exactly_the_budget_in_search_sized_batches(
     tmp_path, fake_utilities, method, budget, calls
 ):
     import hs_jax
-    from hs_jax.graph import Dag
+    from hs_jax.swarm.graph import Dag
 
     results = hs_jax.run(_tiny_config(budget, method), tmp_path / "run")
     rows = _archive(tmp_path / "run")
@@ -105,7 +107,7 @@ def test_random_search_batches_run_random_convex_combinations_of_the_pool(
     """Batch 0 runs the pool as loaded; every later batch a fresh stack whose slot k is
     sum_i W[k, i] * expert i on every leaf (A and B factors alike), W the recorded mixing."""
     import hs_jax
-    from hs_jax import archive
+    from hs_jax.methods import archive
 
     results = hs_jax.run(_tiny_config(12), tmp_path / "run")
     rows = _archive(tmp_path / "run")
@@ -138,7 +140,7 @@ def test_random_roles_is_the_earlier_random_search(tmp_path, fake_utilities):
     """random_roles: the pool's own weights throughout, the systems of random_system's seeded
     stream; random_search scores the same systems (its weights come from another stream)."""
     import hs_jax
-    from hs_jax.baselines.random_search import random_system
+    from hs_jax.methods.random_search import random_system
 
     roles = hs_jax.run(_tiny_config(8, "random_roles"), tmp_path / "roles")
     rows = _archive(tmp_path / "roles")
@@ -180,13 +182,12 @@ def test_random_search_mixes_full_weight_experts_leaf_by_leaf(
     import jax.numpy as jnp
 
     import hs_jax
-    from hs_jax import config as config_lib
-    from hs_jax import run_setup
-    from hs_jax.full_experts import FullExperts
+    from hs_jax.experts.full_models import FullExperts
     from hs_jax.models.hf_writer import save_hf_dir
+    from hs_jax.setup import assembly
 
     c = _tiny_config(8)
-    cfg, params, _ = run_setup.load_base(config_lib.resolve(c))
+    cfg, params, _ = assembly.load_base(door.resolve(c))
     dirs = []
     for i in range(3):
         rng = np.random.default_rng(i)

@@ -1,4 +1,4 @@
-"""Chain and star (hs_jax.baselines.static_role) end to end on the tiny config.
+"""Chain and star (hs_jax.methods.static_role) end to end on the tiny config.
 
 The tiny model's random experts score 0 on everything, so the runs replace each system's
 utility by a fixed pseudo-random function of the system (the generation still runs and is
@@ -28,7 +28,7 @@ def _archive(workdir):
 
 
 def test_expert_orders_are_distinct_all_when_few_and_seeded():
-    from hs_jax.baselines.static_role import expert_orders
+    from hs_jax.methods.static_role import expert_orders
 
     every = expert_orders(3, 20, np.random.default_rng(0))
     assert sorted(every) == sorted({tuple(p) for p in every}) and len(every) == 6
@@ -44,8 +44,8 @@ def test_expert_orders_are_distinct_all_when_few_and_seeded():
 @pytest.mark.parametrize("method, n, orders", [("chain", 3, 6), ("star", 4, 20)])
 def test_best_of_every_order_on_dev_in_one_call(tmp_path, fake_utilities, method, n, orders):
     import hs_jax
-    from hs_jax.baselines import topologies
-    from hs_jax.graph import Dag
+    from hs_jax.methods import topologies
+    from hs_jax.swarm.graph import Dag
 
     c = _tiny_config(method)
     c.experts.n = n
@@ -88,9 +88,9 @@ def test_star_refuses_a_pool_whose_size_only_loading_tells(tmp_path, monkeypatch
     """A pool whose size the config cannot tell (say PEFT folders found later) is refused by
     the method itself, with the same reason."""
     import hs_jax
-    from hs_jax import config as config_lib
-    from hs_jax.method_api import NotApplicable
+    from hs_jax.config import pool_source
+    from hs_jax.methods.api import NotApplicable
 
-    monkeypatch.setattr(config_lib, "pool_size", lambda c: None)
+    monkeypatch.setattr(pool_source, "pool_size", lambda c: None)
     with pytest.raises(NotApplicable, match="needs at least 4 experts .* the pool has 3"):
         hs_jax.run(_tiny_config("star"), tmp_path / "run")

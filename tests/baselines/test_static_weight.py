@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 import hs_jax
-from hs_jax import config as config_lib
-from hs_jax import lora
-from hs_jax.baselines import merging, static_weight
-from hs_jax.expert_sets import check_same_structure
-from hs_jax.method_api import budget_of
+from hs_jax.engine.expert_sets import check_same_structure
+from hs_jax.experts import lora
+from hs_jax.methods import merging, static_weight
+from hs_jax.methods.api import budget_of
 from hs_jax.models import gemma_config
+from hs_jax.pipeline import door
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,7 +33,7 @@ def _check_result(r, method):
     assert np.isfinite(best["dev_utility"]) and np.isfinite(best["test_utility"])
     assert best["kind"] == "dag" and best["assignment"] == [static_weight.SLOT]
     assert best["details"]["merge"] == method
-    assert r["evaluations"] == 1 <= budget_of(config_lib.resolve(_tiny(method)))
+    assert r["evaluations"] == 1 <= budget_of(door.resolve(_tiny(method)))
     assert len(best["test_item_scores"]) == r["n_test"]
 
 
@@ -103,7 +103,7 @@ def test_data_merge_trains_one_adapter_on_the_union(tmp_path):
     r = hs_jax.run(c, workdir)
     _check_result(r, "data_merge")
     assert r["best_system"]["details"]["rows_per_step"] == 3 * c.experts.batch_per_expert
-    key = static_weight.training_key(config_lib.resolve(c))
+    key = static_weight.training_key(door.resolve(c))
     folder = workdir / static_weight.DATA_MERGE_DIR / key / "data_merge"
     assert (folder / lora.ADAPTER_WEIGHTS).exists()
     # The adapter is the one in slot 0 of the exported best system.

@@ -1,9 +1,9 @@
-"""The fixed structures the role baselines build (hs_jax.baselines.topologies), edge by edge."""
+"""The fixed structures the role baselines build (hs_jax.methods.topologies), edge by edge."""
 
 import pytest
 
-from hs_jax.baselines import topologies
-from hs_jax.graph import Dag
+from hs_jax.methods import topologies
+from hs_jax.swarm.graph import Dag
 
 
 def test_chain_puts_the_order_on_nodes_of_a_fixed_chain():

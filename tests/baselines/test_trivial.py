@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hs_jax import config as config_lib
 from hs_jax import tasks
-from hs_jax.baselines import trivial
-from hs_jax.errors import ConfigError
-from hs_jax.method_api import budget_of
+from hs_jax.methods import trivial
+from hs_jax.methods.api import budget_of
+from hs_jax.pipeline import door
+from hs_jax.runtime.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -68,8 +68,8 @@ def test_prediction_merge_refuses_tasks_without_countable_answers():
     c = _tiny("prediction_merge")
     c.task.type = "judged"
     with pytest.raises(ConfigError, match=r"config\.method='prediction_merge': does not apply"):
-        config_lib.check_config(config_lib.resolve(c))
-    assert trivial.prediction_merge_applies(config_lib.resolve(_tiny("prediction_merge"))) is None
+        door.check(door.resolve(c))
+    assert trivial.prediction_merge_applies(door.resolve(_tiny("prediction_merge"))) is None
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +91,7 @@ def test_trivial_methods_run_and_report_like_every_method(runs, method):
     assert np.isfinite(best["dev_utility"]) and np.isfinite(best["test_utility"])
     assert len(best["test_item_scores"]) == r["n_test"]
     assert best["test_utility"] == pytest.approx(np.mean(best["test_item_scores"]))
-    assert r["evaluations"] <= budget_of(config_lib.resolve(_tiny(method)))
+    assert r["evaluations"] <= budget_of(door.resolve(_tiny(method)))
     assert json.loads((workdir / "results.json").read_text())["method"] == method
     single = r["best_single"]["expert"]
     assert best["assignment"] == [single]

@@ -9,7 +9,7 @@ def adapter(tmp_path_factory):
     Gemma 3)."""
     import jax
 
-    from hs_jax import lora
+    from hs_jax.experts import lora
     from hs_jax.models.gemma_config import tiny_config
 
     config = tiny_config("gemma3")

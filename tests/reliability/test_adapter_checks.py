@@ -1,5 +1,5 @@
 """PEFT adapters that would silently change what is computed are refused when loaded, naming
-the folder and the tensors (hs_jax.lora.load_peft_adapter): factors with NaN or infinite
+the folder and the tensors (hs_jax.experts.lora.load_peft_adapter): factors with NaN or infinite
 values (they used to be accepted and end the search in a 40-line FloatingPointError), and
 factors of modules the adapter's target_modules do not cover (PEFT drops them, so hs_jax and
 PEFT would run different adapters). target_modules naming a module no factor is for only
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from hs_jax import lora
+from hs_jax.experts import lora
 
 ROOT = Path(__file__).resolve().parents[2]
 Q_A = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"

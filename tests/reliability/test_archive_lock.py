@@ -1,5 +1,5 @@
 """archive.jsonl holds exactly the evaluations a run counts, and the workdir lock holds even when
-its file is deleted (hs_jax.archive, hs_jax.workdir.lock).
+its file is deleted (hs_jax.methods.archive, hs_jax.store.workdir.lock).
 
 - A launch killed before the first checkpoint (during its write, then inside a role step) is
   rerun from scratch: its archive equals an uninterrupted run's (it used to keep the killed
@@ -11,7 +11,7 @@ its file is deleted (hs_jax.archive, hs_jax.workdir.lock).
 - Deleting `.lock` while a run holds the workdir does not let a second writer in: the lock is
   a flock on the workdir folder, and the refusal names the holder.
 
-Kills use the test hook of hs_jax.workdir.kill_point (HS_JAX_TEST_KILL_AT=<point>:<count>).
+Kills use the test hook of hs_jax.store.workdir.kill_point (HS_JAX_TEST_KILL_AT=<point>:<count>).
 """
 
 import errno
@@ -26,8 +26,8 @@ from pathlib import Path
 import pytest
 from tiny_runs import launch
 
-from hs_jax import workdir as workdir_lib
-from hs_jax.workdir import WorkdirBusyError, WorkdirReadOnlyError
+from hs_jax.store import workdir as workdir_lib
+from hs_jax.store.workdir import WorkdirBusyError, WorkdirReadOnlyError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -123,7 +123,7 @@ def test_a_baseline_replays_past_a_garbled_line_and_ends_with_the_whole_archive(
 
 HOLDER = """
 import sys
-from hs_jax import workdir as w
+from hs_jax.store import workdir as w
 with w.lock(sys.argv[1]):
     print("held", flush=True)
     for line in sys.stdin:  # each line: check the lock, as an archive write does
@@ -133,7 +133,7 @@ with w.lock(sys.argv[1]):
 
 TAKER = """
 import sys
-from hs_jax import workdir as w
+from hs_jax.store import workdir as w
 try:
     with w.lock(sys.argv[1]):
         print("taken")

@@ -2,7 +2,7 @@
 it, and it ends with the results.json (costs included) and the archive of an uninterrupted run;
 the Heterogeneous Swarms search, which resumes from its checkpoints, archives every system once.
 
-The kills use the test hook of hs_jax.workdir.kill_point ('evaluation': after each archived
+The kills use the test hook of hs_jax.store.workdir.kill_point ('evaluation': after each archived
 scoring call of a `method_api.Evaluator`; 'weight_step': after the search's weight step).
 """
 

@@ -22,7 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hs_jax import checkpointing, graph, search
+from hs_jax.store import checkpointing
+from hs_jax.swarm import graph, search
 
 N_EXPERTS = 4
 TARGET = graph.from_edges(4, [(0, 2), (1, 2), (2, 3)], end=3)

@@ -26,14 +26,14 @@ from pathlib import Path
 
 import pytest
 
-from hs_jax.errors import (
+from hs_jax.runtime.errors import (
     EXIT_INTERRUPTED,
     UserError,
     format_error,
     is_user_error,
     write_failure,
 )
-from hs_jax.workdir import KILL_ENV, TMP_MARK
+from hs_jax.store.workdir import KILL_ENV, TMP_MARK
 
 ROOT = Path(__file__).resolve().parents[2]
 LAUNCHER = "launch.main"
@@ -300,7 +300,7 @@ def test_write_failures_are_found_wherever_they_are_wrapped():
     def write(path):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    staged = f"/w/results{TMP_MARK}12.json"  # hs_jax.workdir's staged name of results.json
+    staged = f"/w/results{TMP_MARK}12.json"  # hs_jax.store.workdir's staged name of results.json
     unnamed = _raised_from(write, Path(staged))
     assert write_failure(unnamed).startswith(
         "no space left on device writing /w/results.json (the run's results); "

@@ -2,7 +2,7 @@
 check that it ends with the results.json of an uninterrupted run, costs included (only the
 timing field `seconds` may differ), the same exported experts, and no temporary file left.
 
-The kills are placed by the test hook of hs_jax.workdir.kill_point: HS_JAX_TEST_KILL_AT=
+The kills are placed by the test hook of hs_jax.store.workdir.kill_point: HS_JAX_TEST_KILL_AT=
 <point>:<count> SIGKILLs the process the count-th time it reaches <point> ('setup' 1-4: task
 file written, run.json written, pool built, baseline scored; 'role_step' / 'weight_step':
 after the step's scoring; 'checkpoint_write': in the middle of an orbax save;
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from hs_jax.workdir import KILL_ENV, TMP_MARK
+from hs_jax.store.workdir import KILL_ENV, TMP_MARK
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -106,7 +106,7 @@ def test_run_search_hands_back_the_extra_meta_of_the_step_it_resumes_from(tmp_pa
     it resumes from (checkpoint_every=2: step 2's, not that of the unsaved step 3)."""
     import numpy as np
 
-    from hs_jax import search
+    from hs_jax.swarm import search
 
     experts = {"w": np.linspace(0, 1, 6, dtype=np.float32).reshape(3, 2)}
     cfg = search.SearchConfig(

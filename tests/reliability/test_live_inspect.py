@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 import hs_jax
-from hs_jax import checkpointing
-from hs_jax import workdir as workdir_lib
+from hs_jax.store import checkpointing
+from hs_jax.store import workdir as workdir_lib
 
 ROOT = Path(__file__).resolve().parents[2]
 ITERATIONS = 60

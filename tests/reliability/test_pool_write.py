@@ -1,8 +1,8 @@
 """The trained pool is written whole or not at all, in runs and in comparisons; a comparison
 exits 1 naming its failed cells and removes what a killed comparison staged.
 
-Kills come from the test hook hs_jax.workdir.kill_point: 'pool_write:<k>' SIGKILLs the writer
-after the k-th expert's folder of a staged pool (hs_jax.experts.write_pool), between two expert
+Kills come from the test hook hs_jax.store.workdir.kill_point: 'pool_write:<k>' SIGKILLs the writer
+after the k-th expert's folder of a staged pool (hs_jax.experts.pool.write_pool), between two expert
 files. A killed write leaves only its staging folder (removed by the next launch); a folder
 without a completion record (an older hs_jax killed while writing in place) is moved aside to
 `<folder>.incomplete-<UTC time>`, byte for byte, and the pool trained again; a whole pool of an
@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from hs_jax.workdir import KILL_ENV, TMP_MARK
+from hs_jax.store.workdir import KILL_ENV, TMP_MARK
 
 ROOT = Path(__file__).resolve().parents[2]
-POOL_RECORD = "hs_jax_pool.json"  # hs_jax.experts.POOL_RECORD, written last
+POOL_RECORD = "hs_jax_pool.json"  # hs_jax.experts.pool.POOL_RECORD, written last
 TRAIN_FIELDS = {
     "experts.source": "train", "experts.train_steps": 1, "experts.train_examples": 4,
     "experts.batch_per_expert": 1, "experts.max_len": 128, "outputs.plots": False,
@@ -136,8 +136,8 @@ def _older_pool(workdir):
     """A random pool as an older hs_jax wrote it: one folder per expert, no pool record."""
     import jax
 
-    from hs_jax import lora
-    from hs_jax.run_setup import load_base
+    from hs_jax.experts import lora
+    from hs_jax.setup.assembly import load_base
 
     c = _tiny()
     base_cfg, _, _ = load_base(c)
@@ -211,7 +211,7 @@ def test_a_half_written_shared_pool_is_moved_aside_and_the_comparison_exits_0(
 ):
     """An older hs_jax's half-written shared pool made every later cell fail, and the
     comparison still exited 0."""
-    from hs_jax import compare
+    from hs_jax.comparison import compare
 
     c = _tiny()
     for key, value in TRAIN_FIELDS.items():  # the command line's overrides

@@ -23,9 +23,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from hs_jax import graph, lora
-from hs_jax.config import check_config, resolve
+from hs_jax.experts import lora
 from hs_jax.models.gguf_io import PYPI_MODEL_NAME
+from hs_jax.pipeline.door import check as check_config
+from hs_jax.pipeline.door import resolve
+from hs_jax.swarm import graph
 from hs_jax.tasks import TASK_TYPES, TaskDataError, get_spec, load_task
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -165,7 +167,7 @@ def test_a_badly_typed_flag_value_is_absls_short_usage_error(tmp_path):
 def test_a_bug_keeps_its_traceback_and_user_errors_are_recognised():
     """An unexpected exception is not dressed up as a user error."""
     script = (
-        "from hs_jax.errors import run_main\n"
+        "from hs_jax.runtime.errors import run_main\n"
         "def main(argv):\n"
         "    raise RuntimeError('a bug')\n"
         "run_main(main)\n"
@@ -176,7 +178,7 @@ def test_a_bug_keeps_its_traceback_and_user_errors_are_recognised():
     assert proc.returncode == 1
     assert "Traceback" in proc.stderr and "RuntimeError: a bug" in proc.stderr
 
-    from hs_jax.errors import UserError, format_error, is_user_error
+    from hs_jax.runtime.errors import UserError, format_error, is_user_error
 
     assert is_user_error(TaskDataError("f.json: bad")) and is_user_error(FileNotFoundError("x"))
     assert is_user_error(ValueError("config.seed=-1: bad"))

@@ -1,5 +1,6 @@
 """One workdir, one run: concurrent launches, stale locks, changed settings, finished runs,
-restarts, unusable checkpoints, duplicate expert names (hs_jax.workdir, hs_jax.run_identity)."""
+restarts, unusable checkpoints, duplicate expert names (hs_jax.store.workdir,
+hs_jax.setup.identity)."""
 
 import hashlib
 import json
@@ -15,11 +16,12 @@ from pathlib import Path
 import pytest
 
 import hs_jax
-from hs_jax import config as config_lib
-from hs_jax import run_identity, run_setup
-from hs_jax import workdir as workdir_lib
 from hs_jax.models.gguf_io import PYPI_MODEL_NAME
-from hs_jax.workdir import WorkdirBusyError, WorkdirError
+from hs_jax.pipeline import door
+from hs_jax.setup import assembly
+from hs_jax.setup import identity as run_identity
+from hs_jax.store import workdir as workdir_lib
+from hs_jax.store.workdir import WorkdirBusyError, WorkdirError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -127,7 +129,7 @@ def test_a_stale_lock_is_not_obeyed(tmp_path, finished):
     """A lock file left by a killed holder (its flock died with it) does not block a run."""
     workdir = _copy(finished, tmp_path / "run")
     code = (
-        "import os, signal, sys; from hs_jax import workdir as w\n"
+        "import os, signal, sys; from hs_jax.store import workdir as w\n"
         "with w.lock(sys.argv[1]): os.kill(os.getpid(), signal.SIGKILL)"
     )
     proc = subprocess.Popen([sys.executable, "-c", code, str(workdir)], cwd=ROOT)
@@ -226,8 +228,8 @@ def test_finished_run_is_returned_unchanged_without_loading_a_model(
     def refuse(*args, **kwargs):
         raise AssertionError("a finished run loaded a model or a pool")
 
-    monkeypatch.setattr(run_setup, "load_base", refuse)
-    monkeypatch.setattr(run_setup, "build_experts", refuse)
+    monkeypatch.setattr(assembly, "load_base", refuse)
+    monkeypatch.setattr(assembly, "build_experts", refuse)
     start = time.perf_counter()
     results = hs_jax.run(_tiny(), workdir)
     assert time.perf_counter() - start < 5
@@ -250,7 +252,7 @@ def test_a_task_json_generated_otherwise_is_refused(tmp_path):
     workdir = tmp_path / "run"
     workdir.mkdir()
     source = run_identity.task_source(_tiny(**{"task.gen.n_test": 5}), workdir)
-    run_setup.write_task(_tiny(), source)
+    assembly.write_task(_tiny(), source)
     before = _tree(workdir)
     with pytest.raises(WorkdirError, match=r"task\.gen\.n_test: saved 5, now 3"):
         hs_jax.run(_tiny(), workdir)
@@ -282,7 +284,7 @@ def test_restart_keeps_a_trained_pool_with_the_same_identity(tmp_path):
     """workdir/experts stays in place when the new run would train the same pool."""
     workdir = tmp_path / "run"
     workdir.mkdir()
-    c = config_lib.resolve(_tiny(**{"experts.source": "train"}))
+    c = door.resolve(_tiny(**{"experts.source": "train"}))
     static = run_identity.static_identity(c)
     source = run_identity.task_source(c, workdir)
     identity = {**static, "task_file": workdir_lib.bytes_identity(source.data)}
@@ -327,10 +329,10 @@ def test_duplicate_expert_base_names_get_distinct_names(tmp_path):
     export keeps both apart."""
     import jax
 
-    from hs_jax import lora
+    from hs_jax.experts import lora
 
     c = _tiny()
-    base_cfg, _, _ = run_setup.load_base(c)
+    base_cfg, _, _ = assembly.load_base(c)
     stack = lora.init_lora_stack(
         base_cfg, 2, c.experts.rank, c.experts.targets, jax.random.key(0), scheme="random",
         init_scale=c.experts.random_scale,
@@ -382,4 +384,14 @@ def test_identity_diff_names_fields_and_accepts_later_defaults():
     assert workdir_lib.identity_diff(saved, now) == [
         "new_field: not recorded by the saved run, now 7",
         "seed: saved 0, now 1",
+    ]
+    # A field only the saved side has: ignored for a config field removed from hs_jax since,
+    # a difference everywhere else (a checkpoint's identity, a pool's fingerprint).
+    gone = {"seed": 0, "old_field": 3}
+    assert workdir_lib.identity_diff(gone, {"seed": 0}, removed_ok=True) == []
+    assert workdir_lib.identity_diff(gone, {"seed": 0}, saved_as="the checkpoint") == [
+        "old_field: saved 3, not in this run"
+    ]
+    assert workdir_lib.identity_diff({"a": 1}, {"a": 1, "b": 2}, saved_as="the checkpoint") == [
+        "b: not recorded by the checkpoint, now 2"
     ]

@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from hs_jax.workdir import KILL_ENV
+from hs_jax.store.workdir import KILL_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,0 +1,48 @@
+"""Where the engine's arrays live: on the default device, or on a mesh (hs_jax.runtime.sharding).
+
+One `Placement` per engine puts each kind of array where the generation program expects it:
+model parameters by the rule table (`sharding.PARAM_RULES`, split along 'model'), LoRA stacks
+replicated, per-row inputs split along 'data'. Without a mesh, weights go to the default device
+and per-row inputs stay host arrays (jit moves them with the call).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+from hs_jax.runtime import sharding
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """Placement of weights and per-row inputs on `mesh` (None: the default device)."""
+
+    mesh: Mesh | None = None
+
+    @property
+    def n_data(self) -> int:
+        """Size of the 'data' axis, the divisor of every call's row count (1 without a mesh)."""
+        return sharding.axis_size(self.mesh, "data")
+
+    def params(self, params: Any) -> Any:
+        """A model params state, split by the rule table on a mesh."""
+        if self.mesh is None:
+            return jax.device_put(params)
+        return sharding.shard_params(params, self.mesh)
+
+    def replicated(self, tree: Any) -> Any:
+        """Small weights every device needs whole (a LoRA stack)."""
+        if self.mesh is None:
+            return jax.device_put(tree)
+        return sharding.replicate(tree, self.mesh)
+
+    def rows(self, x: np.ndarray) -> Any:
+        """A per-row array [B, ...], split along 'data' on a mesh."""
+        if self.mesh is None:
+            return x
+        return jax.device_put(x, sharding.rows(self.mesh, x.ndim))
