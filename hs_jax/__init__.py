@@ -53,13 +53,14 @@ def run(config, workdir):
     and the table's path."""
     from hs_jax.pipeline import door
 
-    if door.open_config(config).seeds:
+    opened = door.open_config(config)  # every bad field named before anything else
+    if opened.seeds:
         from hs_jax.comparison.compare import run_seeds
 
         return run_seeds(config, workdir)
-    from hs_jax.pipeline.runner import run as run_one
+    from hs_jax.pipeline.runner import run_opened
 
-    return run_one(config, workdir)
+    return run_opened(opened, workdir)
 
 
 def __getattr__(name):

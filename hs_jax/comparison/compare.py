@@ -262,7 +262,8 @@ def cell_config(
         c.budget = int(budget)
     if sc_tokens is not None:
         c.baselines.sc_tokens = float(sc_tokens)
-    if PoolSource.of(c).trained and not PoolSource.of(c).pool_dir:
+    pool = PoolSource.of(c)
+    if pool.trained and not pool.pool_dir:
         c.experts.pool_dir = _shared_pool_dir(c, workdir, cell)
     if not c.singles_cache:  # every cell of a task scores the same single experts
         c.singles_cache = str(Path(workdir) / SINGLES)

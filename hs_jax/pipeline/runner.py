@@ -80,7 +80,11 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[s
     `hs_jax.run`'s, which makes each seed's run a cell of a comparison
     (`hs_jax.comparison.compare.run_seeds`).
     """
-    c = door.open_config(config)
+    return run_opened(door.open_config(config), workdir)
+
+
+def run_opened(c: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
+    """`run` of a config the door has opened (`door.open_config`): resolved and checked."""
     if c.seeds:
         raise ValueError("config.seeds is hs_jax.run's (one run per seed); runner.run runs one")
     host_allocator.reuse_freed_memory()  # before JAX starts, or it cannot apply

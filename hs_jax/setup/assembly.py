@@ -81,11 +81,6 @@ class Setup:
     mesh: jax.sharding.Mesh
     train_overlap: dict[str, Any] | None = None
 
-    @property
-    def model(self) -> ModelSource:
-        """The base model the run's config names."""
-        return ModelSource.of(self.config)
-
 
 class _OnlyOrbaxWarnings(std_logging.Filter):
     """orbax logs every step of every save at INFO; keep its warnings, drop the rest."""
