@@ -73,7 +73,7 @@ from tqdm.auto import tqdm
 from hs_jax import methods, tasks
 from hs_jax.comparison import table
 from hs_jax.config.pool_source import PoolSource
-from hs_jax.config.task_choice import TaskChoice
+from hs_jax.config.task_choice import GENERATED, TaskChoice
 from hs_jax.methods import hs as hs_method
 from hs_jax.methods.api import NotApplicable, budget_of
 from hs_jax.pipeline import door, runner
@@ -91,7 +91,6 @@ SINGLES = "singles"  # <workdir>/singles: the single experts' scores (config.sin
 ALL = "all"
 DEFAULT_SEEDED = (ALL,)
 HS = "hs"
-GENERATED = "nlgraph_gen"  # the one registered task without a file
 
 
 @dataclasses.dataclass(frozen=True)

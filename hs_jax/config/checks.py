@@ -15,6 +15,7 @@ import ml_collections
 
 from hs_jax.config.pool_source import model_folders, peft_folders, pool_size
 from hs_jax.config.schema import SFT_NAMES, sft_fields
+from hs_jax.config.task_choice import GENERATED
 from hs_jax.experts.lora import ADAPTER_CONFIG, PROJ_NAMES
 from hs_jax.experts.pool import SFTConfig
 from hs_jax.models.gguf_io import PYPI_MODEL_NAME
@@ -145,7 +146,7 @@ def find_problems(c: ml_collections.ConfigDict) -> list[str]:
     if c.model.param_dtype not in ("", "float32", "bfloat16"):
         bad("model.param_dtype", c.model.param_dtype, "expected '', 'float32' or 'bfloat16'")
 
-    generated = not c.task.path and c.task.name == "nlgraph_gen"
+    generated = not c.task.path and c.task.name == GENERATED
     if not c.task.path and not generated:
         bad(
             "task.path",
@@ -223,7 +224,7 @@ def find_problems(c: ml_collections.ConfigDict) -> list[str]:
             f"unknown projections {unknown}" if unknown else f"needs at least one of {PROJ_NAMES}",
         )
     if source == "train":
-        if c.task.name != "nlgraph_gen":
+        if c.task.name != GENERATED:
             bad(
                 "experts.source",
                 source,
