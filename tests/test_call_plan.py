@@ -10,9 +10,9 @@ COST = call_plan.CostModel.for_model(CFG.vocab_size, CFG.d_model, CFG.num_params
 
 
 def buckets(length=call_plan.DEFAULT_LENGTH_BUCKETS, batch=call_plan.DEFAULT_BATCH_BUCKETS,
-            max_batch=64, n_data=1):  # fmt: skip
+            max_batch=64, n_row_shards=1):  # fmt: skip
     return call_plan.Buckets.make(
-        length, call_plan.DEFAULT_NEW_TOKEN_BUCKETS, batch, max_batch, n_data
+        length, call_plan.DEFAULT_NEW_TOKEN_BUCKETS, batch, max_batch, n_row_shards
     )
 
 
@@ -24,7 +24,7 @@ def test_buckets():
     assert call_plan.batch_bucket(9, (1, 2, 4, 8, 16), multiple_of=4) == 16
     with pytest.raises(ValueError, match="positive"):
         call_plan.round_to_bucket(0, (8,))
-    b = call_plan.Buckets.make((64, 16), (32,), (8, 4), max_batch=10, n_data=4)
+    b = call_plan.Buckets.make((64, 16), (32,), (8, 4), max_batch=10, n_row_shards=4)
     assert b.length == (16, 64) and b.batch == (4, 8) and b.max_batch == 12
     assert b.rows_for(3) == 4 and b.rows_for(9) == 12  # bucket 16, cut to max_batch
 

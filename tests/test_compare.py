@@ -188,7 +188,15 @@ def test_collapsed_systems_and_diagnostics_are_shown(tmp_path):
         "svd_rel_error_max": 0.6, "svd_rel_error_mean": 0.4,
     }  # fmt: skip
     healthy["train_overlap"] = {"dev": 0, "test": 0, "checked": "records"}
-    runs = {("gpt_swarm", "a", 0): collapsed, ("hs", "a", 0): healthy}
+    yes_to_yes_no = _results("random_roles", 0, [1.0, 0.0] * (n // 2), [0.0] * n)
+    yes_to_yes_no["diagnostics"] = {
+        "answers": {"top": "yes", "top_share": 0.5, "distinct": 3, "unread": 10,
+                    "read_top": "yes", "read_top_share": 1.0, "collapsed": True,
+                    "collapsed_on": "readable"},
+        "gold": gold,
+    }  # fmt: skip
+    runs = {("gpt_swarm", "a", 0): collapsed, ("hs", "a", 0): healthy,
+            ("random_roles", "a", 0): yes_to_yes_no}  # fmt: skip
     entries = [_entry(m, "dynamic role", t, s) for (m, t, s) in runs]
     for (m, t, s), r in runs.items():
         (tmp_path / t / m / f"seed_{s}").mkdir(parents=True)
@@ -197,6 +205,7 @@ def test_collapsed_systems_and_diagnostics_are_shown(tmp_path):
     md = (tmp_path / "table.md").read_text()
     assert "collapsed systems" in md and "gpt_swarm (seed 0: 'No' for 100% of the items)" in md
     assert "'No', is 50% of the test items" in md
+    assert "random_roles (seed 0: 'yes' for 100% of the readable answers)" in md
     assert "designer proposals replaced by random DAGs" in md and "75%" in md
     assert "relative SVD error mean 0.400, max 0.600" in md
     assert "0 in every cell (records)" in md

@@ -2,9 +2,10 @@
 
 The KV cache is pinned to the engine's allocation: the longest prompt and the token budget are
 each rounded up to their bucket (call_plan.DEFAULT_LENGTH_BUCKETS / DEFAULT_NEW_TOKEN_BUCKETS)
-and the cache has exactly that many slots; it is split along 'data' only (the sampler
-constrains it to P('data', None, None)), never along 'model'. The all-time best experts are a
-copy of the swarm's positions and keep their split along 'expert'.
+and the cache has exactly that many slots; it is split over 'data' x 'expert' (the sampler
+constrains it to P(('data', 'expert'), None, None)), never along 'model'. The all-time best
+experts are a copy of the swarm's positions and keep their split along 'expert' (a padded
+swarm's: replicated).
 """
 
 import pytest
@@ -70,6 +71,18 @@ def test_the_expert_axis_splits_the_swarm_and_the_best_copy():
     assert p.parts["weight swarm (x, v, p, g, worst)"] == (3 * 2 + 2) * PER_EXPERT * 4
     assert p.parts["all-time best experts"] == 2 * PER_EXPERT * 4
     assert p.parts["expert stack (generation)"] == 10 * PER_EXPERT * 4  # replicated
+
+
+@pytest.mark.parametrize("expert, held", [(4, 3), (8, 2)])
+def test_a_pool_that_does_not_divide_the_expert_axis_is_padded(expert, held):
+    """10 experts on 4 or 8 devices along 'expert': the swarm is padded to 12 or 16 (3 or 2
+    per device); the best copy, a slice of the padded swarm, is replicated; rows are split over
+    data x expert (8 devices: 64 rows, 8 per device)."""
+    p = memory_plan.plan(_config("gemma-7b", "bfloat16", expert=expert), 8)
+    assert p.parts["weight swarm (x, v, p, g, worst)"] == (3 * held + 2) * PER_EXPERT * 4
+    assert p.parts["all-time best experts"] == 10 * PER_EXPERT * 4
+    assert "KV cache (8 rows x 1024+32 slots)" in p.parts
+    assert f"padded with {held * expert - 10} inert particles" in p.table()
 
 
 def _placed_bytes(spec: str, model: int) -> int:

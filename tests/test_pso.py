@@ -297,9 +297,6 @@ def test_bad_inputs_rejected():
     state = pso.init(_tree(3), jax.random.key(0), pso.PSOConfig())
     with pytest.raises(ValueError, match="shape"):
         pso.tell(state, [1.0, 2.0])
-    mesh = Mesh(np.array(jax.devices()[:2]), ("expert",))
-    with pytest.raises(ValueError, match="evenly"):
-        pso.shard_state(state, mesh)
 
 
 def _run(n, mesh, steps=5):
@@ -333,6 +330,34 @@ def test_sharded_equals_single_device():
         assert got.g["mat"].sharding.is_fully_replicated
         _assert_bitwise(ref, got)
     _assert_bitwise(refs[16], _run(16, jax.make_mesh((8,), ("expert",))))
+
+
+def _real(state):
+    """The real particles of a (possibly padded) swarm, as an unpadded state's leaves."""
+    n = state.num_particles
+    cut = lambda t: jax.tree.map(lambda a: np.asarray(a)[:n], t)  # noqa: E731
+    return state.replace(x=cut(state.x), v=cut(state.v), p=cut(state.p),
+                         p_util=cut(state.p_util), stall=cut(state.stall),
+                         cooldown=cut(state.cooldown), n_real=None)  # fmt: skip
+
+
+@pytest.mark.parametrize("n, devices", [(10, 4), (10, 8), (3, 2), (5, 8)])
+def test_a_padded_swarm_moves_its_real_particles_as_the_unpadded_one(n, devices):
+    """N that does not divide the axis: inert particles fill it (never moved, never a best or
+    the worst), and the real ones, the bests and the worst are bitwise the unpadded swarm's,
+    NaN utilities (possible worsts) and restarts included."""
+    mesh = Mesh(np.array(jax.devices()[:devices]), ("expert",))
+    ref, got = _run(n, None, steps=8), _run(n, mesh, steps=8)
+    held = -(-n // devices) * devices
+    assert got.x["mat"].shape[0] == held and got.num_particles == n
+    assert got.x["mat"].sharding.spec == jax.sharding.PartitionSpec("expert")
+    assert jax.tree.leaves(got.positions)[0].shape[0] == n
+    _assert_bitwise(ref, _real(got))
+    padding = [np.asarray(a)[n:] for a in jax.tree.leaves((got.x, got.v, got.p))]
+    assert all(not a.any() for a in padding)  # the inert particles stayed at zero
+    assert np.isneginf(np.asarray(got.p_util)[n:]).all()
+    with pytest.raises(ValueError, match="shape"):
+        pso.tell(got, np.zeros(held))  # utilities are the real particles' only
 
 
 def test_no_retrace_on_second_step():

@@ -245,6 +245,14 @@ def test_summary_gives_intervals_and_a_plain_verdict(capsys):
     assert "+0.056 [-0.139, +0.250]" in out
     assert "not established at p < 0.05 (p = 0.69)" in out
     assert "97% of the system's test answers are 'No'" in out
+    summary["diagnostics"]["answers"] = {
+        "top": "yes", "top_share": 0.5, "unread": 18, "read_top": "yes", "read_top_share": 1.0,
+        "collapsed": True, "collapsed_on": "readable",
+    }  # fmt: skip
+    print_summary(summary)
+    assert "100% of the system's readable test answers are 'yes' and 18 outputs are " in (
+        capsys.readouterr().out
+    )
     assert verdict({"difference": 0.1, "p_value": 0.01}) == "better, p = 0.01"
     assert verdict({"difference": -0.1, "p_value": 1e-4}) == "worse, p < 0.0001"
     assert verdict(None) == "no paired test"

@@ -96,6 +96,9 @@ def test_block_sizes_and_bad_tables():
     assert screened_head.block_for(262144) == 128
     assert screened_head.block_for(128) == 4  # 32 blocks > 16 candidates
     assert screened_head.block_for(16) is None
+    # An odd vocabulary splits only into single words, which leave no (k+1)-th word to bound
+    # the rest with: no screen (the plain head), not a top_k over too few words.
+    assert screened_head.block_for(259) is None and screened_head.block_for(258) == 2
     with pytest.raises(ValueError, match="float32"):
         screened_head.make_head_screen(jnp.zeros((256, 8), jnp.bfloat16))
     with pytest.raises(ValueError, match="too small"):

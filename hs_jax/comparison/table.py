@@ -159,6 +159,15 @@ def load_results(workdir: Path, entries: Sequence[Mapping[str, Any]]) -> dict[Ke
 # ----------------------------------------------------------------------------- numbers
 
 
+def _collapsed_answer(answers: Mapping[str, Any]) -> tuple[str | None, float]:
+    """A collapsed system's one answer and its share: of the items, or, where it collapsed on
+    its readable answers ("Yes" to every yes/no question, unreadable text to the rest), of
+    those (`diagnostics.answer_distribution`)."""
+    if answers.get("collapsed_on") == "readable":
+        return answers["read_top"], float(answers["read_top_share"])
+    return answers["top"], float(answers["top_share"])
+
+
 def _diagnostics(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """The runs' diagnostics, summarised over seeds: the mean top-answer share, the seeds whose
     system collapsed, the mean per-type utilities, the method numbers' means."""
@@ -173,8 +182,13 @@ def _diagnostics(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         collapsed = [(r, a) for r, a in zip(runs, answers, strict=True) if a.get("collapsed")]
         out["collapsed_seeds"] = [int(r["seed"]) for r, _ in collapsed]
         if collapsed:  # what the collapsed seeds answer, and how often (not all seeds' mean)
-            out["collapsed_top"] = sorted({str(a["top"]) for _, a in collapsed})
-            out["collapsed_share"] = float(np.mean([a["top_share"] for _, a in collapsed]))
+            out["collapsed_top"] = sorted({str(_collapsed_answer(a)[0]) for _, a in collapsed})
+            out["collapsed_share"] = float(np.mean([_collapsed_answer(a)[1] for _, a in collapsed]))
+            on_read = [a.get("collapsed_on") == "readable" for _, a in collapsed]
+            out["collapsed_of"] = (
+                "readable answers" if all(on_read) else "items or readable answers" if any(on_read)
+                else "items"
+            )  # fmt: skip
     gold = next((d.get("gold") for d in diags if d.get("gold")), None)
     if gold:
         out["gold"] = gold
@@ -495,7 +509,8 @@ def _diagnostic_lines(table: Table) -> list[str]:
                 d = s.diagnostics
                 collapsed.append(
                     f"{m} ({seeds_text(d['collapsed_seeds'])}: "
-                    f"'{'/'.join(d['collapsed_top'])}' for {d['collapsed_share']:.0%} of the items)"
+                    f"'{'/'.join(d['collapsed_top'])}' for {d['collapsed_share']:.0%} of the "
+                    f"{d.get('collapsed_of', 'items')})"
                 )
         if collapsed:
             tail = (
@@ -505,8 +520,9 @@ def _diagnostic_lines(table: Table) -> list[str]:
                 else ""
             )
             lines.append(
-                f"- {t}: collapsed systems (one answer for at least 90% of the test items: a "
-                f"utility near a class frequency, not reasoning): {', '.join(collapsed)}{tail}."
+                f"- {t}: collapsed systems (one answer for at least 90% of the test items, or "
+                f"of the items it gave a readable answer to: a utility near a class frequency, "
+                f"not reasoning): {', '.join(collapsed)}{tail}."
             )
         for m in table.methods:
             d = table.cells.get((m, t)) or Summary((), 0, 0, 0, None, None, {}, (), {})

@@ -13,7 +13,7 @@ import re
 
 import ml_collections
 
-from hs_jax.config.pool_source import model_folders, peft_folders, pool_size
+from hs_jax.config.pool_source import model_folders, peft_folders
 from hs_jax.config.schema import SFT_NAMES, sft_fields
 from hs_jax.config.task_choice import GENERATED
 from hs_jax.experts.lora import ADAPTER_CONFIG, PROJ_NAMES
@@ -274,11 +274,7 @@ def find_problems(c: ml_collections.ConfigDict) -> list[str]:
         bad("mesh.data", c.mesh.data, "must be -1 (all devices) or an int >= 1")
     at_least("mesh.model", c.mesh.model, 1)
     at_least("mesh.expert", c.mesh.expert, 1)
-    n_pool = pool_size(c)
-    if _is_int(c.mesh.expert) and c.mesh.expert >= 1 and n_pool and n_pool % c.mesh.expert:
-        problems.append(
-            f"config.mesh.expert={c.mesh.expert}: the pool's {n_pool} experts do not divide by it"
-        )
+    # A pool that does not divide mesh.expert is padded with inert particles (swarm.pso).
 
     if not isinstance(c.distributed, bool):
         bad("distributed", c.distributed, "must be True or False")

@@ -246,9 +246,10 @@ def base_config() -> ml_collections.ConfigDict:
     # Persistent XLA cache: a resumed or repeated run skips compilation ('' = off).
     c.engine.compilation_cache = "~/.cache/hs_jax/xla"
 
-    # One device mesh for the whole run (hs_jax.runtime.sharding.make_mesh): generation rows along
-    # 'data', the base model's big kernels along 'model', the weight swarm's experts along
-    # 'expert' (it must divide the pool). data * expert * model devices are used.
+    # One device mesh for the whole run (hs_jax.runtime.sharding.make_mesh): generation rows over
+    # 'data' x 'expert', the base model's big kernels along 'model', the weight swarm's experts
+    # along 'expert' (a pool that does not divide it is padded with inert particles). data *
+    # expert * model devices are used.
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1  # -1 = all devices not used by other axes
     c.mesh.expert = 1

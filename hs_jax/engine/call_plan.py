@@ -9,7 +9,8 @@ each call on the device.
 
 Calls whose shapes round to the same buckets share one compiled program, so every shape is
 rounded up: the prompt length to a length bucket, the token budget to a new-token bucket and the
-rows to a batch bucket (a multiple of the mesh's 'data' axis, at most `max_batch`).
+rows to a batch bucket (a multiple of the devices rows are split over, the mesh's 'data' x
+'expert', at most `max_batch`).
 """
 
 from __future__ import annotations
@@ -54,26 +55,26 @@ class Buckets:
     """The shapes a device call may take (each tuple sorted ascending).
 
     length / new_tokens / batch: prompt-length, new-token and batch buckets.
-    max_batch: the most rows of one call, a multiple of `n_data`.
-    n_data: size of the mesh's 'data' axis (rows are split along it).
+    max_batch: the most rows of one call, a multiple of `n_row_shards`.
+    n_row_shards: how many parts rows are split into (the mesh's 'data' x 'expert' devices).
     """
 
     length: tuple[int, ...]
     new_tokens: tuple[int, ...]
     batch: tuple[int, ...]
     max_batch: int
-    n_data: int = 1
+    n_row_shards: int = 1
 
     @classmethod
-    def make(cls, length, new_tokens, batch, max_batch: int, n_data: int = 1) -> Buckets:
-        """Buckets sorted, and `max_batch` rounded up to a multiple of `n_data`."""
+    def make(cls, length, new_tokens, batch, max_batch: int, n_row_shards: int = 1) -> Buckets:
+        """Buckets sorted, and `max_batch` rounded up to a multiple of `n_row_shards`."""
         sort = lambda xs: tuple(sorted(int(x) for x in xs))  # noqa: E731
-        max_batch = -(-max_batch // n_data) * n_data
-        return cls(sort(length), sort(new_tokens), sort(batch), max_batch, n_data)
+        max_batch = -(-max_batch // n_row_shards) * n_row_shards
+        return cls(sort(length), sort(new_tokens), sort(batch), max_batch, n_row_shards)
 
     def rows_for(self, n_rows: int) -> int:
         """Padded rows of a call of `n_rows` real rows."""
-        return min(batch_bucket(n_rows, self.batch, self.n_data), self.max_batch)
+        return min(batch_bucket(n_rows, self.batch, self.n_row_shards), self.max_batch)
 
     def length_for(self, prompt_len: int) -> int:
         """Padded prompt length of a call whose longest prompt has `prompt_len` tokens."""
@@ -125,7 +126,9 @@ def chunk_size(n: int, buckets: Buckets) -> int:
     if padded - n <= padded // 4:
         return n
     fitting = [
-        b for b in buckets.batch if b <= n and b % buckets.n_data == 0 and b <= buckets.max_batch
+        b
+        for b in buckets.batch
+        if b <= n and b % buckets.n_row_shards == 0 and b <= buckets.max_batch
     ]
     return max(fitting) if fitting else n
 

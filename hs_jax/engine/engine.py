@@ -96,8 +96,8 @@ class Engine:
       params: the model's nnx params state (from a loader or `nnx.split(Gemma(...))`).
       tokenizer: HF-like tokenizer (see hs_jax.engine.text; also `eos_token_id`, `pad_token_id`).
       experts: a LoRA stack, full-weight experts, an `expert_sets.ExpertSet`, or None.
-      mesh: optional mesh (see `sharding.make_mesh`): rows along 'data', parameters by the rule
-        table of `sharding.PARAM_RULES` (split along 'model' when that axis is > 1).
+      mesh: optional mesh (see `sharding.make_mesh`): rows over 'data' x 'expert', parameters by
+        the rule table of `sharding.PARAM_RULES` (split along 'model' when that axis is > 1).
       max_batch: rows per device call; larger batches are run in chunks.
       length_buckets / new_token_buckets / batch_buckets: shape buckets (see call_plan).
       max_prompt_len: longest prompt run (default: the largest length bucket). Longer prompts are
@@ -145,7 +145,7 @@ class Engine:
         self.mesh = mesh
         self.placement = Placement(mesh)
         self.buckets = call_plan.Buckets.make(
-            length_buckets, new_token_buckets, batch_buckets, max_batch, self.placement.n_data
+            length_buckets, new_token_buckets, batch_buckets, max_batch, self.placement.n_row_shards
         )
         self.cost_model = call_plan.CostModel.for_model(
             config.vocab_size, config.d_model, config.num_params(), decode_step_rows
@@ -175,7 +175,7 @@ class Engine:
 
     @property
     def max_batch(self) -> int:
-        """Rows per device call (a multiple of the mesh's 'data' axis)."""
+        """Rows per device call (a multiple of the mesh's 'data' x 'expert' devices)."""
         return self.buckets.max_batch
 
     def set_experts(self, experts: Any) -> None:
@@ -455,8 +455,8 @@ class Engine:
             max_new_bucket=call.new_tokens,
             return_logits=return_logits,
         )
-        # Rows are split along 'data', in a multi-process run over other processes' devices
-        # too: every process gathers them all (its host side reads every row).
+        # Rows are split over 'data' x 'expert', in a multi-process run over other processes'
+        # devices too: every process gathers them all (its host side reads every row).
         out = {k: distributed.host(v) for k, v in out.items()}
         self.stats["calls"] += 1
         self.stats["screened_calls"] += isinstance(choice, token_choice.ScreenedGreedy)

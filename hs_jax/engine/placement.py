@@ -2,8 +2,9 @@
 
 One `Placement` per engine puts each kind of array where the generation program expects it:
 model parameters by the rule table (`sharding.PARAM_RULES`, split along 'model'), LoRA stacks
-replicated, per-row inputs split along 'data'. Without a mesh, weights go to the default device
-and per-row inputs stay host arrays (jit moves them with the call).
+replicated, per-row inputs split over 'data' x 'expert' (`sharding.ROW_AXES`). Without a mesh,
+weights go to the default device and per-row inputs stay host arrays (jit moves them with the
+call).
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ class Placement:
     mesh: Mesh | None = None
 
     @property
-    def n_data(self) -> int:
-        """Size of the 'data' axis, the divisor of every call's row count (1 without a mesh)."""
-        return sharding.axis_size(self.mesh, "data")
+    def n_row_shards(self) -> int:
+        """The parts rows are split into ('data' x 'expert'), the divisor of every call's row
+        count (1 without a mesh)."""
+        return sharding.row_shards(self.mesh)
 
     def params(self, params: Any) -> Any:
         """A model params state, split by the rule table on a mesh."""
@@ -42,7 +44,7 @@ class Placement:
         return sharding.replicate(tree, self.mesh)
 
     def rows(self, x: np.ndarray) -> Any:
-        """A per-row array [B, ...], split along 'data' on a mesh."""
+        """A per-row array [B, ...], split over 'data' x 'expert' on a mesh."""
         if self.mesh is None:
             return x
         return jax.device_put(x, sharding.rows(self.mesh, x.ndim))

@@ -33,6 +33,7 @@ from hs_jax.engine import expert_sets, stops
 from hs_jax.engine.token_choice import TokenChoice
 from hs_jax.models import gemma
 from hs_jax.models.gemma_config import GemmaConfig
+from hs_jax.runtime import sharding
 
 # Logits one chunk of a scoring prefill may hold ([rows, chunk, V] float32: 128 MiB): a whole
 # [rows, L, V] block of a 262k-word head would be tens of gigabytes.
@@ -63,7 +64,7 @@ def left_pad(
 
 @struct.dataclass
 class PromptBatch:
-    """The rows of one call, every field split along 'data' on a mesh.
+    """The rows of one call, every field split over 'data' x 'expert' on a mesh.
 
     tokens: [B, L] int32, left padded; lengths: [B] int32 real prompt lengths; expert_ids: [B]
     int32 (-1 = base model; ignored without a LoRA stack); active: [B] bool (False = padding
@@ -122,7 +123,7 @@ class Sampler:
 
     config: the model's GemmaConfig (hashable); the graph is rebuilt from it at trace time.
     pad_id: the padding token (EOS ids travel in the stop tables, so they never recompile).
-    mesh: optional mesh; rows are sharded along its 'data' axis.
+    mesh: optional mesh; rows are split over its 'data' x 'expert' devices (`sharding.ROW_AXES`).
     """
 
     config: GemmaConfig
@@ -130,12 +131,13 @@ class Sampler:
     mesh: Mesh | None = None
 
     def _constrain_rows(self, x: Any) -> Any:
-        """Keeps the leading (row) axis of every leaf sharded along 'data' when a mesh is set."""
+        """Keeps the leading (row) axis of every leaf split over 'data' x 'expert' when a mesh is
+        set: every device generates its share of the rows."""
         if self.mesh is None:
             return x
 
         def one(a):
-            spec = P("data", *([None] * (a.ndim - 1)))
+            spec = P(sharding.ROW_AXES, *([None] * (a.ndim - 1)))
             return jax.lax.with_sharding_constraint(a, NamedSharding(self.mesh, spec))
 
         return jax.tree.map(one, x)

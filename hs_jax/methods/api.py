@@ -16,7 +16,9 @@ A method (`hs_jax.methods.METHODS`) gets the run's `Setup` and its workdir and r
   as the method asks for the same systems with the same weights in the same order (a method
   is a deterministic function of its seed and the utilities it is given); the first call that
   was not archived (or lost a row to a damaged line, `Archive.repair`) is scored, and the
-  archive's rows from there are moved to archive.jsonl.diverged.
+  archive's rows from there are moved to archive.jsonl.diverged;
+- every evaluation, scored or replayed, is a point of the live TensorBoard curves
+  (`hs_jax.methods.live_curves`: its utility, the best so far, the run's costs).
 
 `Evaluator.finish` scores the best system on the test split and returns the `MethodResult`,
 with what that test scoring generated (`test_cost`, measured from an empty generation cache).
@@ -39,6 +41,7 @@ from hs_jax.config import schema
 from hs_jax.engine.costs import GenerationCosts
 from hs_jax.engine.executor import ExecutionStats
 from hs_jax.methods import archive as archive_lib
+from hs_jax.methods import live_curves
 from hs_jax.runtime import distributed
 from hs_jax.store import workdir as workdir_lib
 from hs_jax.swarm.graph import Dag
@@ -258,6 +261,7 @@ class Evaluator:
             if isinstance(row.get("evaluation"), int):
                 self._replay.setdefault(row["evaluation"], row)
         self.evaluations = 0
+        self.curves = live_curves.LiveCurves(self.workdir)
         self.best: BestSystem | None = None
         self._last_weights: tuple[Any, str] | None = None
         self.replayed = 0
@@ -335,6 +339,7 @@ class Evaluator:
             ]
             distributed.on_primary(lambda: self.archive.append(rows))
             workdir_lib.kill_point("evaluation")  # test hook: after a scoring call, archived
+        self.curves.evaluations(start, utilities, cost_snapshot(self.setup))
         self.evaluations += len(systems)
         for (dag, a), u in zip(systems, utilities, strict=True):
             self.consider(dag, a, weights, float(u), iteration)
@@ -354,6 +359,7 @@ class Evaluator:
         save_prompts) and returns the method's result; its `test_cost` is that scoring's, from
         an empty generation cache (the singles' test outputs may still be cached)."""
         setup, best = self.setup, self.best
+        self.curves.close()
         if best is None:
             raise RuntimeError(f"method {self.method!r} found no system with a finite utility")
         clear_generation_cache(setup)

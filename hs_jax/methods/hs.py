@@ -20,6 +20,7 @@ from absl import logging
 
 from hs_jax.config import presets, schema
 from hs_jax.methods import archive as archive_lib
+from hs_jax.methods import live_curves
 from hs_jax.methods.api import (
     MethodResult,
     clear_generation_cache,
@@ -49,7 +50,8 @@ def heterogeneous_swarms(
     and resumed from it, with its costs: the counters, the per-iteration costs, the test
     outputs and the archive's length are saved with each iteration and restored on resume, so
     work redone after a kill is counted once (and archived once); each iteration starts with
-    an empty generation cache."""
+    an empty generation cache. Its live TensorBoard curves (`live_curves`: per iteration and
+    per evaluation) go to workdir/tensorboard."""
     c, scorer = setup.config, setup.scorer
     singles = score_singles(setup)
     workdir_lib.kill_point("setup")  # test hook (4th): baseline scored, search not started
@@ -73,6 +75,7 @@ def heterogeneous_swarms(
         return utility
 
     archive = archive_lib.Archive(workdir / archive_lib.ARCHIVE)
+    curves = live_curves.LiveCurves(workdir)
     # The archive holds the evaluations 0 .. rows-1 of this search. It is brought in step with
     # where the search starts before anything is scored: the rows of the checkpoint it resumes
     # from (`on_resume`), or none when it starts from scratch (the first `score_dev`: a kill
@@ -104,6 +107,7 @@ def heterogeneous_swarms(
             for k, ((dag, a), u) in enumerate(zip(systems, utilities, strict=True))
         ]
         distributed.on_primary(lambda: archive.append(rows))
+        curves.evaluations(archived["rows"], utilities, cost_snapshot(setup))
         archived["rows"] += len(rows)
         return utilities
 
@@ -117,6 +121,9 @@ def heterogeneous_swarms(
         before = costs[-1]["total"] if costs else start_cost
         costs.append({"iteration": record["iteration"], **{k: now[k] - before[k] for k in now}})
         costs[-1]["total"] = now
+        # Drawn here rather than in a callback: this runs before the iteration's checkpoint,
+        # so a kill never leaves a checkpointed iteration without its point.
+        curves.iteration(record, costs[-1], evaluations=archived["rows"])
         return {
             "cost": now,
             "cost_per_iteration": costs,
@@ -176,6 +183,8 @@ def heterogeneous_swarms(
         raise workdir_lib.WorkdirError(
             f"workdir {workdir}: no checkpoint can be restored ({reason}); {RESTART_HINT}"
         ) from e
+    finally:
+        curves.close()
     if not archived["synced"]:  # nothing scored, nothing resumed
         sync_archive(0, "the search's start (no checkpoint)")
     return MethodResult(

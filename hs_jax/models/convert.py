@@ -1,14 +1,23 @@
 """HF naming <-> hs_jax parameters, and HF config.json -> GemmaConfig.
 
 A state dict here is a dict HF-name -> numpy array in HF orientation (linear weights [out, in],
-norm weights without Gemma's "+1"). Every loader (safetensors, GGUF) produces one and converts it
-with `params_from_state_dict`, which is where shapes are checked against the config.
+norm weights without Gemma's "+1"), or a `LazyTensor` that reads one when asked. Every loader
+(safetensors, GGUF) produces one and converts it with `params_from_state_dict`, which is where
+shapes are checked against the config.
+
+Loading straight into the mesh: given a mesh, `params_from_state_dict` reads one tensor at a
+time, converts it, and hands each device only its slice of it (`jax.make_array_from_callback`,
+by the rule table of `hs_jax.runtime.sharding`), so no device ever holds a whole kernel that
+the rules split, and the host holds the placed model plus about one tensor (the loaders' lazy
+tensors read each from the file with plain reads, not a memory map whose touched pages would
+stay resident).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +26,7 @@ from flax import nnx
 
 from hs_jax.models.gemma import Gemma, abstract_model
 from hs_jax.models.gemma_config import GemmaConfig
+from hs_jax.runtime import sharding
 
 # Prefixes under which checkpoints store the text decoder; all map to "model.".
 _PREFIXES = ("model.language_model.", "language_model.model.", "model.")
@@ -28,6 +38,23 @@ _TIED_HEAD_NAMES = ("lm_head.weight", "language_model.lm_head.weight")
 class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded: wrong architecture, missing/extra/misshapen tensor,
     unreadable file. The message names the file and the tensor."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LazyTensor:
+    """A checkpoint tensor not read yet: its shape (HF orientation) and a function reading it
+    whole into a fresh numpy array (the loader's dtype; GGUF: dequantised float32)."""
+
+    shape: tuple[int, ...]
+    read: Callable[[], np.ndarray]
+
+
+def _shape_of(value) -> tuple[int, ...]:
+    return tuple(value.shape) if isinstance(value, LazyTensor) else tuple(np.shape(value))
+
+
+def _read(value) -> np.ndarray:
+    return value.read() if isinstance(value, LazyTensor) else np.asarray(value)
 
 
 def canonical_name(name: str) -> str:
@@ -253,13 +280,16 @@ def params_from_state_dict(
     *,
     sources: Mapping[str, str] | None = None,
     where: str | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> nnx.State:
     """Our params state (dtype config.param_dtype) from an HF-name state dict.
 
     Every tensor the config needs must be present with the expected shape; unknown tensors are
     an error too (a checkpoint of another shape or architecture), except rotary inv_freq buffers
     and a tied lm_head copy. `sources` maps tensor names to the file they came from and `where`
-    names the checkpoint, for the error messages.
+    names the checkpoint, for the error messages. With a `mesh`, each parameter is placed in its
+    final sharding (`sharding.spec_for`) slice by slice as it is read (module docstring);
+    without one, on the default device. Tensors are read one at a time, in the config's order.
     """
     sources = sources or {}
     where_txt = f" in {where}" if where else ""
@@ -278,7 +308,7 @@ def params_from_state_dict(
             continue
         if name in _TIED_HEAD_NAMES or orig in _TIED_HEAD_NAMES:
             emb = by_name["model.embed_tokens.weight"][1]
-            if np.shape(value) != np.shape(emb) or not np.array_equal(value, emb):
+            if _shape_of(value) != _shape_of(emb) or not np.array_equal(_read(value), _read(emb)):
                 raise CheckpointError(
                     f"tensor {orig!r}{origin(orig)} is an untied output head; Gemma ties it to "
                     "the embedding and hs_jax supports tied heads only"
@@ -289,20 +319,33 @@ def params_from_state_dict(
             f"with {config.n_layers} layers"
         )
 
-    dtype = jnp.dtype(config.param_dtype)
-    tree: dict = {}
-    for name, (path, shape, transpose) in expected.items():
+    for name, (_, shape, _) in expected.items():  # every shape checked before any read
         orig, value = by_name[name]
-        if tuple(np.shape(value)) != shape:
+        if _shape_of(value) != shape:
             raise CheckpointError(
-                f"tensor {orig!r}{origin(orig)} has shape {tuple(np.shape(value))}, "
+                f"tensor {orig!r}{origin(orig)} has shape {_shape_of(value)}, "
                 f"expected {shape} for this config"
             )
-        arr = np.asarray(value)
-        _set(tree, path, jnp.asarray(arr.T if transpose else arr, dtype=dtype))
+    dtype = jnp.dtype(config.param_dtype)
+    tree: dict = {}
+    for name, (path, _, transpose) in expected.items():
+        arr = _read(by_name[name][1])
+        arr = (arr.T if transpose else arr).astype(dtype, copy=False)
+        _set(tree, path, _place(arr, path, mesh))
+        del arr  # one tensor at a time on the host
     _, params = abstract_model(config)
     nnx.replace_by_pure_dict(params, tree)
     return params
+
+
+def _place(arr: np.ndarray, path: tuple, mesh: jax.sharding.Mesh | None) -> jax.Array:
+    """One converted tensor on the default device, or on `mesh` by the rule table: each device
+    is handed only its slice (a device of a 'model' group never sees the whole kernel)."""
+    if mesh is None:
+        return jnp.asarray(arr)
+    spec = sharding.spec_for("/".join(map(str, path)), arr.shape, mesh)
+    target = jax.sharding.NamedSharding(mesh, spec)
+    return jax.make_array_from_callback(arr.shape, target, lambda index: arr[index])
 
 
 def state_dict_from_params(config: GemmaConfig, params: nnx.State) -> dict[str, np.ndarray]:

@@ -71,11 +71,12 @@ class KVCache:
 
 def _operands(x: jax.Array, w: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Dtypes for x [..., d] times a weight: float32 weights take float32 activations; other
-    weights take activations of their dtype, except for a single row, where XLA CPU's bf16
-    path is slow and the weight is upcast instead."""
+    weights take activations of their dtype, except for a single row on the CPU, where XLA
+    CPU's bf16 path is slow and the weight is upcast instead (an accelerator reads the bf16
+    weight as it is: an upcast there would add bytes to a bandwidth-bound step)."""
     if w.dtype == jnp.float32:
         return x.astype(jnp.float32), w
-    if math.prod(x.shape[:-1]) == 1:
+    if math.prod(x.shape[:-1]) == 1 and jax.default_backend() == "cpu":
         return x, w.astype(jnp.float32)
     return x.astype(w.dtype), w
 

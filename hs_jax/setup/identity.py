@@ -76,6 +76,7 @@ RUN_ENTRIES = (
     "archive.jsonl.damaged",  # its damaged lines, set aside (hs_jax.methods.archive.Archive.repair)
     "archive.jsonl.diverged",  # rows a changed rerun no longer reproduced
     "data_merge",  # the data-merge baseline's adapter (hs_jax.methods.static_weight)
+    "tensorboard",  # the live curves (hs_jax.methods.live_curves.TENSORBOARD)
 )
 POOL_SUBDIR = "experts"
 # The config fields a trained pool depends on (the search and how it is executed aside).

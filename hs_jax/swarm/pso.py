@@ -27,6 +27,13 @@ Sharding: ``shard_state`` lays the particle axis of every particle-axis leaf alo
 plain ``jax.jit`` on those shardings (XLA partitions the elementwise update per shard; the argmax
 and the gather of the new global best cross shards). The random scalars are drawn as one
 ``[N, 4]`` array from the key, so they (and the results, bitwise) do not depend on the sharding.
+
+A swarm whose N does not divide the axis (10 experts on 4 or 8 devices) is padded by
+``shard_state`` with inert particles up to the next multiple: zeros that are never moved (their
+random factors are zero, which leaves a zero velocity), never a personal, global best or worst
+(masked in ``tell``), and never seen by a caller (``positions`` is the N real ones; the
+utilities passed to ``tell``/``update`` are the N real ones). The real particles' values are
+bitwise those of the unpadded swarm.
 """
 
 from __future__ import annotations
@@ -150,10 +157,21 @@ class PSOState:
     cooldown: jax.Array  # [N] int32, steps left before a restarted particle may restart again
     step: jax.Array  # [] float32, current lambda
     iteration: jax.Array  # [] int32
+    # The real particles when the particle axis is padded (``shard_state``); None: all are.
+    n_real: int | None = struct.field(pytree_node=False, default=None)
 
     @property
     def num_particles(self) -> int:
-        return int(self.p_util.shape[0])
+        """The real particles (the padding of a sharded swarm aside)."""
+        return int(self.p_util.shape[0]) if self.n_real is None else self.n_real
+
+    @functools.cached_property
+    def positions(self) -> PyTree:
+        """The real particles' positions (``x`` without the padding of ``shard_state``); the same
+        object on every access (callers such as the scorer tell weights apart by identity)."""
+        if self.n_real is None or self.n_real == self.p_util.shape[0]:
+            return self.x
+        return jax.tree.map(lambda a: a[: self.n_real], self.x)
 
 
 # Fields whose leaves carry the particle axis (sharded along the mesh axis).
@@ -221,18 +239,33 @@ def _bcast(s: jax.Array, leaf: jax.Array) -> jax.Array:
     return s.reshape(s.shape + (1,) * (leaf.ndim - 1))
 
 
+def _real(state: PSOState) -> jax.Array | None:
+    """[N] True for the real particles of a padded swarm (None: no padding)."""
+    n = state.p_util.shape[0]
+    if state.n_real is None or state.n_real == n:
+        return None
+    return jnp.arange(n) < state.n_real
+
+
 def _tell(state: PSOState, utils: jax.Array) -> PSOState:
+    real = _real(state)
+    if real is not None:  # utilities of the real particles; the padding is never told one
+        utils = jnp.pad(utils, (0, state.p_util.shape[0] - utils.shape[0]))
     # Non-finite utilities are the worst possible value: never a best, possibly the worst.
     u = jnp.where(jnp.isfinite(utils), utils.astype(jnp.float32), -jnp.inf)  # [N]
     improved = u > state.p_util  # [N]
+    u_best, u_worst = u, u
+    if real is not None:
+        improved = improved & real
+        u_best, u_worst = jnp.where(real, u, -jnp.inf), jnp.where(real, u, jnp.inf)
     p = jax.tree.map(lambda pl, xl: jnp.where(_bcast(improved, xl), xl, pl), state.p, state.x)
     p_util = jnp.where(improved, u, state.p_util)
     stall = jnp.where(improved, 0, state.stall + 1)
 
-    i_best = jnp.argmax(u)
+    i_best = jnp.argmax(u_best)
     new_g = u[i_best] > state.g_util
     g = jax.tree.map(lambda gl, xl: jnp.where(new_g, xl[i_best], gl), state.g, state.x)
-    i_worst = jnp.argmin(u)
+    i_worst = jnp.argmin(u_worst)
     new_w = u[i_worst] < state.gw_util
     gw = jax.tree.map(lambda wl, xl: jnp.where(new_w, xl[i_worst], wl), state.gw, state.x)
     return state.replace(
@@ -265,7 +298,9 @@ def coefficients(r: jax.Array, cfg: PSOConfig) -> jax.Array:
 
 def _step(state: PSOState, key: jax.Array, cfg: PSOConfig) -> tuple[PSOState, jax.Array]:
     n = state.p_util.shape[0]
-    c = coefficients(draw_r(key, n), cfg)  # [N, 4]
+    r = draw_r(key, state.num_particles)  # the real particles' draw, as without padding
+    # The padding's factors are zero: coefficients (1, 0, 0, 0) keep its zero velocity.
+    c = coefficients(jnp.pad(r, ((0, n - r.shape[0]), (0, 0))), cfg)  # [N, 4]
 
     after = cfg.restart_after
     if after is None:
@@ -327,13 +362,13 @@ _update_jit = jax.jit(_update, static_argnames=("cfg",), donate_argnums=0)
 
 def _check_utils(state: PSOState, utils) -> jax.Array:
     utils = jnp.asarray(utils, jnp.float32)
-    if utils.shape != state.p_util.shape:
-        raise ValueError(f"utils must have shape {state.p_util.shape}, got {utils.shape}")
+    if utils.shape != (state.num_particles,):
+        raise ValueError(f"utils must have shape {(state.num_particles,)}, got {utils.shape}")
     return utils
 
 
 def _raise_if_bad(bad: jax.Array) -> None:
-    bad = np.asarray(bad)
+    bad = np.asarray(bad)  # the padding never moves, so never flags
     if bad.any():
         ids = np.flatnonzero(bad).tolist()
         raise FloatingPointError(
@@ -373,8 +408,9 @@ def best(state: PSOState) -> tuple[PyTree, float]:
 
 def shard_state(state: PSOState, mesh: Mesh, axis: str = "expert") -> PSOState:
     """Place the particle axis of x, v, p, p_util, stall, cooldown along mesh axis ``axis``
-    (NamedSharding P(axis)) and replicate g, gw and the scalars. N must be divisible by the
-    axis size. Later tell/step calls keep these shardings.
+    (NamedSharding P(axis)) and replicate g, gw and the scalars. An N that does not divide by
+    the axis size is padded with inert particles (module docstring; ``n_real`` = N). Later
+    tell/step calls keep these shardings.
 
     The shardings are built on an Auto-axis copy of ``mesh`` (same devices and names): with
     Explicit axes (``jax.make_mesh``'s default) sharding-in-types rejects indexing one particle
@@ -382,16 +418,28 @@ def shard_state(state: PSOState, mesh: Mesh, axis: str = "expert") -> PSOState:
     insert the cross-shard transfer of that one row.
     """
     mesh = Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * len(mesh.axis_names))
-    n = state.num_particles
+    n, held = state.num_particles, int(state.p_util.shape[0])
     size = mesh.shape[axis]
-    if n % size:
-        raise ValueError(f"{n} particles cannot be split evenly over mesh axis {axis!r} of {size}")
+    pad = -(-n // size) * size - held  # 0 for a swarm padded already
     split = NamedSharding(mesh, P(axis))
     repl = NamedSharding(mesh, P())
     fields = {}
     for f in dataclasses.fields(state):
+        if f.name == "n_real":
+            continue
+        value = getattr(state, f.name)
+        if f.name in _PARTICLE_FIELDS:
+            fill = -jnp.inf if f.name == "p_util" else 0  # never a personal best
+            value = jax.tree.map(lambda a, c=fill: _padded(a, pad, c), value)
         sharding = split if f.name in _PARTICLE_FIELDS else repl
-        fields[f.name] = jax.tree.map(
-            lambda a, s=sharding: jax.device_put(a, s), getattr(state, f.name)
-        )
-    return PSOState(**fields)
+        fields[f.name] = jax.tree.map(lambda a, s=sharding: jax.device_put(a, s), value)
+    return PSOState(**fields, n_real=n if pad else None)
+
+
+def _padded(a: jax.Array, pad: int, fill) -> jax.Array:
+    """``a`` with ``pad`` more entries of ``fill`` along its leading axis (on the host side of
+    the placement: the padded array is what goes to the devices)."""
+    if not pad:
+        return a
+    a = np.asarray(jax.device_get(a))
+    return np.concatenate([a, np.full((pad, *a.shape[1:]), fill, a.dtype)])

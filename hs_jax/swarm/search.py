@@ -394,7 +394,8 @@ class _Loop:
         tree = {f.name: f.metadata["encode"](getattr(self, f.name)) for f in self._held_in("state")}
         # The best system's weights; until a best exists, a placeholder of the same structure
         # and sharding.
-        tree["best_weights"] = self.best.weights if self.best is not None else self.weights.x
+        best = self.best
+        tree["best_weights"] = best.weights if best is not None else self.weights.positions
         return tree
 
     def meta(
@@ -434,7 +435,7 @@ def _role_score(
     identity = tuple(range(n))
     systems = [(d, identity) for d in dags]
     weight_moves = int(loop.weights.iteration)
-    u = _utilities(score_systems(systems, loop.weights.x), len(systems))  # [N]
+    u = _utilities(score_systems(systems, loop.weights.positions), len(systems))  # [N]
     distributed.assert_same(f"iteration {t}'s role-step utilities", u)
     kill_point("role_step")  # test hook: a kill inside a role-step
     objective = u - penalty  # [N]
@@ -481,7 +482,7 @@ def _weight_step_score(
     distributed.assert_same(f"iteration {t}'s JFK assignments", [dag.to_dict(), assignments])
     systems = [(dag, tuple(int(e) for e in a)) for a in assignments]
     weight_moves = int(loop.weights.iteration)
-    u = _utilities(score_systems(systems, loop.weights.x), len(systems))  # [M]
+    u = _utilities(score_systems(systems, loop.weights.positions), len(systems))  # [M]
     distributed.assert_same(f"iteration {t}'s weight-step utilities", u)
     kill_point("weight_step")  # test hook: a kill inside a weight-step
     previous = None if loop.prev_jfk is None else np.asarray(loop.prev_jfk, np.float64)
@@ -549,7 +550,8 @@ def _iteration(
         i = _argmax_finite(utils)
         if i is not None and (loop.best is None or utils[i] > loop.best.utility):
             dag, assignment = candidates[i][1]
-            loop.best = BestSystem(dag, assignment, _copy_tree(loop.weights.x), float(utils[i]), t)
+            weights = _copy_tree(loop.weights.positions)
+            loop.best = BestSystem(dag, assignment, weights, float(utils[i]), t)
             improved = True
         loop.stall = 0 if improved else loop.stall + 1
 
@@ -569,7 +571,7 @@ def _consider(loop: _Loop, candidates: list[tuple[float, Candidate]], t: int) ->
     if i is None or (loop.best is not None and not utils[i] > loop.best.utility):
         return False
     dag, assignment = candidates[i][1]
-    loop.best = BestSystem(dag, assignment, _copy_tree(loop.weights.x), float(utils[i]), t)
+    loop.best = BestSystem(dag, assignment, _copy_tree(loop.weights.positions), float(utils[i]), t)
     return True
 
 
@@ -664,9 +666,10 @@ def _fresh(experts: PyTree, cfg: SearchConfig, n: int, fixed_dag: Dag | None, me
         weights = pso.shard_state(weights, mesh, "expert")
         leaf = jax.tree.leaves(weights.x)[0]
         logging.info(
-            "weight swarm: %d experts along mesh axis 'expert' of %d (%s; %d per device)",
+            "weight swarm: %d experts along mesh axis 'expert' of %d (%s; %d per device%s)",
             n, mesh.shape["expert"], leaf.sharding.spec,
             leaf.addressable_shards[0].data.shape[0],
+            f", {leaf.shape[0] - n} inert to fill the axis" if leaf.shape[0] > n else "",
         )  # fmt: skip
     rng = np.random.Generator(np.random.PCG64(cfg.seed))
     return _Loop(roles=roles, weights=weights, key=key, rng=rng, graph=fixed_dag)

@@ -277,7 +277,7 @@ CONFIG_FIELDS = {
     "model.spec": (st.just(""), st.sampled_from(["tiny", PYPI_MODEL_NAME]), {}),
     "mesh.data": (_ints(high=0).filter(lambda v: v != -1), _ints(1, 8) | st.just(-1), {}),
     "mesh.model": (_BELOW_ONE, _ints(1, 8), {}),
-    "mesh.expert": (_BELOW_ONE | st.just(2), st.sampled_from([1, 3]), {}),  # a pool of 3
+    "mesh.expert": (_BELOW_ONE, st.sampled_from([1, 2, 3]), {}),  # 2: the pool of 3 padded
     "num_processes": (_ints(high=-1), _ints(0, 4096), {}),
     "process_id": (_ints(high=-2), st.just(-1) | _ints(0, 10**6), {}),
     "coordinator_address": (
