@@ -21,7 +21,7 @@ from hs_jax.swarm import pso, search
 
 ROOT = Path(__file__).resolve().parents[1]
 # Left open (None or '') in the config; `resolve` fills in the protocol's value.
-OPEN_SEARCH = {"top_p", "schedule"}
+OPEN_SEARCH = {"top_p", "schedule", "decode"}
 OPEN_PSO = {"init_velocity", "restart_rule", "restart_patience", "patience"}
 
 

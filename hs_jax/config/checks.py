@@ -259,7 +259,10 @@ def find_problems(c: ml_collections.ConfigDict) -> list[str]:
             )
     if top["prune_tau"] is not None and not _is_number(top["prune_tau"]):
         bad("search.prune_tau", top["prune_tau"], "must be None or a finite number")
-    problems += _problems_of(search.SearchConfig, top, "search")
+    # decode='authors' needs top_p 0 (a rule across two fields): each is tried alone with the
+    # other's valid partner, and the pair once, together.
+    partner = {"top_p": 0.0} if top.get("decode") == "authors" else None
+    problems += _problems_of(search.SearchConfig, top, "search", defaults=partner)
 
     at_least("engine.max_batch", c.engine.max_batch, 1)
     at_least("engine.max_prompt_len", c.engine.max_prompt_len, 1)

@@ -17,8 +17,8 @@ from hs_jax.tasks.protocol import PROTOCOLS
 # What each protocol fills in where the config leaves a field open: hs_jax's are the
 # dataclasses' defaults.
 _PROTOCOL_SEARCH = {
-    "hs_jax": {k: defaults(search.SearchConfig)[k] for k in ("top_p", "schedule")},
-    "authors": {"top_p": 0.0, "schedule": "authors"},
+    "hs_jax": {k: defaults(search.SearchConfig)[k] for k in ("top_p", "schedule", "decode")},
+    "authors": {"top_p": 0.0, "schedule": "authors", "decode": "authors"},
 }
 _PROTOCOL_PSO = {
     "hs_jax": {

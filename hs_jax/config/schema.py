@@ -86,6 +86,7 @@ def _search() -> ml_collections.ConfigDict:
     )
     section.top_p = ml_collections.config_dict.placeholder(float)  # None: 0.8 / authors 0
     section.schedule = ""  # '' = the protocol's loop order: hs_jax | authors (search.py)
+    section.decode = ""  # '' = the protocol's G-decode rule: hs_jax | authors (graph.py)
     section.prune_tau = ml_collections.config_dict.placeholder(float)  # None = off
     section.roles_pso = _pso()
     section.weights_pso = _pso()

@@ -39,6 +39,21 @@ How every step is made well defined for ANY finite matrix (the authors' code is 
 :func:`dag_probability` and :func:`decode_distribution` compute the exact probability of each
 decoded DAG (summing over all decoding orders), for tests and for analysis.
 
+``rule='authors'`` (:func:`g_decode`; the authors' preset, ``search.decode``) decodes as the
+authors' released code does with its top-p of 0, where the two differ:
+
+- out-degrees are whole row sums, the diagonal included;
+- the end node is the argmax of ``1 / row_sum``: a row summing to a negative number is the
+  LEAST likely end node (``1/d`` is negative), where the default rule makes it the most likely;
+- their softmax gives an entry that is exactly 0 no weight, so a parent candidate whose
+  ``A[u, v]`` is exactly 0 is never chosen;
+- every tie goes to the higher node index (the default rule: the lower).
+
+Where their code would overflow or crash, it raises a ``ValueError`` naming the row: a row
+summing to 0 or so near it that their float32 ``1 / row_sum`` overflows, or a node whose
+parent candidates are all exactly 0 (a softmax over nothing). It decodes by argmax only
+(``top_p`` 0), as their evaluation path does.
+
 Sparsity (paper section 4, Table 3): :func:`prune` thresholds ``A`` before decoding and
 :func:`l1_penalty` is the ``lambda * |A|_1`` term the search subtracts from the utility.
 """
@@ -410,14 +425,65 @@ def _end_probs(a: np.ndarray) -> np.ndarray:
     return softmax(inverse_out_degree(out_degrees(a)))
 
 
-def g_decode(adjacency: np.ndarray, rng: np.random.Generator, top_p: float = 0.8) -> Dag:
+DECODE_RULES = ("hs_jax", "authors")
+
+
+def _argmax_last(values: np.ndarray) -> int:
+    """The index of the largest value, the highest index among equals (the authors' ties)."""
+    v = np.asarray(values, dtype=np.float64)
+    return int(v.size - 1 - np.argmax(v[::-1]))
+
+
+def _g_decode_authors(a: np.ndarray) -> Dag:
+    """G-decode as the authors' code runs it with top-p 0 (module docstring)."""
+    n = a.shape[0]
+    with np.errstate(over="ignore", invalid="ignore"):
+        d = a.sum(axis=1)  # the diagonal included, as they sum
+    # Their float32 1/row_sum overflows for a sum of 0 or one closer to 0 than 1/float32 max.
+    zero = np.flatnonzero(np.abs(d) < 1.0 / np.finfo(np.float32).max)
+    if zero.size:
+        raise ValueError(
+            f"G-decode (rule 'authors'): row {int(zero[0])} of the adjacency matrix sums to "
+            f"{d[zero[0]]:g}, where the authors' 1/row_sum overflows"
+        )
+    if not np.isfinite(d).all():
+        bad = int(np.flatnonzero(~np.isfinite(d))[0])
+        raise ValueError(f"G-decode (rule 'authors'): row {bad} sums beyond float64 range")
+    end = _argmax_last(1.0 / d)
+    placed, remaining, edges = [end], [i for i in range(n) if i != end], []
+    while remaining:
+        u = remaining.pop(_argmax_last(d[remaining]))
+        weights = a[u, placed]
+        if not (weights != 0.0).any():
+            raise ValueError(
+                f"G-decode (rule 'authors'): every parent candidate of node {u} has weight "
+                "exactly 0, where the authors' softmax has nothing to choose from"
+            )
+        v = placed[_argmax_last(np.where(weights != 0.0, weights, -np.inf))]
+        edges.append((u, v))
+        bisect.insort(placed, u)
+    return Dag(n, tuple(edges), end)
+
+
+def g_decode(
+    adjacency: np.ndarray, rng: np.random.Generator, top_p: float = 0.8, rule: str = "hs_jax"
+) -> Dag:
     """Decode an ``[n, n]`` adjacency matrix into an in-tree :class:`Dag` (see module docstring).
 
     ``rng`` is a ``numpy.random.Generator``; every choice draws one uniform from it when
-    ``top_p > 0`` and none when ``top_p == 0``.
+    ``top_p > 0`` and none when ``top_p == 0``. ``rule='authors'``: the authors' decode (module
+    docstring), by argmax only (``top_p`` must be 0; it draws nothing).
     """
     a = _check_adjacency(adjacency)
     top_p = _check_top_p(top_p)
+    if rule == "authors":
+        if top_p != 0.0:
+            raise ValueError(
+                f"G-decode rule 'authors' decodes by argmax: top_p must be 0, got {top_p}"
+            )
+        return _g_decode_authors(a)
+    if rule != "hs_jax":
+        raise ValueError(f"G-decode rule must be one of {DECODE_RULES}, got {rule!r}")
     n = a.shape[0]
     d = out_degrees(a)
     end = _choose(_end_probs(a), top_p, rng)

@@ -38,7 +38,9 @@ states returned are told and moved (ready for another iteration).
 an initialisation round; rounds 1..max_iterations follow:
 
 - round 0 (no moves, never dropped): decode and score the N initial graphs with ``W_0``, tell
-  the role swarm; JFK-score ``W_0`` on round 0's best graph, tell the weight swarm;
+  the role swarm; JFK-score ``W_0`` on round 0's best graph, tell the weight swarm. The
+  all-time best after round 0 is the best graph's system: round 0's assignments do not compete
+  (the authors take the initial best from the graphs only), unless no graph was scored;
 - round t >= 1: (a) stop check (below); (b) move the role swarm, decode and score the moved
   graphs with the weight swarm's current positions (the ones the weight-step of round t - 1
   scored, ``W_{t-1}`` without dropout: this round's weight move has not happened yet), tell;
@@ -165,6 +167,8 @@ class SearchConfig:
     scale, up to rounding).
     schedule: loop order and stopping rule, 'hs_jax' or 'authors' (module docstring). It leaves
     roles_pso / weights_pso as given: the authors' restarts are their ``restart_rule``.
+    decode: G-decode's rule, 'hs_jax' (well defined for any matrix) or 'authors' (their code's
+    decode, by argmax: needs top_p 0; ``graph.g_decode``).
     seed: drives everything. checkpoint_every / max_to_keep: checkpoint cadence (results do not
     depend on them).
     """
@@ -184,6 +188,7 @@ class SearchConfig:
     l1_lambda: float = 0.0
     adjacency_scale: float = 1.0
     schedule: str = "hs_jax"
+    decode: str = "hs_jax"
     seed: int = 0
     checkpoint_every: int = 1
     max_to_keep: int = 3
@@ -202,6 +207,13 @@ class SearchConfig:
             raise ValueError("at least one of role_step / weight_step must be on")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.decode not in graph.DECODE_RULES:
+            raise ValueError(f"decode must be one of {graph.DECODE_RULES}, got {self.decode!r}")
+        if self.decode == "authors" and self.top_p != 0.0:
+            raise ValueError(
+                f"decode='authors' decodes by argmax as the authors' evaluation does: top_p "
+                f"must be 0 (decode='hs_jax' samples with a top-p), got {self.top_p}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (nested PSO configs as dicts)."""
@@ -429,7 +441,7 @@ def _role_score(
     n = adjacency.shape[-1]
     penalty = np.asarray(graph.l1_penalty(adjacency, cfg.l1_lambda), np.float64)  # [N]
     decoded = adjacency if cfg.prune_tau is None else graph.prune(adjacency, cfg.prune_tau)
-    dags = [graph.g_decode(a, loop.rng, top_p=cfg.top_p) for a in decoded]
+    dags = [graph.g_decode(a, loop.rng, top_p=cfg.top_p, rule=cfg.decode) for a in decoded]
     t = loop.iteration
     distributed.assert_same(f"iteration {t}'s G-decoded DAGs", [d.to_dict() for d in dags])
     identity = tuple(range(n))
@@ -603,12 +615,15 @@ def _authors_round(
     else:
         role = Skipped("off" if not cfg.role_step else "dropout")
 
-    # Weight-step: move first, then score the moved experts on this round's best graph.
+    # Weight-step: move first, then score the moved experts on this round's best graph. Round
+    # 0's best system comes from the graphs alone, as in the authors' code (its assignments
+    # only tell the weight swarm), unless no graph was scored.
     if cfg.weight_step and (t == 0 or drop_w >= cfg.dropout_weight):
         if t > 0:
             loop.weights = pso.step(loop.weights, k_weight, cfg.weights_pso)
         weight, candidates, jfk_scores = _weight_step_score(loop, cfg, score_systems, n_experts)
-        improved = _consider(loop, candidates, t) or improved
+        if t > 0 or not scored:
+            improved = _consider(loop, candidates, t) or improved
         loop.prev_jfk = jfk_scores.tolist()
         loop.weights = pso.tell(loop.weights, jfk_scores)
         scored = True

@@ -11,6 +11,9 @@ default parsers (:mod:`hs_jax.tasks.parsing`) replace it.
   with both "Yes" and "No" is right for either). For gsm8k only the last 5 space-separated
   words of the output are searched.
 * AbstainQA: the system keeps its answer only when "True" occurs in the check output.
+
+What they parse is the end node's output stripped, its newlines turned into spaces
+(`scoring_input`), not the raw text: the first and last 5 characters move with it.
 """
 
 from __future__ import annotations
@@ -18,6 +21,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 NO_CHOICE = "Z"
+
+
+def scoring_input(output: str) -> str:
+    """The end node's output as the authors parse it: ends stripped, newlines as spaces."""
+    return output.strip().replace("\n", " ")
 
 
 def authors_choice(output: str, choices: Mapping[str, str]) -> str:

@@ -58,7 +58,9 @@ class NodeTemplates:
     ``previous`` is formatted with k (1-based parent number) and response; ``context`` with
     chunk; ``question`` with question. ``answer_prefix`` (default empty, as in the paper) is
     put on a last line of its own when non-empty. ``chat`` wraps the whole prompt in Gemma's
-    chat turn format for instruction-tuned bases.
+    chat turn format for instruction-tuned bases; ``chat_trim`` strips the message's ends
+    first, as the authors' chat template does (``| trim``: a question ending in whitespace, as
+    qasper's can, then gives another prompt).
     """
 
     entry: str = ENTRY_INSTRUCTION
@@ -69,6 +71,11 @@ class NodeTemplates:
     question: str = "Question: {question}"
     answer_prefix: str = ""
     chat: bool = False
+    chat_trim: bool = False
+
+    def wrap(self, prompt: str) -> str:
+        """The prompt as the model reads it: in the chat turn when ``chat``."""
+        return wrap_chat(prompt, trim=self.chat_trim) if self.chat else prompt
 
     @classmethod
     def for_task(
@@ -87,12 +94,13 @@ def flatten_response(text: str) -> str:
     return re.sub(r"\r\n|\r|\n", " ", text).strip()
 
 
-def wrap_chat(prompt: str) -> str:
-    """Gemma's chat format for one user turn, ending where the model's turn begins.
+def wrap_chat(prompt: str, *, trim: bool = False) -> str:
+    """Gemma's chat format for one user turn, ending where the model's turn begins (`trim`:
+    the message's ends stripped first, as Jinja's ``trim`` filter does).
 
     The BOS token is not included: the tokenizer adds it.
     """
-    return f"{CHAT_USER}{prompt}{CHAT_END}{CHAT_MODEL}"
+    return f"{CHAT_USER}{prompt.strip() if trim else prompt}{CHAT_END}{CHAT_MODEL}"
 
 
 def _strip_question_label(question: str) -> str:
@@ -187,7 +195,7 @@ def node_prompt(
     if t.answer_prefix:
         lines.append(t.answer_prefix)
     prompt = with_icl("\n".join(lines), icl_prompt)
-    return wrap_chat(prompt) if t.chat else prompt
+    return t.wrap(prompt)
 
 
 def item_node_prompt(
@@ -219,7 +227,7 @@ def single_model_prompt(
     """
     if spec.has_choices:
         prompt = multiple_choice_prompt(item)
-        return wrap_chat(prompt) if templates.chat else prompt
+        return templates.wrap(prompt)
     return item_node_prompt(item, (), position=0, is_end=True, templates=templates)
 
 
@@ -236,4 +244,4 @@ def abstain_check_prompt(
         f"Proposed answer: {flatten_response(proposed_answer)}\n"
         "Is the proposed answer correct? Please directly answer with Yes or No:"
     )
-    return wrap_chat(prompt) if templates.chat else prompt
+    return templates.wrap(prompt)

@@ -39,7 +39,6 @@ from hs_jax.tasks.prompts import (
     abstain_check_prompt,
     format_question,
     item_node_prompt,
-    wrap_chat,
 )
 
 PROTOCOLS: tuple[str, ...] = ("hs_jax", "authors")
@@ -78,7 +77,7 @@ def authors_templates(dataset: str, *, chat: bool | None = None) -> NodeTemplate
     """The authors' node text: the end node keeps the middle instruction; chat by dataset."""
     if chat is None:
         chat = dataset in AUTHORS_CHAT_DATASETS
-    return NodeTemplates(end=MIDDLE_INSTRUCTION, chat=chat)
+    return NodeTemplates(end=MIDDLE_INSTRUCTION, chat=chat, chat_trim=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,7 +147,7 @@ class Protocol:
         if t.answer_prefix:
             lines.append(t.answer_prefix)
         prompt = "\n".join(lines)
-        return wrap_chat(prompt) if t.chat else prompt
+        return t.wrap(prompt)
 
     def slot(self, item: Item | CheckItem) -> str:
         """The authors' question slot: the task's single-model prompt."""
@@ -178,6 +177,7 @@ class Protocol:
     def choice(self, item: Item, output: str) -> str | None:
         """The option letter an output picks (authors' scoring: "Z" when none)."""
         if self.scoring == "authors":
+            output = authors_scoring.scoring_input(output)
             return authors_scoring.authors_choice(output, item.choices or {})
         return parsing.parse_choice(output, item.choices)
 
@@ -188,6 +188,7 @@ class Protocol:
         if self.scoring == "authors":
             if spec.has_choices:
                 return float(self.choice(item, output) == item.answer)
+            output = authors_scoring.scoring_input(output)
             return float(
                 authors_scoring.authors_exact_match(output, item.answer, dataset=self.dataset)
             )
