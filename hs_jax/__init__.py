@@ -46,21 +46,24 @@ _EXPORTS = {
 __all__ = sorted([*_EXPORTS, "run"])
 
 
-def run(config, workdir):
+def run(config, workdir, *, callbacks=()):
     """Runs (or resumes) `config.method` in `workdir` and returns its results.json
     (`hs_jax.pipeline.runner.run`); with config.seeds ('0,1,2'), once per seed, each run a cell
     of a comparison in `workdir` (`hs_jax.comparison.compare.run_seeds`), returning the cells
-    and the table's path."""
+    and the table's path. `callbacks` are called with each iteration's record of one run (a
+    sweep's pruner raises from one to stop it); they do not apply to several seeds."""
     from hs_jax.pipeline import door
 
     opened = door.open_config(config)  # every bad field named before anything else
     if opened.seeds:
+        if callbacks:
+            raise ValueError("hs_jax.run: callbacks follow one run; config.seeds runs several")
         from hs_jax.comparison.compare import run_seeds
 
         return run_seeds(config, workdir)
     from hs_jax.pipeline.runner import run_opened
 
-    return run_opened(opened, workdir)
+    return run_opened(opened, workdir, callbacks=callbacks)
 
 
 def __getattr__(name):

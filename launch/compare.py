@@ -12,7 +12,9 @@ names of hs_jax.methods.METHODS. --tasks: a comma list of task files or register
 data/eval). Every method runs once per seed of --seeds (--seeded_methods=a,b: only those, the
 others once with config.seed; the table then compares a cell only with cells of the same
 seeds). --budget_from_hs gives the budgeted methods the utility
-evaluations the 'hs' cell of the same task and seed spent.
+evaluations the 'hs' cell of the same task and seed spent. --tune_trials=K tunes every method
+with a declared space (hs_jax/sweep/method_spaces.py) with K runs each, chosen on dev, the
+trials' evaluations counted in its cost (<workdir>/<task>/<method>/tuned_seed_<k>).
 
 The same command resumes a killed comparison: finished cells are not recomputed, the
 unfinished one resumes. Writes cells.json, table.md, table.csv and comparison.png into
@@ -45,6 +47,13 @@ _SEEDED = flags.DEFINE_string(
 _BUDGET_FROM_HS = flags.DEFINE_boolean(
     "budget_from_hs", True, "Budgeted methods get the evaluations the 'hs' cell spent."
 )
+_TUNE_TRIALS = flags.DEFINE_integer(
+    "tune_trials",
+    0,
+    "Tune every method with a declared space (hs_jax/sweep/method_spaces.py) with this many "
+    "trials, chosen on dev; their cost is counted in the table (0 = run each method once).",
+    lower_bound=0,
+)
 _DATA_DIR = flags.DEFINE_string(
     "data_dir",
     "",
@@ -65,6 +74,7 @@ def main(argv):
         seeded=[m.strip() for m in _SEEDED.value.split(",") if m.strip()],
         budget_from_hs=_BUDGET_FROM_HS.value,
         data_dir=_DATA_DIR.value,
+        tune_trials=_TUNE_TRIALS.value,
     )
     summary = compare.failure_summary(entries)
     if summary:

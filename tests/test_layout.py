@@ -24,6 +24,7 @@ WINGS = (
     "setup",  # run identity, the assembled Setup
     "methods",  # the registry, 'hs', the baselines
     "pipeline",  # the door, the runner, the report, found systems
+    "sweep",  # Optuna studies of runs, their spaces and summaries
     "comparison",  # cells and the table
     "analysis",  # reading finished workdirs
 )

@@ -38,6 +38,14 @@ comparison left (its own: cells.json, the tables, the shared pools, the singles 
 removed once its lock is held (`remove_stale_files`), each cell's by its run.
 `--config.restart=True` starts every cell over (each run moved aside into its `previous/`).
 
+Tuning (`tune_trials` = K > 0). Every method with a declared space
+(`hs_jax.sweep.method_spaces`: 'hs' and its ablations the paper's grid, each tunable baseline a
+small grid of its own) is a tuned cell in `<workdir>/<task>/<method>/tuned_seed_<k>`: a sweep
+of K runs over its space (resumed like any sweep), the best on dev reported with its test
+numbers, and `evaluations`, `cost` and `seconds` of every trial added up in its results.json,
+so the table counts them in the method's cost; a budgeted method's trials each get the
+evaluations of the tuned 'hs' cell's chosen run. Methods without a space run once, as above.
+
 Failures. A method that does not apply (`MethodSpec.applies` of the cell's resolved config,
 or `method_api.NotApplicable` raised by the method) is reported as 'not_applicable' with its
 reason; a cell that raises anything else is reported 'failed' with the error's first line and
@@ -81,6 +89,7 @@ from hs_jax.runtime import distributed
 from hs_jax.runtime.errors import ConfigError, UserError
 from hs_jax.setup import identity
 from hs_jax.store import workdir as workdir_lib
+from hs_jax.sweep import method_spaces
 
 CELLS_JSON = "cells.json"
 FAILED_TXT = "failed.txt"
@@ -105,15 +114,17 @@ class TaskRef:
 
 @dataclasses.dataclass(frozen=True)
 class Cell:
-    """One run of the comparison."""
+    """One run of the comparison (a tuned cell: the best of a sweep's runs, `--tune_trials`)."""
 
     method: str
     task: TaskRef
     seed: int
+    tuned: bool = False
 
     def subdir(self) -> str:
-        """The cell's workdir, relative to the comparison's."""
-        return f"{self.task.label}/{self.method}/seed_{self.seed}"
+        """The cell's workdir, relative to the comparison's (a tuned cell's apart: it holds a
+        sweep, not a run)."""
+        return f"{self.task.label}/{self.method}/{'tuned_' if self.tuned else ''}seed_{self.seed}"
 
 
 # ----------------------------------------------------------------------------- the plan
@@ -200,14 +211,16 @@ def plan(
     seeds: Sequence[int],
     seeded: Sequence[str],
     config_seed: int,
+    tuned: Sequence[str] = (),
 ) -> list[Cell]:
     """The cells in the order they run: task by task, its 'hs' cells first (the budget of the
     others), then each method in the order given, seeds ascending. The methods of `seeded`
-    ('all': every method) run once per seed, the others once with `config_seed`."""
+    ('all': every method) run once per seed, the others once with `config_seed`; the methods
+    of `tuned` are tuned cells."""
     ordered = sorted(method_list, key=lambda m: m != HS)  # stable: 'hs' first, the rest as given
     every = ALL in seeded
     return [
-        Cell(m, t, s)
+        Cell(m, t, s, m in tuned)
         for t in task_list
         for m in ordered
         for s in (sorted(seeds) if every or m in seeded else [config_seed])
@@ -223,11 +236,17 @@ def budgeted(method: str) -> bool:
     return methods.METHODS[method].run is not hs_method.heterogeneous_swarms
 
 
-def hs_budget(workdir: Path, cell: Cell) -> int | None:
-    """`evaluations` of the 'hs' cell of the same task and seed, when it has finished."""
-    hs_cell = Cell(HS, cell.task, cell.seed)
-    results = workdir_lib.read_json(workdir / hs_cell.subdir() / workdir_lib.RESULTS_JSON)
-    return int(results["evaluations"]) if results and results.get("evaluations") else None
+def _hs_cell(cell: Cell, tuning: bool) -> Cell:
+    """The 'hs' cell of the same task and seed (tuned when the comparison tunes)."""
+    return Cell(HS, cell.task, cell.seed, tuning)
+
+
+def hs_budget(workdir: Path, cell: Cell, tuning: bool = False) -> int | None:
+    """`evaluations` of the 'hs' cell of the same task and seed, when it has finished (of
+    its chosen run when tuned: each trial of a tuned budgeted method gets that many)."""
+    hs_dir = workdir / _hs_cell(cell, tuning).subdir()
+    results = workdir_lib.read_json(hs_dir / workdir_lib.RESULTS_JSON)
+    return method_spaces.run_evaluations(results) if results else None
 
 
 def _shared_pool_dir(c: ml_collections.ConfigDict, workdir: Path, cell: Cell) -> str:
@@ -306,7 +325,12 @@ def _entry(cell: Cell, status: str = "pending") -> dict[str, Any]:
 
 
 def run_cell(
-    config: ml_collections.ConfigDict, cell: Cell, workdir: Path, *, budget_from_hs: bool
+    config: ml_collections.ConfigDict,
+    cell: Cell,
+    workdir: Path,
+    *,
+    budget_from_hs: bool,
+    tune_trials: int = 0,
 ) -> dict[str, Any]:
     """Runs (or resumes, or returns the finished run of) one cell; its cells.json entry.
 
@@ -314,15 +338,18 @@ def run_cell(
     task and seed (`hs_budget`), and the 'self_consistency' cell the generated tokens per test
     item of that cell's best system (`best_system.test_cost.generated_tokens / n_test`) as
     config.baselines.sc_tokens; its entry records `sc_tokens` and `sc_tokens_from` ('hs' or
-    'config')."""
+    'config'). A tuned cell (`tune_trials` > 0) is `tune_trials` runs over the method's
+    declared space (`hs_jax.sweep.method_spaces.tune`), the best on dev reported, every
+    trial's cost counted."""
     from hs_jax.methods import controls
 
     cell_dir = workdir / cell.subdir()
     budget = sc_tokens = None
+    tuning = tune_trials > 0 and method_spaces.tunable(HS)
     if budgeted(cell.method) and budget_from_hs:
-        budget = hs_budget(workdir, cell)
+        budget = hs_budget(workdir, cell, tuning)
     if cell.method == controls.SELF_CONSISTENCY and budget_from_hs:
-        hs_dir = workdir / Cell(HS, cell.task, cell.seed).subdir()
+        hs_dir = workdir / _hs_cell(cell, tuning).subdir()
         sc_tokens = controls.test_tokens_per_item(
             workdir_lib.read_json(hs_dir / workdir_lib.RESULTS_JSON)
         )
@@ -342,7 +369,10 @@ def run_cell(
         why = methods.METHODS[cell.method].applies(resolved)
         if why:
             return {**entry, "status": "not_applicable", "reason": why}
-        results = runner.run(c, cell_dir)
+        if cell.tuned:
+            results = method_spaces.tune(c, cell_dir, tune_trials, progress=False)
+        else:
+            results = runner.run(c, cell_dir)
     except NotApplicable as e:
         return {**entry, "status": "not_applicable", "reason": str(e)}
     except ConfigError as e:
@@ -360,6 +390,7 @@ def run_cell(
         "test_utility": results["best_system"]["test_utility"],
         "evaluations": results.get("evaluations"),
         "seconds_here": time.perf_counter() - start,
+        **({"tuned": results["tuning"]["trials"]} if cell.tuned else {}),
     }
 
 
@@ -440,9 +471,11 @@ def compare(
     budget_from_hs: bool = True,
     data_dir: str = "",
     progress: bool = True,
+    tune_trials: int = 0,
 ) -> list[dict[str, Any]]:
     """Runs every cell (module docstring), writes cells.json and the tables; returns the cells'
-    entries."""
+    entries. With `tune_trials`, every method with a declared space is tuned over it with that
+    many trials (`hs_jax.sweep.method_spaces`)."""
     if config.distributed:
         raise UserError(
             "config.distributed=True: a comparison runs its cells in one process; run "
@@ -453,7 +486,10 @@ def compare(
     given = TaskChoice.of(config).path
     data_dir = data_dir or (str(Path(given).parent) if given else "")
     refs = task_refs(list(task_list) or default_tasks(config), data_dir)
-    cells = plan(names, refs, seeds, seeded, int(config.seed))
+    if tune_trials < 0:
+        raise UserError(f"--tune_trials={tune_trials}: must be >= 0")
+    tuned = [m for m in names if method_spaces.tunable(m)] if tune_trials else []
+    cells = plan(names, refs, seeds, seeded, int(config.seed), tuned)
     workdir_lib.make_workdir(workdir)
     with workdir_lib.lock(workdir):
         remove_stale_files(workdir)
@@ -469,7 +505,9 @@ def compare(
         earlier = _earlier_entries(workdir, entries)
         workdir_lib.write_json(workdir / CELLS_JSON, earlier + entries)
         for k, cell in enumerate(tqdm(cells, desc="cells", disable=not progress)):
-            entries[k] = run_cell(config, cell, workdir, budget_from_hs=budget_from_hs)
+            entries[k] = run_cell(
+                config, cell, workdir, budget_from_hs=budget_from_hs, tune_trials=tune_trials
+            )
             _log_cell(k + 1, len(cells), entries[k])
             workdir_lib.write_json(workdir / CELLS_JSON, earlier + entries)
         table.write_tables(workdir, earlier + entries)

@@ -54,6 +54,7 @@ import errno
 import functools
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,19 +72,25 @@ from hs_jax.store import checkpointing
 from hs_jax.store import workdir as workdir_lib
 
 
-def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
+def run(
+    config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, callbacks: Sequence = ()
+) -> dict[str, Any]:
     """Runs (or resumes) the method described by `config` in `workdir`; returns results.json.
 
     A finished run with the same identity is returned as it is; a workdir that holds another
     run, or that another process is using, is refused (hs_jax.store.workdir.WorkdirError) before
     anything is loaded or written (module docstring). One seed: config.seeds ('0,1,2') is
     `hs_jax.run`'s, which makes each seed's run a cell of a comparison
-    (`hs_jax.comparison.compare.run_seeds`).
+    (`hs_jax.comparison.compare.run_seeds`). `callbacks` go to the method: each is called with
+    an iteration's record (its history entry) after that iteration, and may stop the run by
+    raising (a sweep's pruner, `hs_jax.sweep`).
     """
-    return run_opened(door.open_config(config), workdir)
+    return run_opened(door.open_config(config), workdir, callbacks=callbacks)
 
 
-def run_opened(c: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
+def run_opened(
+    c: ml_collections.ConfigDict, workdir: str | os.PathLike, *, callbacks: Sequence = ()
+) -> dict[str, Any]:
     """`run` of a config the door has opened (`door.open_config`): resolved and checked."""
     if c.seeds:
         raise ValueError("config.seeds is hs_jax.run's (one run per seed); runner.run runs one")
@@ -104,7 +111,7 @@ def run_opened(c: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
                 raise  # each process's own message (config.restart moves files: it must write)
             read_only = functools.partial(_finished_read_only, c, workdir, static, e)
             return distributed.on_primary(read_only)
-        return _run_locked(c, workdir, static, layout)
+        return _run_locked(c, workdir, static, layout, callbacks)
 
 
 def make_pool(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[str]:
@@ -144,7 +151,9 @@ def _finished_read_only(c, workdir: Path, static: dict[str, Any], error: Excepti
     return _finished(workdir, results)
 
 
-def _run_locked(c, workdir: Path, static: dict[str, Any], layout: dict[str, int]) -> dict[str, Any]:
+def _run_locked(
+    c, workdir: Path, static: dict[str, Any], layout: dict[str, int], callbacks: Sequence = ()
+) -> dict[str, Any]:
     """The run once the workdir is this process's: its identity checked, set up, the method,
     the report. The kill points (`workdir.kill_point`, a test hook) mark the steps."""
     start = time.perf_counter()
@@ -190,5 +199,6 @@ def _run_locked(c, workdir: Path, static: dict[str, Any], layout: dict[str, int]
         c, (spec, dev, test), source.path, (base_cfg, params, tokenizer), experts, mesh,
         train_overlap=train_overlap,
     )  # fmt: skip
-    found = methods.METHODS[c.method].run(setup, workdir, progress=distributed.is_primary())
+    method = methods.METHODS[c.method].run
+    found = method(setup, workdir, callbacks=callbacks, progress=distributed.is_primary())
     return report.report(setup, found, workdir, time.perf_counter() - start)
