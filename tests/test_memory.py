@@ -2,8 +2,9 @@
 
 The KV cache is pinned to the engine's allocation: the longest prompt and the token budget are
 each rounded up to their bucket (call_plan.DEFAULT_LENGTH_BUCKETS / DEFAULT_NEW_TOKEN_BUCKETS)
-and the cache has exactly that many slots; it is split over 'data' x 'expert' (the sampler
-constrains it to P(('data', 'expert'), None, None)), never along 'model'. The all-time best
+and the cache has exactly that many slots; it is split over 'data' x 'expert', and its kv heads
+along 'model' when they divide by it (checked against the sampler's own spec for the cache,
+`sampling.kv_cache_spec`, on a real mesh). The all-time best
 experts are a copy of the swarm's positions and keep their split along 'expert' (a padded
 swarm's: replicated).
 """
@@ -60,7 +61,9 @@ def test_axes_split_what_they_shard():
     assert data8.parts["base parameters"] == base
     kv_one = one.parts["KV cache (64 rows x 1024+32 slots)"]
     assert data8.parts["KV cache (8 rows x 1024+32 slots)"] * 8 == kv_one
-    assert model8.parts["KV cache (64 rows x 1024+32 slots)"] == kv_one  # not split by 'model'
+    # Gemma-7B's 16 kv heads split along 'model': 2 per device.
+    assert model8.parts["KV cache (64 rows x 1024+32 slots)"] * 8 == kv_one
+    assert "KV cache split along 'model': 2 of 16 kv heads per device" in model8.table()
     assert data8.mesh == {"data": 8, "expert": 1, "model": 1}
     assert "does NOT fit in 16 GiB" in one.table(16) and "fits in 80 GiB" in data8.table(80)
 
@@ -115,6 +118,48 @@ def _placed_bytes(spec: str, model: int) -> int:
 def test_base_parameters_match_the_engines_placement(spec, model):
     c = _config(spec, "bfloat16", model=model, data=1)
     assert memory_plan.plan(c, model).parts["base parameters"] == _placed_bytes(spec, model)
+
+
+def _placed_kv_bytes(spec: str, model: int, rows: int, slots: int) -> int:
+    """Per-device bytes of the KV cache as the sampler places it: the cache it builds (shapes
+    only) through its own spec for the keys and values on a real 'model' mesh."""
+    import jax
+    import numpy as np
+    from jax.sharding import NamedSharding
+
+    from hs_jax.engine import sampling
+    from hs_jax.models import gemma
+    from hs_jax.runtime import sharding
+
+    cfg = PRESETS[spec].replace(param_dtype="bfloat16")
+    mesh = sharding.make_mesh(data=1, model=model, expert=1, devices=jax.devices()[:model])
+    apart = sampling.splits_kv_heads(cfg, mesh)
+    cache = jax.eval_shape(
+        lambda: gemma.KVCache.init(cfg, rows, slots, "bfloat16", heads_apart=apart)
+    )
+    placed = NamedSharding(mesh, sampling.kv_cache_spec(cfg, mesh))
+    return sum(int(np.prod(placed.shard_shape(leaf.shape))) * 2 for leaf in (*cache.k, *cache.v))
+
+
+@pytest.mark.parametrize(
+    "spec, model, split",
+    # Gemma-7B: 16 kv heads; Gemma 2 2B: 4 (not divisible by 8); Gemma 2B: 1 (never split).
+    [
+        ("gemma-7b", 8, True),
+        ("gemma2-2b", 4, True),
+        ("gemma2-2b", 8, False),
+        ("gemma-2b", 8, False),
+        ("gemma-2b", 1, False),
+    ],
+)
+def test_kv_cache_matches_the_samplers_placement(spec, model, split):
+    c = _config(spec, "bfloat16", model=model, data=1)
+    p = memory_plan.plan(c, model)
+    kv = p.parts["KV cache (64 rows x 1024+32 slots)"]
+    assert kv == _placed_kv_bytes(spec, model, 64, 1024 + 32)
+    cfg = PRESETS[spec]
+    whole = cfg.n_layers * 2 * 64 * cfg.n_kv_heads * cfg.head_dim * (1024 + 32) * 2
+    assert kv == (whole // model if split else whole)
 
 
 def test_the_budget_comes_from_the_task_when_the_config_sets_none():

@@ -44,6 +44,26 @@ NLL_CHUNK_ELEMENTS = 2**25
 TRACES: collections.Counter[str] = collections.Counter()
 
 
+def splits_kv_heads(config: GemmaConfig, mesh: Mesh | None) -> bool:
+    """Whether the KV cache is split along 'model' by kv head: on a mesh with model > 1 whose
+    size divides the kv heads, as the q/k/v projections split them (`sharding.PARAM_RULES`).
+    Otherwise (model=1, or kv heads that 'model' does not divide: Gemma 2B and Gemma 3 270M /
+    1B have one) the cache is not split by kv head: it is constrained over the row axes only,
+    and XLA may still split it along head_dim, after the k/v projections' column split."""
+    model = sharding.axis_size(mesh, "model")
+    return model > 1 and config.n_kv_heads % model == 0
+
+
+def kv_cache_spec(config: GemmaConfig, mesh: Mesh | None) -> P:
+    """The PartitionSpec of each key and value leaf of the sampler's cache: rows over 'data' x
+    'expert' (`sharding.ROW_AXES`); where `splits_kv_heads`, the cache keeps rows and kv heads
+    apart ([B, Kh, ...], `gemma.KVCache`) and the heads go along 'model', so each device holds
+    its own heads' keys and values; else it is [B * Kh, ...] over the row axes only."""
+    if splits_kv_heads(config, mesh):
+        return P(sharding.ROW_AXES, "model", None, None)
+    return P(sharding.ROW_AXES, None, None)
+
+
 def left_pad(
     prompts: Sequence[Sequence[int]], length: int, n_rows: int, pad_id: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -123,7 +143,8 @@ class Sampler:
 
     config: the model's GemmaConfig (hashable); the graph is rebuilt from it at trace time.
     pad_id: the padding token (EOS ids travel in the stop tables, so they never recompile).
-    mesh: optional mesh; rows are split over its 'data' x 'expert' devices (`sharding.ROW_AXES`).
+    mesh: optional mesh; rows are split over its 'data' x 'expert' devices (`sharding.ROW_AXES`),
+    and the KV cache's kv heads along 'model' where they divide by it (`kv_cache_spec`).
     """
 
     config: GemmaConfig
@@ -141,6 +162,18 @@ class Sampler:
             return jax.lax.with_sharding_constraint(a, NamedSharding(self.mesh, spec))
 
         return jax.tree.map(one, x)
+
+    def _constrain_cache(self, cache: gemma.KVCache) -> gemma.KVCache:
+        """The cache's rows split like every row-leading array, and its keys and values also
+        along 'model' by kv head where the mesh splits the heads (`kv_cache_spec`)."""
+        if self.mesh is None:
+            return cache
+        heads = NamedSharding(self.mesh, kv_cache_spec(self.config, self.mesh))
+        k, v = (
+            tuple(jax.lax.with_sharding_constraint(a, heads) for a in leaves)
+            for leaves in (cache.k, cache.v)
+        )
+        return gemma.KVCache(k=k, v=v, pos=self._constrain_rows(cache.pos))
 
     def _prefill_inputs(self, params: nnx.State, lora: Any, batch: PromptBatch):
         """What both programs start from (traced inside their jit): the model rebuilt from
@@ -225,9 +258,13 @@ class Sampler:
         limit = sampling.max_new_tokens
 
         cache = gemma.KVCache.init(
-            self.config, rows, length + max_new_bucket, jnp.dtype(self.config.param_dtype)
+            self.config,
+            rows,
+            length + max_new_bucket,
+            jnp.dtype(self.config.param_dtype),
+            heads_apart=splits_kv_heads(self.config, self.mesh),
         )
-        cache = self._constrain_rows(cache)
+        cache = self._constrain_cache(cache)
         # The head runs at the last prompt slot only ([B, L, V] logits would be gigabytes).
         # The cache is empty: the prompt attends over its own L keys, not all L + new slots.
         hidden, cache = model.hidden(

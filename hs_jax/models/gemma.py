@@ -9,8 +9,9 @@ Performance choices (CPU, measured in bench/RESULTS.md): layers are an
 unrolled Python loop; the tied output head contracts the embedding's model axis directly (no
 transpose of the [V, D] table), and greedy decoding uses a vocabulary-major head with a blocked
 argmax (`Embedder.greedy`); the KV cache holds values as [B * Kh, S, Dh] and keys as
-[B * Kh, Dh, S], so that a decode step updates it in place and both attention dots read it as
-stored (`KVCache`, `_attend`); bfloat16
+[B * Kh, Dh, S] (rows and kv heads apart, [B, Kh, ...], where a mesh splits the heads), so that
+a decode step updates it in place and both attention dots read it as stored (`KVCache`,
+`_attend`); bfloat16
 weights are multiplied with bfloat16 operands accumulating in float32 (weights are upcast
 instead when there is a single row, where XLA CPU's bf16 path is slow). The residual stream,
 norms, softmax and logits are float32.
@@ -47,19 +48,39 @@ class KVCache:
     the score dot, measured 1.03-1.15x slower per decode step (8-64 rows, 88-512 slots); with a
     [B, S, Kh, Dh] layout XLA copies the whole cache every decode step (4x slower per layer at
     64 rows x 512 slots on CPU).
+
+    `heads_apart` keeps rows and kv heads on two axes, [B, Kh, Dh, S] and [B, Kh, S, Dh] (the
+    same bytes): a mesh that splits the kv heads along 'model' needs it, since a chunk of the
+    flattened axis is a set of rows, not of heads (`engine.sampling.kv_cache_spec`). It is not
+    the default because XLA drops a batch axis of size 1 from the attention dots through a
+    reshape, and XLA CPU then duplicates the in-place update into that reshape, copying the
+    whole cache every decode step (measured 4.4x slower per layer and step with one kv head,
+    Gemma 3 270M's shapes at 64 rows x 512 slots): with one kv head, the head axis always has
+    size 1. The same happens to a device's share of a split cache that holds one row or one
+    head; with two or more of each, both layouts run at the same speed.
     """
 
-    k: tuple  # per layer [B * Kh, Dh, S] (keys transposed)
-    v: tuple  # per layer [B * Kh, S, Dh]
+    k: tuple  # per layer [B * Kh, Dh, S] (keys transposed), or [B, Kh, Dh, S] with heads apart
+    v: tuple  # per layer [B * Kh, S, Dh], or [B, Kh, S, Dh] with heads apart
     pos: jax.Array  # [B, S] int32
 
     @classmethod
-    def init(cls, config: GemmaConfig, batch: int, size: int, dtype=jnp.float32) -> KVCache:
-        """An empty cache of `size` slots per row."""
-        rows, dh = batch * config.n_kv_heads, config.head_dim
+    def init(
+        cls,
+        config: GemmaConfig,
+        batch: int,
+        size: int,
+        dtype=jnp.float32,
+        *,
+        heads_apart: bool = False,
+    ) -> KVCache:
+        """An empty cache of `size` slots per row (rows and kv heads on two axes if
+        `heads_apart`)."""
+        kh, dh = config.n_kv_heads, config.head_dim
+        rows = (batch, kh) if heads_apart else (batch * kh,)
         return cls(
-            k=tuple(jnp.zeros((rows, dh, size), dtype) for _ in range(config.n_layers)),
-            v=tuple(jnp.zeros((rows, size, dh), dtype) for _ in range(config.n_layers)),
+            k=tuple(jnp.zeros((*rows, dh, size), dtype) for _ in range(config.n_layers)),
+            v=tuple(jnp.zeros((*rows, size, dh), dtype) for _ in range(config.n_layers)),
             pos=jnp.full((batch, size), -1, jnp.int32),
         )
 
@@ -228,42 +249,47 @@ def _softcap(x: jax.Array, cap: float | None) -> jax.Array:
     return x if cap is None else jnp.tanh(x / cap) * cap
 
 
-def _heads_major(x: jax.Array) -> jax.Array:
-    """[B, T, Kh, Dh] -> [B * Kh, T, Dh], the value cache layout."""
+def _heads_major(x: jax.Array, heads_apart: bool = False) -> jax.Array:
+    """[B, T, Kh, Dh] -> [B * Kh, T, Dh] (or [B, Kh, T, Dh]), the value cache layout."""
     b, t, kh, dh = x.shape
-    return jnp.swapaxes(x, 1, 2).reshape(b * kh, t, dh)
+    x = jnp.swapaxes(x, 1, 2)
+    return x if heads_apart else x.reshape(b * kh, t, dh)
 
 
-def _keys_major(x: jax.Array) -> jax.Array:
-    """[B, T, Kh, Dh] -> [B * Kh, Dh, T], the key cache layout."""
+def _keys_major(x: jax.Array, heads_apart: bool = False) -> jax.Array:
+    """[B, T, Kh, Dh] -> [B * Kh, Dh, T] (or [B, Kh, Dh, T]), the key cache layout."""
     b, t, kh, dh = x.shape
-    return jnp.transpose(x, (0, 2, 3, 1)).reshape(b * kh, dh, t)
+    x = jnp.transpose(x, (0, 2, 3, 1))
+    return x if heads_apart else x.reshape(b * kh, dh, t)
 
 
 def _attend(
     q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, softcap: float | None
 ) -> jax.Array:
-    """Grouped-query attention core: q [B, T, H, Dh] (already scaled), keys k [B * Kh, Dh, S],
-    values v [B * Kh, S, Dh] float32 (the cache layouts), mask [B, T, S] bool ->
-    [B, T, H, Dh] float32.
+    """Grouped-query attention core: q [B, T, H, Dh] (already scaled), keys k [*R, Dh, S],
+    values v [*R, S, Dh] float32 (the cache layouts: R = (B * Kh,), or (B, Kh) with heads
+    apart), mask [B, T, S] bool -> [B, T, H, Dh] float32.
 
-    Both dots have one batch axis (row, kv head), contract a dimension that is major in one
+    Both dots have the batch axes R (row, kv head), contract a dimension that is major in one
     operand and minor in the other, and read k and v as stored.
     """
     b, t, h, dh = q.shape
-    kh = k.shape[0] // b
+    rows = k.shape[:-2]  # R
+    kh = math.prod(rows) // b
     g = h // kh
+    n = len(rows)
+    batch = (tuple(range(n)), tuple(range(n)))
     # Queries ordered (row, kv head) x (token, group): with one kv head (Gemma 3 270M / 1B)
     # both transposes below are free reshapes (a group-major order cost a fused transpose of
     # the output, measured 3x slower prefill attention at 64 rows x 24 tokens).
-    q = jnp.transpose(q.reshape(b, t, kh, g, dh), (0, 2, 1, 3, 4)).reshape(b * kh, t * g, dh)
+    q = jnp.transpose(q.reshape(b, t, kh, g, dh), (0, 2, 1, 3, 4)).reshape(*rows, t * g, dh)
     key_mask = jnp.broadcast_to(mask[:, None, :, None], (b, kh, t, 1, mask.shape[-1]))
-    key_mask = key_mask.reshape(b * kh, t, 1, -1)  # [BK, T, 1, S]
-    scores = lax.dot_general(q, k, (((2,), (1,)), ((0,), (0,))))  # [BK, T*G, S]
-    scores = _softcap(scores.reshape(b * kh, t, g, -1), softcap)
+    key_mask = key_mask.reshape(*rows, t, 1, -1)  # [*R, T, 1, S]
+    scores = lax.dot_general(q, k, (((n + 1,), (n,)), batch))  # [*R, T*G, S]
+    scores = _softcap(scores.reshape(*rows, t, g, -1), softcap)
     scores = jnp.where(key_mask, scores, jnp.float32(_MASK_VALUE))
-    probs = jax.nn.softmax(scores, axis=-1).reshape(b * kh, t * g, -1)
-    out = lax.dot_general(probs, v, (((2,), (1,)), ((0,), (0,))))  # [BK, T*G, Dh]
+    probs = jax.nn.softmax(scores, axis=-1).reshape(*rows, t * g, -1)
+    out = lax.dot_general(probs, v, (((n + 1,), (n,)), batch))  # [*R, T*G, Dh]
     return jnp.transpose(out.reshape(b, kh, t, g, dh), (0, 2, 1, 3, 4)).reshape(b, t, h, dh)
 
 
@@ -282,10 +308,11 @@ class Attention(nnx.Module):
         self.config = config
 
     def __call__(self, x, rope, mask, kv_cache, cache_index, lora, expert_ids, attend_cache=True):
-        """x [B, T, D]; mask [B, T, S] bool; kv_cache (k [B * Kh, Dh, S], v [B * Kh, S, Dh])
-        or None. attend_cache=False: the queries attend over this call's own T keys only
-        (mask [B, T, T]), which is the same for a cache with nothing live before cache_index;
-        the keys are still written to the cache.
+        """x [B, T, D]; mask [B, T, S] bool; kv_cache (k [*R, Dh, S], v [*R, S, Dh] with
+        R = (B * Kh,), or (B, Kh) with heads apart: `KVCache`) or None. attend_cache=False: the
+        queries attend over this call's own T keys only (mask [B, T, T]), which is the same for
+        a cache with nothing live before cache_index; the keys are still written to the cache;
+        without a cache, they come back with R = (B * Kh,).
 
         Returns (out [B, T, D], (k, v) as stored: the updated cache or this call's keys).
         """
@@ -297,15 +324,17 @@ class Attention(nnx.Module):
         if c.use_qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = _apply_rope(q, *rope), _apply_rope(k, *rope)
-        k, v = _keys_major(k), _heads_major(v)  # [B * Kh, Dh, T], [B * Kh, T, Dh]
+        heads_apart = kv_cache is not None and kv_cache[0].ndim == 4
+        k, v = _keys_major(k, heads_apart), _heads_major(v, heads_apart)  # [*R, Dh|T, T|Dh]
         if kv_cache is None:
             stored = seen = (k, v)
         else:
             k_cache, v_cache = kv_cache
+            rows = (0,) * (k_cache.ndim - 2)  # the start of each axis of R
             k, v = k.astype(k_cache.dtype), v.astype(v_cache.dtype)  # attend to what is stored
             stored = (
-                lax.dynamic_update_slice(k_cache, k, (0, 0, cache_index)),
-                lax.dynamic_update_slice(v_cache, v, (0, cache_index, 0)),
+                lax.dynamic_update_slice(k_cache, k, (*rows, 0, cache_index)),
+                lax.dynamic_update_slice(v_cache, v, (*rows, cache_index, 0)),
             )
             seen = stored if attend_cache else (k, v)
         q = q * jnp.float32(c.query_pre_attn_scalar**-0.5)

@@ -24,10 +24,13 @@ the engine and the search allocate:
   layer's keys and values over the padded prompt length plus the padded token budget, in the
   parameter dtype. The padding is the engine's: the longest prompt (`engine.max_prompt_len`)
   is rounded up to a length bucket and the token budget to a new-token bucket
-  (`call_plan.DEFAULT_*_BUCKETS`), and the cache has exactly that many slots per row. It is
-  not split along 'model': the sampler pins it to P(('data', 'expert'), None, None) over its
-  [rows * kv heads, ...] layout, so every device of a 'model' group holds its rows' keys and
-  values for all kv heads;
+  (`call_plan.DEFAULT_*_BUCKETS`), and the cache has exactly that many slots per row. Its kv
+  heads are split along 'model' when they divide by it, as the q/k/v projections split them
+  (the sampler pins the cache to P(('data', 'expert'), 'model', None, None) over a
+  [rows, kv heads, ...] layout, `engine.sampling.kv_cache_spec`); for kv heads that 'model'
+  does not divide (Gemma 2B and Gemma 3 270M / 1B have one), the plan counts every kv head of
+  a device's rows, an upper bound: the sampler constrains that cache over 'data' x 'expert'
+  only, and XLA may still split it along head_dim, after the k/v projections' column split;
 * logits of one step: the rows x vocabulary float32 output of the head.
 
 Activations and XLA's workspace are not counted: leave headroom. The model's shapes come from a
@@ -245,7 +248,8 @@ def plan(c: ml_collections.ConfigDict, n_devices: int) -> MemoryPlan:
     prompt = call_plan.round_to_bucket(engine["max_prompt_len"], engine["length_buckets"])
     new = call_plan.round_to_bucket(budget(c), call_plan.DEFAULT_NEW_TOKEN_BUCKETS)
     length = prompt + new
-    kv = cfg.n_layers * 2 * rows * cfg.n_kv_heads * cfg.head_dim * length * weight
+    kv_heads = _split(cfg.n_kv_heads, model)  # split along 'model' where the heads divide
+    kv = cfg.n_layers * 2 * rows * kv_heads * cfg.head_dim * length * weight
     logits = rows * cfg.vocab_size * 4
     parts = {"base parameters": int(base)}
     if dtype == "float32":
@@ -263,6 +267,14 @@ def plan(c: ml_collections.ConfigDict, n_devices: int) -> MemoryPlan:
         "along 'expert' (swarm); the all-time best holds all n on every device"
     ]
     notes += [pool_note] if pool_note else []
+    if model > 1:
+        kh = cfg.n_kv_heads
+        notes.append(
+            f"KV cache split along 'model': {int(kv_heads)} of {kh} kv heads per device"
+            if kv_heads < kh
+            else f"KV cache not split by kv head ({kh} kv heads, model={model}): counted whole "
+            "on every device of a 'model' group"
+        )
     return MemoryPlan(model=source.spec, mesh=mesh, parts=parts, notes=tuple(notes))
 
 
