@@ -414,9 +414,9 @@ def test_error_unexpected_tensor(gemma2_dir, tmp_path):
 
 def test_error_wrong_architecture(gemma2_dir, tmp_path):
     shutil.copy(gemma2_dir / "model.safetensors", tmp_path / "model.safetensors")
-    llama = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 32}
-    (tmp_path / "config.json").write_text(json.dumps(llama))
-    with pytest.raises(CheckpointError, match=r"config\.json.*'llama'"):
+    gpt2 = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "n_embd": 32}
+    (tmp_path / "config.json").write_text(json.dumps(gpt2))
+    with pytest.raises(CheckpointError, match=r"config\.json.*'gpt2'"):
         load_hf_dir(tmp_path)
 
 

@@ -413,7 +413,7 @@ class Engine:
         """The call's token choice; greedy calls on the base head may use its screen."""
         screen = None
         if temperature == 0 and params is self.params:
-            screen = self._screens.screen_for(self.params["embedder"]["embedding"][...], rows)
+            screen = self._screens.screen_for(gemma.head_table(self.params), rows)
         return token_choice.for_call(temperature, top_p, screen)
 
     def _run(

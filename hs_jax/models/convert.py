@@ -1,9 +1,10 @@
-"""HF naming <-> hs_jax parameters, and HF config.json -> GemmaConfig.
+"""HF naming <-> hs_jax parameters, and HF config.json -> GemmaConfig (every family: Gemma 1/2/3,
+Llama, Mistral).
 
 A state dict here is a dict HF-name -> numpy array in HF orientation (linear weights [out, in],
-norm weights without Gemma's "+1"), or a `LazyTensor` that reads one when asked. Every loader
-(safetensors, GGUF) produces one and converts it with `params_from_state_dict`, which is where
-shapes are checked against the config.
+norm weights as stored: Gemma's without its "+1"), or a `LazyTensor` that reads one when asked.
+Every loader (safetensors, GGUF) produces one and converts it with `params_from_state_dict`,
+which is where shapes are checked against the config.
 
 Loading straight into the mesh: given a mesh, `params_from_state_dict` reads one tensor at a
 time, converts it, and hands each device only its slice of it (`jax.make_array_from_callback`,
@@ -25,12 +26,12 @@ import numpy as np
 from flax import nnx
 
 from hs_jax.models.gemma import Gemma, abstract_model
-from hs_jax.models.gemma_config import GemmaConfig
+from hs_jax.models.gemma_config import GemmaConfig, Llama3Rope
 from hs_jax.runtime import sharding
 
 # Prefixes under which checkpoints store the text decoder; all map to "model.".
 _PREFIXES = ("model.language_model.", "language_model.model.", "model.")
-# Tensors that carry no information for us: rotary tables, and the tied head's copy.
+# Tensors that carry no information for us: rotary tables, and a tied head's copy.
 _IGNORABLE = re.compile(r"(^|\.)rotary_emb\.\w*inv_freq$")
 _TIED_HEAD_NAMES = ("lm_head.weight", "language_model.lm_head.weight")
 
@@ -116,13 +117,48 @@ _DEFAULTS = {
         final_logit_softcapping=None,
         attn_logit_softcapping=None,
     ),
+    # transformers' LlamaConfig / MistralConfig defaults (Llama 2 7B, Mistral 7B v0.1 shapes).
+    "llama": dict(
+        vocab_size=32_000,
+        hidden_size=4096,
+        intermediate_size=11_008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        rms_norm_eps=1e-6,
+        rope_theta=10_000.0,
+        tie_word_embeddings=False,
+        hidden_act="silu",
+    ),
+    "mistral": dict(
+        vocab_size=32_000,
+        hidden_size=4096,
+        intermediate_size=14_336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        rms_norm_eps=1e-6,
+        rope_theta=10_000.0,
+        sliding_window=4096,
+        tie_word_embeddings=False,
+        hidden_act="silu",
+    ),
 }
-_FAMILY = {"gemma": "gemma", "gemma2": "gemma2", "gemma3_text": "gemma3"}
+_FAMILY = {
+    "gemma": "gemma",
+    "gemma2": "gemma2",
+    "gemma3_text": "gemma3",
+    "llama": "llama",
+    "mistral": "mistral",
+}
+_GEMMA_FAMILIES = ("gemma", "gemma2", "gemma3")
 _HF_LAYER_TYPES = {"sliding_attention": "local", "full_attention": "global"}
 
 
-def _rope(cfg: Mapping, layer_type: str, default_theta: float, src: str) -> tuple[float, float]:
-    """(rope base, linear scale factor) for one HF layer type, old and new config styles."""
+def _rope(
+    cfg: Mapping, layer_type: str, default_theta: float, src: str
+) -> tuple[float, float, Llama3Rope | None]:
+    """(rope base, scale factor, Llama 3 parameters or None for linear scaling) for one HF layer
+    type, old and new config styles."""
     params = cfg.get("rope_parameters")
     if not isinstance(params, Mapping):
         params = {}
@@ -135,17 +171,28 @@ def _rope(cfg: Mapping, layer_type: str, default_theta: float, src: str) -> tupl
     theta = params.get("rope_theta", default_theta)
     rope_type = params.get("rope_type", params.get("type", "default")) or "default"
     if rope_type == "default":
-        return float(theta), 1.0
+        return float(theta), 1.0, None
     if rope_type == "linear":
-        return float(theta), float(params["factor"])
-    raise CheckpointError(f"{src}: rope type {rope_type!r} is not supported (only default, linear)")
+        return float(theta), float(params["factor"]), None
+    if rope_type == "llama3":
+        original = params.get("original_max_position_embeddings")
+        llama3 = Llama3Rope(
+            low_freq_factor=float(params["low_freq_factor"]),
+            high_freq_factor=float(params["high_freq_factor"]),
+            original_max_positions=int(original or cfg["max_position_embeddings"]),
+        )
+        return float(theta), float(params["factor"]), llama3
+    raise CheckpointError(
+        f"{src}: rope type {rope_type!r} is not supported (only default, linear, llama3)"
+    )
 
 
 def config_from_hf(
     config_json: Mapping, *, param_dtype: str = "float32", source: str | None = None
 ) -> GemmaConfig:
-    """GemmaConfig from a parsed HF config.json (model_type gemma, gemma2, gemma3_text, or a
-    multimodal gemma3 whose text_config is used). `source` names the file in errors."""
+    """GemmaConfig from a parsed HF config.json (model_type gemma, gemma2, gemma3_text, a
+    multimodal gemma3 whose text_config is used, llama or mistral). `source` names the file in
+    errors."""
     src = source or "config.json"
     model_type = config_json.get("model_type")
     if model_type == "gemma3":
@@ -154,9 +201,14 @@ def config_from_hf(
     if model_type not in _DEFAULTS:
         raise CheckpointError(
             f"{src}: model_type {model_type!r} (architectures "
-            f"{config_json.get('architectures')}) is not a Gemma, Gemma 2 or Gemma 3 text model"
+            f"{config_json.get('architectures')}) is not a supported model (Gemma, Gemma 2, "
+            "Gemma 3 text, Llama, Mistral)"
         )
     cfg = {**_DEFAULTS[model_type], **{k: v for k, v in config_json.items() if v is not None}}
+    if _FAMILY[model_type] not in _GEMMA_FAMILIES:
+        if "sliding_window" in config_json:  # an explicit null: no window (Mistral v0.2+)
+            cfg["sliding_window"] = config_json["sliding_window"]
+        return _llama_style_config(_FAMILY[model_type], cfg, param_dtype, src)
     for key in ("final_logit_softcapping", "attn_logit_softcapping"):
         if key in config_json:  # an explicit null disables the cap
             cfg[key] = config_json[key]
@@ -184,15 +236,18 @@ def config_from_hf(
     else:
         layer_types = ("global",) * n_layers
 
+    base_global, scale_global, llama3_global = _rope(cfg, "full_attention", cfg["rope_theta"], src)
     if family == "gemma3":
-        base_global, scale_global = _rope(cfg, "full_attention", cfg["rope_theta"], src)
-        base_local, scale_local = _rope(cfg, "sliding_attention", cfg["rope_local_base_freq"], src)
+        base_local, scale_local, _ = _rope(
+            cfg, "sliding_attention", cfg["rope_local_base_freq"], src
+        )
     else:
-        base_global, scale_global = _rope(cfg, "full_attention", cfg["rope_theta"], src)
         base_local, scale_local = base_global, scale_global
     if scale_local != 1.0:
         raise CheckpointError(f"{src}: rope scaling on sliding-window layers is not supported")
 
+    if llama3_global is not None:
+        raise CheckpointError(f"{src}: rope type 'llama3' on a {family} model is not supported")
     qpas = head_dim if family == "gemma" else cfg["query_pre_attn_scalar"]
     softcap = (lambda v: None if v is None else float(v)) if family != "gemma" else lambda v: None
     return GemmaConfig(
@@ -219,6 +274,47 @@ def config_from_hf(
     )
 
 
+def _llama_style_config(family: str, cfg: Mapping, param_dtype: str, src: str) -> GemmaConfig:
+    """Llama and Mistral: one rope on every layer (default, linear or llama3); Mistral's
+    `sliding_window`, when set, on every layer."""
+    act = cfg.get("hidden_act") or "silu"
+    if act != "silu":
+        raise CheckpointError(f"{src}: activation {act!r} is not supported ({family}: silu only)")
+    for key in ("attention_bias", "mlp_bias"):
+        if cfg.get(key):
+            raise CheckpointError(f"{src}: {key}=true is not supported")
+    n_layers = int(cfg["num_hidden_layers"])
+    n_heads = int(cfg["num_attention_heads"])
+    head_dim = int(cfg.get("head_dim") or cfg["hidden_size"] // n_heads)
+    theta, scale, llama3 = _rope(cfg, "full_attention", cfg["rope_theta"], src)
+    window = cfg.get("sliding_window") if family == "mistral" else None
+    if window is not None and scale != 1.0:
+        raise CheckpointError(f"{src}: rope scaling with a sliding window is not supported")
+    return GemmaConfig(
+        family=family,
+        vocab_size=int(cfg["vocab_size"]),
+        d_model=int(cfg["hidden_size"]),
+        n_layers=n_layers,
+        n_heads=n_heads,
+        n_kv_heads=int(cfg.get("num_key_value_heads") or n_heads),
+        head_dim=head_dim,
+        ffn_dim=int(cfg["intermediate_size"]),
+        rms_eps=float(cfg["rms_norm_eps"]),
+        query_pre_attn_scalar=float(head_dim),
+        layer_types=("local" if window else "global",) * n_layers,
+        sliding_window=int(window) if window else None,
+        rope_base_global=theta,
+        rope_base_local=theta,
+        rope_scale_global=scale,
+        rope_llama3=llama3,
+        param_dtype=param_dtype,
+        norm_offset=0.0,
+        scale_embeddings=False,
+        activation="silu",
+        tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # tensors
 
@@ -231,6 +327,8 @@ def hf_param_map(config: GemmaConfig) -> dict[str, tuple[tuple, tuple[int, ...],
         "model.embed_tokens.weight": (("embedder", "embedding"), (c.vocab_size, d), False),
         "model.norm.weight": (("final_norm", "scale"), (d,), False),
     }
+    if not c.tie_embeddings:  # HF's [V, D] as stored, like the embedding
+        out["lm_head.weight"] = (("lm_head", "embedding"), (c.vocab_size, d), False)
     if c.use_post_norms:
         norms = {
             "input_layernorm": "input_norm",
@@ -259,6 +357,10 @@ def hf_param_map(config: GemmaConfig) -> dict[str, tuple[tuple, tuple[int, ...],
             for n in ("q_norm", "k_norm"):
                 path = ("layers", i, "attn", n, "scale")
                 out[f"{pre}self_attn.{n}.weight"] = (path, (c.head_dim,), False)
+        if c.qkv_bias:
+            for n, dim in (("q_proj", c.q_dim), ("k_proj", c.kv_dim), ("v_proj", c.kv_dim)):
+                path = ("layers", i, "attn", n, "bias")
+                out[f"{pre}self_attn.{n}.bias"] = (path, (dim,), False)
     return out
 
 
@@ -284,12 +386,13 @@ def params_from_state_dict(
 ) -> nnx.State:
     """Our params state (dtype config.param_dtype) from an HF-name state dict.
 
-    Every tensor the config needs must be present with the expected shape; unknown tensors are
-    an error too (a checkpoint of another shape or architecture), except rotary inv_freq buffers
-    and a tied lm_head copy. `sources` maps tensor names to the file they came from and `where`
-    names the checkpoint, for the error messages. With a `mesh`, each parameter is placed in its
-    final sharding (`sharding.spec_for`) slice by slice as it is read (module docstring);
-    without one, on the default device. Tensors are read one at a time, in the config's order.
+    Every tensor the config needs must be present with the expected shape; unknown tensors are an
+    error too (a checkpoint of another shape or architecture), except rotary inv_freq buffers and,
+    for a tied config, an lm_head equal to the embedding. `sources` maps tensor names to the file
+    they came from and `where` names the checkpoint, for the error messages. With a `mesh`, each
+    parameter is placed in its final sharding (`sharding.spec_for`) slice by slice as it is read
+    (module docstring); without one, on the default device. Tensors are read one at a time, in the
+    config's order.
     """
     sources = sources or {}
     where_txt = f" in {where}" if where else ""
@@ -298,6 +401,8 @@ def params_from_state_dict(
         return f" (from {sources[name]})" if name in sources else where_txt
 
     by_name = {canonical_name(k): (k, v) for k, v in state_dict.items()}
+    if "language_model.lm_head.weight" in by_name and "lm_head.weight" not in by_name:
+        by_name["lm_head.weight"] = by_name.pop("language_model.lm_head.weight")
     expected = hf_param_map(config)
     missing = [n for n in expected if n not in by_name]
     if missing:
@@ -310,8 +415,8 @@ def params_from_state_dict(
             emb = by_name["model.embed_tokens.weight"][1]
             if _shape_of(value) != _shape_of(emb) or not np.array_equal(_read(value), _read(emb)):
                 raise CheckpointError(
-                    f"tensor {orig!r}{origin(orig)} is an untied output head; Gemma ties it to "
-                    "the embedding and hs_jax supports tied heads only"
+                    f"tensor {orig!r}{origin(orig)} is an untied output head, but the config "
+                    "ties the head to the embedding (tie_word_embeddings)"
                 )
             continue
         raise CheckpointError(
@@ -361,9 +466,10 @@ def state_dict_from_params(config: GemmaConfig, params: nnx.State) -> dict[str, 
 
 
 def init_params(config: GemmaConfig, seed: int = 0, *, norm_std: float = 0.0) -> nnx.State:
-    """A fresh random params state (HF's init: normal(0.02) weights, zero norms).
+    """A fresh random params state (HF's init: normal(0.02) weights, norms that multiply by 1,
+    zero biases).
 
-    `norm_std` > 0 draws the norm scales from normal(0, norm_std) instead, so tests see them.
+    `norm_std` > 0 adds normal(0, norm_std) to the norm scales and biases, so tests see them.
     """
     params = nnx.state(Gemma(config, rngs=nnx.Rngs(seed)), nnx.Param)
     if norm_std:
@@ -371,8 +477,8 @@ def init_params(config: GemmaConfig, seed: int = 0, *, norm_std: float = 0.0) ->
         leaves, treedef = jax.tree_util.tree_flatten_with_path(pure)
         keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
         leaves = [
-            (norm_std * jax.random.normal(k, leaf.shape)).astype(leaf.dtype)
-            if path[-1].key == "scale"
+            (leaf + norm_std * jax.random.normal(k, leaf.shape)).astype(leaf.dtype)
+            if path[-1].key in ("scale", "bias")
             else leaf
             for k, (path, leaf) in zip(keys, leaves, strict=True)
         ]

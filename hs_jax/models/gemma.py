@@ -1,6 +1,11 @@
-"""Flax NNX Gemma decoder (Gemma 1, 2 and 3 text) with a KV cache and a per-row LoRA hook.
+"""Flax NNX decoder (Gemma 1, 2 and 3 text, Llama 2 / 3.x, Mistral) with a KV cache and a
+per-row LoRA hook.
 
 The forward pass matches transformers' eager PyTorch models (same norms, rope, masks, soft caps).
+The families differ only by the config's switches (`gemma_config` lists them): the norm's
+offset, the embedding scale, the MLP's activation, post norms, q/k norms, q/k/v biases, a tied
+or separate output head (`lm_head`, stored [V, D] like the embedding so that both heads share
+the greedy and screened code), Llama 3's rope scaling and sliding-window layers.
 Positions are explicit: a token with position < 0 is padding; it is never attended to and its
 own output is garbage but finite. Prompts are left padded by the sampler, so positions of real
 tokens start at 0 in every row.
@@ -29,7 +34,7 @@ from flax import nnx, struct
 from jax import lax
 
 from hs_jax.models import screened_head
-from hs_jax.models.gemma_config import GemmaConfig
+from hs_jax.models.gemma_config import GemmaConfig, Llama3Rope
 
 # Finite stand-in for -inf: a fully masked row (a padding query) gets a uniform softmax instead
 # of NaN, and a partly masked row gives exactly zero weight to the masked keys.
@@ -131,41 +136,55 @@ def _project(
 
 
 class Dense(nnx.Module):
-    """Bias-free linear layer, kernel [d_in, d_out] (the transpose of HF's weight)."""
+    """Linear layer, kernel [d_in, d_out] (the transpose of HF's weight), optional bias [d_out]
+    (Qwen 2's q/k/v; added before the LoRA term, which is linear in x either way)."""
 
-    def __init__(self, d_in: int, d_out: int, *, dtype, rngs: nnx.Rngs):
+    def __init__(self, d_in: int, d_out: int, *, dtype, rngs: nnx.Rngs, bias: bool = False):
         self.kernel = nnx.Param(_INIT_STD * jax.random.normal(rngs.params(), (d_in, d_out), dtype))
+        if bias:
+            self.bias = nnx.Param(jnp.zeros((d_out,), dtype))
+        self.has_bias = bias
 
     def __call__(self, x, lora_entry=None, expert_ids=None):
-        return _project(x, self.kernel[...], lora_entry, expert_ids)
+        y = _project(x, self.kernel[...], lora_entry, expert_ids)
+        return y + self.bias[...].astype(jnp.float32) if self.has_bias else y
 
 
 class RMSNorm(nnx.Module):
-    """Gemma RMSNorm: float32 statistics, multiplies by (1 + scale); scale is stored as HF does."""
+    """RMSNorm with float32 statistics, multiplying by (offset + scale): Gemma stores the weight
+    without its "+1" (offset 1, scale initialised to 0), Llama and the others store it as is
+    (offset 0, initialised to 1). Either way `scale` is HF's tensor."""
 
-    def __init__(self, dim: int, eps: float, *, dtype):
-        self.scale = nnx.Param(jnp.zeros((dim,), dtype))
+    def __init__(self, dim: int, eps: float, *, dtype, offset: float = 1.0):
+        self.scale = nnx.Param(jnp.full((dim,), 1.0 - offset, dtype))
         self.eps = eps
+        self.offset = offset
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = x.astype(jnp.float32)
         x = x * lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)
-        return x * (1.0 + self.scale[...].astype(jnp.float32))
+        scale = self.scale[...].astype(jnp.float32)
+        return x * (self.offset + scale) if self.offset else x * scale
 
 
 class Embedder(nnx.Module):
-    """Token embedding [V, D], also the tied output head."""
+    """A [V, D] table: the token embedding, also the tied output head; an untied head
+    (`Gemma.lm_head`) is a second one, HF's lm_head.weight as stored."""
 
-    def __init__(self, vocab_size: int, d_model: int, *, dtype, rngs: nnx.Rngs):
+    def __init__(self, vocab_size: int, d_model: int, *, dtype, rngs: nnx.Rngs, scale=True):
         self.embedding = nnx.Param(
             _INIT_STD * jax.random.normal(rngs.params(), (vocab_size, d_model), dtype)
         )
+        self.scale = scale
 
     def encode(self, tokens: jax.Array) -> jax.Array:
-        """tokens [B, T] -> [B, T, D] float32, times sqrt(D) cast to the weight dtype (as HF)."""
+        """tokens [B, T] -> [B, T, D] float32; Gemma's times sqrt(D) cast to the weight dtype
+        (as HF)."""
         table = self.embedding[...]
         x = jnp.take(table, tokens, axis=0)
-        return (x * jnp.asarray(math.sqrt(table.shape[1]), table.dtype)).astype(jnp.float32)
+        if self.scale:
+            x = x * jnp.asarray(math.sqrt(table.shape[1]), table.dtype)
+        return x.astype(jnp.float32)
 
     def decode(self, x: jax.Array) -> jax.Array:
         """x [B, T, D] -> logits [B, T, V] float32 (contracts the table's D axis, no transpose)."""
@@ -222,13 +241,35 @@ def _blocked_argmax(logits: jax.Array) -> jax.Array:
 
 
 def _rope_tables(
-    positions: jax.Array, head_dim: int, base: float, scale: float
+    positions: jax.Array,
+    head_dim: int,
+    base: float,
+    scale: float,
+    llama3: Llama3Rope | None = None,
 ) -> tuple[jax.Array, jax.Array]:
-    """cos, sin [B, T, head_dim // 2] for HF's rotate-half RoPE; linear scaling divides angles."""
+    """cos, sin [B, T, head_dim // 2] for HF's rotate-half RoPE; linear scaling divides angles,
+    Llama 3's scaling divides the low frequencies only (`Llama3Rope`)."""
     inv_freq = 1.0 / (base ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
-    inv_freq = inv_freq / scale
+    if llama3 is None:
+        inv_freq = inv_freq / scale
+    else:
+        inv_freq = _llama3_inv_freq(inv_freq, scale, llama3)
     angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, Dh/2]
     return jnp.cos(angles), jnp.sin(angles)
+
+
+def _llama3_inv_freq(inv_freq: jax.Array, factor: float, r: Llama3Rope) -> jax.Array:
+    """HF's `_compute_llama3_parameters`: wavelengths above original / low_freq_factor are
+    scaled by 1 / factor, those below original / high_freq_factor kept, the band between
+    interpolated smoothly."""
+    old = float(r.original_max_positions)
+    low_wavelen, high_wavelen = old / r.low_freq_factor, old / r.high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    scaled = jnp.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+    smooth = (old / wavelen - r.low_freq_factor) / (r.high_freq_factor - r.low_freq_factor)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    return jnp.where(medium, smoothed, scaled)
 
 
 def _apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
@@ -298,13 +339,14 @@ class Attention(nnx.Module):
 
     def __init__(self, config: GemmaConfig, *, dtype, rngs: nnx.Rngs):
         c = config
-        self.q_proj = Dense(c.d_model, c.q_dim, dtype=dtype, rngs=rngs)
-        self.k_proj = Dense(c.d_model, c.kv_dim, dtype=dtype, rngs=rngs)
-        self.v_proj = Dense(c.d_model, c.kv_dim, dtype=dtype, rngs=rngs)
+        bias = c.qkv_bias
+        self.q_proj = Dense(c.d_model, c.q_dim, dtype=dtype, rngs=rngs, bias=bias)
+        self.k_proj = Dense(c.d_model, c.kv_dim, dtype=dtype, rngs=rngs, bias=bias)
+        self.v_proj = Dense(c.d_model, c.kv_dim, dtype=dtype, rngs=rngs, bias=bias)
         self.o_proj = Dense(c.q_dim, c.d_model, dtype=dtype, rngs=rngs)
         if c.use_qk_norm:
-            self.q_norm = RMSNorm(c.head_dim, c.rms_eps, dtype=dtype)
-            self.k_norm = RMSNorm(c.head_dim, c.rms_eps, dtype=dtype)
+            self.q_norm = RMSNorm(c.head_dim, c.rms_eps, dtype=dtype, offset=c.norm_offset)
+            self.k_norm = RMSNorm(c.head_dim, c.rms_eps, dtype=dtype, offset=c.norm_offset)
         self.config = config
 
     def __call__(self, x, rope, mask, kv_cache, cache_index, lora, expert_ids, attend_cache=True):
@@ -344,34 +386,43 @@ class Attention(nnx.Module):
         return out, stored
 
 
+_ACTIVATIONS = {
+    "gelu_tanh": functools.partial(jax.nn.gelu, approximate=True),  # Gemma
+    "silu": jax.nn.silu,  # Llama, Mistral, Qwen
+}
+
+
 class MLP(nnx.Module):
-    """Gated GELU (tanh approximation) feed-forward."""
+    """Gated feed-forward: GELU (tanh approximation) for Gemma, SiLU for the others."""
 
     def __init__(self, config: GemmaConfig, *, dtype, rngs: nnx.Rngs):
         self.gate_proj = Dense(config.d_model, config.ffn_dim, dtype=dtype, rngs=rngs)
         self.up_proj = Dense(config.d_model, config.ffn_dim, dtype=dtype, rngs=rngs)
         self.down_proj = Dense(config.ffn_dim, config.d_model, dtype=dtype, rngs=rngs)
+        self.activation = config.activation
 
     def __call__(self, x, lora, expert_ids):
         gate = self.gate_proj(x, lora.get("gate_proj"), expert_ids)
         up = self.up_proj(x, lora.get("up_proj"), expert_ids)
-        h = jax.nn.gelu(gate, approximate=True) * up
+        h = _ACTIVATIONS[self.activation](gate) * up
         return self.down_proj(h, lora.get("down_proj"), expert_ids)
 
 
 class Block(nnx.Module):
-    """One decoder layer. Gemma 1 has input_norm and pre_ffn_norm only (HF calls the latter
-    post_attention_layernorm); Gemma 2/3 add post_attn_norm and post_ffn_norm."""
+    """One decoder layer. Gemma 1 and the non-Gemma families have input_norm and pre_ffn_norm
+    only (HF calls the latter post_attention_layernorm); Gemma 2/3 add post_attn_norm and
+    post_ffn_norm."""
 
     def __init__(self, config: GemmaConfig, *, dtype, rngs: nnx.Rngs):
         d, eps = config.d_model, config.rms_eps
-        self.input_norm = RMSNorm(d, eps, dtype=dtype)
+        norm = functools.partial(RMSNorm, d, eps, dtype=dtype, offset=config.norm_offset)
+        self.input_norm = norm()
         self.attn = Attention(config, dtype=dtype, rngs=rngs)
-        self.pre_ffn_norm = RMSNorm(d, eps, dtype=dtype)
+        self.pre_ffn_norm = norm()
         self.mlp = MLP(config, dtype=dtype, rngs=rngs)
         if config.use_post_norms:
-            self.post_attn_norm = RMSNorm(d, eps, dtype=dtype)
-            self.post_ffn_norm = RMSNorm(d, eps, dtype=dtype)
+            self.post_attn_norm = norm()
+            self.post_ffn_norm = norm()
         self.use_post_norms = config.use_post_norms
 
     def __call__(self, x, rope, mask, kv_cache, cache_index, lora, expert_ids, attend_cache=True):
@@ -390,7 +441,8 @@ _NO_LORA: Mapping = {}
 
 
 class Gemma(nnx.Module):
-    """The decoder: embedder, `n_layers` blocks, final norm, tied head.
+    """The decoder: embedder, `n_layers` blocks, final norm, the head (the embedding when tied,
+    `lm_head` otherwise).
 
     Call: model(tokens [B, T] int32, positions [B, T] int32, cache=None, *, cache_index=0,
     lora=None, expert_ids=None, logits_at=None) -> (logits [B, T, V] float32, updated KVCache or
@@ -408,11 +460,19 @@ class Gemma(nnx.Module):
     def __init__(self, config: GemmaConfig, *, rngs: nnx.Rngs):
         dtype = jnp.dtype(config.param_dtype)
         self.config = config
-        self.embedder = Embedder(config.vocab_size, config.d_model, dtype=dtype, rngs=rngs)
+        v, d = config.vocab_size, config.d_model
+        self.embedder = Embedder(v, d, dtype=dtype, rngs=rngs, scale=config.scale_embeddings)
         self.layers = nnx.List(
             [Block(config, dtype=dtype, rngs=rngs) for _ in range(config.n_layers)]
         )
-        self.final_norm = RMSNorm(config.d_model, config.rms_eps, dtype=dtype)
+        self.final_norm = RMSNorm(d, config.rms_eps, dtype=dtype, offset=config.norm_offset)
+        if not config.tie_embeddings:
+            self.lm_head = Embedder(v, d, dtype=dtype, rngs=rngs, scale=False)
+
+    @property
+    def head(self) -> Embedder:
+        """The output head's [V, D] table: the embedding when tied, else `lm_head`."""
+        return self.embedder if self.config.tie_embeddings else self.lm_head
 
     def __call__(
         self,
@@ -435,13 +495,13 @@ class Gemma(nnx.Module):
         return self.logits(h), cache
 
     def logits(self, h: jax.Array) -> jax.Array:
-        """Final hidden states [..., D] -> logits [..., V] float32 (tied head, soft cap)."""
-        return _softcap(self.embedder.decode(h), self.config.final_logit_softcap)
+        """Final hidden states [..., D] -> logits [..., V] float32 (the head, soft cap)."""
+        return _softcap(self.head.decode(h), self.config.final_logit_softcap)
 
     def greedy_tokens(self, h: jax.Array) -> jax.Array:
         """Final hidden states [B, D] -> argmax of each row's logits [B] int32, without
         materialising [B, V] logits (see `Embedder.greedy`)."""
-        return self.embedder.greedy(h, self.config.final_logit_softcap)
+        return self.head.greedy(h, self.config.final_logit_softcap)
 
     def screened_greedy_tokens(
         self,
@@ -451,7 +511,7 @@ class Gemma(nnx.Module):
     ) -> tuple[jax.Array, jax.Array]:
         """(`greedy_tokens` chosen through a head screen, used_plain scalar bool)."""
         cap = self.config.final_logit_softcap
-        return self.embedder.screened_greedy(h, screen, cap, rows_that_count)
+        return self.head.screened_greedy(h, screen, cap, rows_that_count)
 
     def hidden(
         self,
@@ -479,7 +539,9 @@ class Gemma(nnx.Module):
         q_pos, k_pos = positions[:, :, None], key_pos[:, None, :]
         masks = {"global": (k_pos >= 0) & (k_pos <= q_pos)}  # [B, T, S]
         ropes = {
-            "global": _rope_tables(positions, c.head_dim, c.rope_base_global, c.rope_scale_global)
+            "global": _rope_tables(
+                positions, c.head_dim, c.rope_base_global, c.rope_scale_global, c.rope_llama3
+            )
         }
         if "local" in c.layer_types:
             masks["local"] = masks["global"] & (q_pos - k_pos < c.sliding_window)
@@ -513,3 +575,10 @@ def from_params(config: GemmaConfig, params: nnx.State) -> Gemma:
     """Rebuild the module from a params state (e.g. one returned by a loader)."""
     graphdef, _ = abstract_model(config)
     return nnx.merge(graphdef, params)
+
+
+def head_table(params) -> jax.Array:
+    """The output head's [V, D] table in a params state or pure dict: `lm_head`'s when the
+    model has one, else the tied embedding (what a head screen is built from)."""
+    owner = params["lm_head"] if "lm_head" in params else params["embedder"]
+    return owner["embedding"][...]

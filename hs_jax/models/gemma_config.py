@@ -1,7 +1,25 @@
-"""Gemma architecture description shared by the decoder, the converters and the loaders.
+"""Decoder architecture description shared by the model, the converters and the loaders.
 
-One frozen (hashable) dataclass covers Gemma 1, Gemma 2 and Gemma 3 text models; it is a static
-attribute of the NNX module, so changing it recompiles and nothing else does.
+One frozen (hashable) dataclass covers every supported family: Gemma 1, 2 and 3 text models,
+Llama 2 / 3.x and Mistral (and, through the same switches, Qwen 2 / 3). A family is a set of
+values of the switches below, not a model file of its own: `family` only names the checkpoint
+conventions (HF model_type, GGUF architecture); the forward pass reads the switches. The config
+is a static attribute of the NNX module, so changing it recompiles and nothing else does.
+
+Where the families differ (the switch, then its values):
+
+| switch | Gemma 1 | Gemma 2 | Gemma 3 | Llama 2/3 | Mistral |
+| --- | --- | --- | --- | --- | --- |
+| `norm_offset` (RMSNorm multiplies by offset + w) | 1 | 1 | 1 | 0 | 0 |
+| `scale_embeddings` (times sqrt(d_model)) | yes | yes | yes | no | no |
+| `activation` (gated MLP) | gelu_tanh | gelu_tanh | gelu_tanh | silu | silu |
+| `use_post_norms` | no | yes | yes | no | no |
+| `use_qk_norm` | no | no | yes | no | no |
+| `tie_embeddings` (head = embedding) | yes | yes | yes | per checkpoint | no |
+| `rope_llama3` (Llama 3.1+ rope scaling) | - | - | - | 3.1+ | - |
+| `layer_types` "local" (sliding window) | - | alternate | 5 of 6 | - | all, if set |
+
+`qkv_bias` (Qwen 2) and the soft caps (Gemma 2) are further switches.
 """
 
 from __future__ import annotations
@@ -10,19 +28,34 @@ import dataclasses
 import math
 from typing import Any
 
-FAMILIES = ("gemma", "gemma2", "gemma3")
+FAMILIES = ("gemma", "gemma2", "gemma3", "llama", "mistral")
 LAYER_TYPES = ("global", "local")
+ACTIVATIONS = ("gelu_tanh", "silu")
+
+
+@dataclasses.dataclass(frozen=True)
+class Llama3Rope:
+    """Llama 3.1's rope scaling (HF rope_type "llama3"): frequencies whose wavelength exceeds
+    original_max_positions / low_freq_factor are divided by the config's `rope_scale_global`,
+    those under original_max_positions / high_freq_factor are kept, and the ones between are
+    interpolated."""
+
+    low_freq_factor: float
+    high_freq_factor: float
+    original_max_positions: int
 
 
 @dataclasses.dataclass(frozen=True)
 class GemmaConfig:
-    """Shapes and numerics of one Gemma decoder.
+    """Shapes and numerics of one decoder (the name is historical: every family uses it).
 
-    Norm weights follow HF (stored without Gemma's "+1"). `query_pre_attn_scalar` sets the
-    attention scale to `query_pre_attn_scalar ** -0.5` (Gemma 1 uses head_dim). Local layers
-    attend to keys with `pos_q - pos_k < sliding_window` and use `rope_base_local`; global
-    layers use `rope_base_global` with positions divided by `rope_scale_global` (linear RoPE
-    scaling, as HF's "linear" rope type).
+    Norm weights follow HF (Gemma's stored without its "+1", `norm_offset`). `query_pre_attn_scalar`
+    sets the attention scale to `query_pre_attn_scalar ** -0.5` (Gemma 1 and the other families use
+    head_dim). Local layers attend to keys with `pos_q - pos_k < sliding_window` and use
+    `rope_base_local`; global layers use `rope_base_global` with positions divided by
+    `rope_scale_global` (linear RoPE scaling, as HF's "linear" rope type), or, with `rope_llama3`,
+    Llama 3's frequency-dependent scaling by that factor. The module docstring's table lists what
+    each family sets.
     """
 
     family: str
@@ -45,10 +78,16 @@ class GemmaConfig:
     rope_base_local: float = 10_000.0
     rope_scale_global: float = 1.0
     param_dtype: str = "float32"
+    norm_offset: float = 1.0
+    scale_embeddings: bool = True
+    activation: str = "gelu_tanh"
+    qkv_bias: bool = False
+    tie_embeddings: bool = True
+    rope_llama3: Llama3Rope | None = None
 
     def __post_init__(self):
         if self.family not in FAMILIES:
-            raise ValueError(f"unknown Gemma family {self.family!r}; expected one of {FAMILIES}")
+            raise ValueError(f"unknown family {self.family!r}; expected one of {FAMILIES}")
         if not self.layer_types:
             object.__setattr__(self, "layer_types", ("global",) * self.n_layers)
         object.__setattr__(self, "layer_types", tuple(self.layer_types))
@@ -63,6 +102,8 @@ class GemmaConfig:
             raise ValueError("local layers need a sliding_window")
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_heads {self.n_heads} is not a multiple of n_kv_heads")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {self.activation!r}; expected {ACTIVATIONS}")
         if self.param_dtype not in ("float32", "bfloat16"):
             raise ValueError(f"param_dtype must be float32 or bfloat16, got {self.param_dtype!r}")
 
@@ -82,21 +123,23 @@ class GemmaConfig:
 
     @property
     def embed_scale(self) -> float:
-        """Gemma multiplies token embeddings by sqrt(d_model)."""
-        return math.sqrt(self.d_model)
+        """Factor on token embeddings: sqrt(d_model) for Gemma, 1 for the others."""
+        return math.sqrt(self.d_model) if self.scale_embeddings else 1.0
 
     def is_local(self, layer: int) -> bool:
         """Whether layer `layer` uses sliding-window attention."""
         return self.layer_types[layer] == "local"
 
     def num_params(self) -> int:
-        """Parameter count (tied embedding counted once)."""
+        """Parameter count (a tied embedding counted once)."""
         d, f = self.d_model, self.ffn_dim
         attn = d * (self.q_dim + 2 * self.kv_dim) + self.q_dim * d
+        attn += self.q_dim + 2 * self.kv_dim if self.qkv_bias else 0
         norms = (4 if self.use_post_norms else 2) * d
         norms += 2 * self.head_dim if self.use_qk_norm else 0
         per_layer = attn + 3 * d * f + norms
-        return self.vocab_size * d + self.n_layers * per_layer + d
+        heads = 1 if self.tie_embeddings else 2
+        return heads * self.vocab_size * d + self.n_layers * per_layer + d
 
 
 def first_difference(a: GemmaConfig, b: GemmaConfig) -> tuple[str, Any, Any] | None:
@@ -160,6 +203,45 @@ def _gemma3(**kw) -> GemmaConfig:
     )
 
 
+# The switches Llama and Mistral share (norms multiply by w, no embedding scale, SiLU gate,
+# attention scale head_dim ** -0.5).
+_LLAMA_STYLE = dict(norm_offset=0.0, scale_embeddings=False, activation="silu", rms_eps=1e-5)
+
+
+def _llama(*, head_dim: int = 128, rope_theta: float = 10_000.0, **kw) -> GemmaConfig:
+    kw.setdefault("tie_embeddings", False)
+    return GemmaConfig(
+        family="llama",
+        head_dim=head_dim,
+        query_pre_attn_scalar=float(head_dim),
+        rope_base_global=rope_theta,
+        rope_base_local=rope_theta,
+        **_LLAMA_STYLE,
+        **kw,
+    )
+
+
+def _mistral(
+    *, n_layers: int, sliding_window: int | None, rope_theta: float, head_dim: int = 128, **kw
+) -> GemmaConfig:
+    """Mistral: Llama's numerics; a config.sliding_window applies to every layer."""
+    return GemmaConfig(
+        family="mistral",
+        n_layers=n_layers,
+        head_dim=head_dim,
+        query_pre_attn_scalar=float(head_dim),
+        layer_types=("local" if sliding_window else "global",) * n_layers,
+        sliding_window=sliding_window,
+        rope_base_global=rope_theta,
+        rope_base_local=rope_theta,
+        tie_embeddings=False,
+        **_LLAMA_STYLE,
+        **kw,
+    )
+
+
+_LLAMA31_ROPE = Llama3Rope(low_freq_factor=1.0, high_freq_factor=4.0, original_max_positions=8192)
+
 PRESETS: dict[str, GemmaConfig] = {
     # Gemma 1: attention scale head_dim ** -0.5, no post norms, every layer global.
     "gemma-2b": _gemma1(d_model=2048, n_layers=18, n_heads=8, n_kv_heads=1, ffn_dim=16_384),
@@ -182,6 +264,55 @@ PRESETS: dict[str, GemmaConfig] = {
         sliding_window=1024,
         rope_scale_global=8.0,
     ),
+    "llama2-7b": _llama(
+        vocab_size=32_000, d_model=4096, n_layers=32, n_heads=32, n_kv_heads=32, ffn_dim=11_008
+    ),
+    "llama3.1-8b": _llama(
+        vocab_size=128_256,
+        d_model=4096,
+        n_layers=32,
+        n_heads=32,
+        n_kv_heads=8,
+        ffn_dim=14_336,
+        rope_theta=500_000.0,
+        rope_scale_global=8.0,
+        rope_llama3=_LLAMA31_ROPE,
+    ),
+    "llama3.2-1b": _llama(
+        vocab_size=128_256,
+        d_model=2048,
+        n_layers=16,
+        n_heads=32,
+        n_kv_heads=8,
+        head_dim=64,
+        ffn_dim=8192,
+        rope_theta=500_000.0,
+        rope_scale_global=32.0,
+        rope_llama3=_LLAMA31_ROPE,
+        tie_embeddings=True,
+    ),
+    "mistral-7b-v0.1": _mistral(
+        vocab_size=32_000,
+        d_model=4096,
+        n_layers=32,
+        n_heads=32,
+        n_kv_heads=8,
+        ffn_dim=14_336,
+        sliding_window=4096,
+        rope_theta=10_000.0,
+    ),
+    # v0.2 / v0.3 (the paper's Table 4 base): no sliding window, rope theta 1e6; v0.3 adds the
+    # 768 control tokens of its v3 tokenizer.
+    "mistral-7b-v0.3": _mistral(
+        vocab_size=32_768,
+        d_model=4096,
+        n_layers=32,
+        n_heads=32,
+        n_kv_heads=8,
+        ffn_dim=14_336,
+        sliding_window=None,
+        rope_theta=1_000_000.0,
+    ),
 }
 
 
@@ -189,7 +320,10 @@ def tiny_config(family: str, *, param_dtype: str = "float32") -> GemmaConfig:
     """A few-layer random-weight config for tests: small window so test prompts exceed it.
 
     gemma2 alternates local/global; gemma3 uses a 2 local : 1 global pattern (4 layers: local,
-    local, global, local) so both layer kinds and both rope bases are exercised.
+    local, global, local) so both layer kinds and both rope bases are exercised. llama is
+    Llama 3.1 shaped: untied head, Llama 3 rope scaling whose three frequency bands all occur
+    in head_dim 16 (wavelengths below 16, between 16 and 64, above 64); mistral is v0.1 shaped:
+    every layer in a sliding window of 8, untied head.
     """
     common = dict(
         vocab_size=128,
@@ -229,4 +363,21 @@ def tiny_config(family: str, *, param_dtype: str = "float32") -> GemmaConfig:
             rope_scale_global=2.0,
             **common,
         )
-    raise ValueError(f"unknown Gemma family {family!r}; expected one of {FAMILIES}")
+    if family == "llama":
+        return _llama(
+            n_layers=3,
+            head_dim=16,
+            rope_theta=10_000.0,
+            rope_scale_global=8.0,
+            rope_llama3=Llama3Rope(1.0, 4.0, 64),
+            **{k: v for k, v in common.items() if k != "head_dim"},
+        )
+    if family == "mistral":
+        return _mistral(
+            n_layers=3,
+            head_dim=16,
+            sliding_window=8,
+            rope_theta=1_000_000.0,
+            **{k: v for k, v in common.items() if k != "head_dim"},
+        )
+    raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")

@@ -1,4 +1,4 @@
-"""Write a Gemma model as an HF checkpoint folder (config.json + model.safetensors).
+"""Write a model (any family) as an HF checkpoint folder (config.json + model.safetensors).
 
 The inverse of `hs_jax.models.safetensors_io.load_hf_dir`: a full-weight expert found by a run
 (`hs_jax.experts.full_models`) is exported in the format it was loaded from, so transformers and
@@ -16,20 +16,37 @@ from typing import Any
 from flax import nnx
 
 from hs_jax.models.convert import config_from_hf, state_dict_from_params
-from hs_jax.models.gemma_config import GemmaConfig, first_difference
+from hs_jax.models.gemma_config import GemmaConfig, Llama3Rope, first_difference
 
 CONFIG_JSON = "config.json"
 WEIGHTS = "model.safetensors"
-_MODEL_TYPES = {"gemma": "gemma", "gemma2": "gemma2", "gemma3": "gemma3_text"}
+_MODEL_TYPES = {
+    "gemma": "gemma",
+    "gemma2": "gemma2",
+    "gemma3": "gemma3_text",
+    "llama": "llama",
+    "mistral": "mistral",
+}
 _ARCHITECTURES = {
     "gemma": "GemmaForCausalLM",
     "gemma2": "Gemma2ForCausalLM",
     "gemma3": "Gemma3ForCausalLM",
+    "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
 }
 _LAYER_TYPES = {"local": "sliding_attention", "global": "full_attention"}
 
 
-def _rope(base: float, scale: float) -> dict[str, Any]:
+def _rope(base: float, scale: float, llama3: Llama3Rope | None = None) -> dict[str, Any]:
+    if llama3 is not None:
+        return {
+            "rope_type": "llama3",
+            "factor": scale,
+            "rope_theta": base,
+            "low_freq_factor": llama3.low_freq_factor,
+            "high_freq_factor": llama3.high_freq_factor,
+            "original_max_position_embeddings": llama3.original_max_positions,
+        }
     if scale == 1.0:
         return {"rope_type": "default", "rope_theta": base}
     return {"rope_type": "linear", "factor": scale, "rope_theta": base}
@@ -50,18 +67,26 @@ def hf_config_json(config: GemmaConfig) -> dict[str, Any]:
         "num_key_value_heads": config.n_kv_heads,
         "head_dim": config.head_dim,
         "rms_norm_eps": config.rms_eps,
-        "hidden_activation": "gelu_pytorch_tanh",
-        "tie_word_embeddings": True,
+        "tie_word_embeddings": config.tie_embeddings,
         "torch_dtype": config.param_dtype,
     }
-    if family == "gemma3":  # one rope entry per layer type
+    if family in ("llama", "mistral"):
+        out["hidden_act"] = "silu"
+        out["rope_parameters"] = _rope(
+            config.rope_base_global, config.rope_scale_global, config.rope_llama3
+        )
+        if family == "mistral":
+            out["sliding_window"] = config.sliding_window  # null: no window
+    elif family == "gemma3":  # one rope entry per layer type
         out["rope_parameters"] = {
             "full_attention": _rope(config.rope_base_global, config.rope_scale_global),
             "sliding_attention": _rope(config.rope_base_local, 1.0),
         }
     else:  # a flat entry: the global rope, which Gemma 1 and 2 use on every layer
         out["rope_parameters"] = _rope(config.rope_base_global, config.rope_scale_global)
-    if family != "gemma":
+    if family.startswith("gemma"):
+        out["hidden_activation"] = "gelu_pytorch_tanh"
+    if family in ("gemma2", "gemma3"):
         q = config.query_pre_attn_scalar  # transformers' config takes an int here
         out["query_pre_attn_scalar"] = int(q) if float(q).is_integer() else q
         out["attn_logit_softcapping"] = config.attn_logit_softcap

@@ -28,7 +28,8 @@ ROW_AXES = ("data", "expert")
 # wins; unmatched parameters are replicated. Kernels are [d_in, d_out]: column-parallel for the
 # projections that fan out, row-parallel for the ones that fan back in.
 PARAM_RULES: tuple[tuple[str, P], ...] = (
-    (r"embedder/embedding$", P("model", None)),  # [V, D]: vocab split (tied output head)
+    # [V, D]: vocab split (the tied output head, or an untied one stored as HF's [V, D])
+    (r"(embedder|lm_head)/embedding$", P("model", None)),
     (r"attn/(q_proj|k_proj|v_proj)/kernel$", P(None, "model")),
     (r"attn/o_proj/kernel$", P("model", None)),
     (r"mlp/(gate_proj|up_proj)/kernel$", P(None, "model")),
