@@ -1,22 +1,27 @@
-"""Llama and Mistral in the shared decoder against transformers' PyTorch models.
+"""Llama, Mistral and Qwen 2 / 3 in the shared decoder against transformers' PyTorch models.
 
-Tiny random checkpoints are built with transformers (LlamaForCausalLM, MistralForCausalLM),
-saved with save_pretrained and read back by our loader; float32 logits of a left-padded batch
-agree to 1e-4 relative, and the engine's greedy tokens (the jitted sampler, KV cache, the
-greedy head with and without its screen) equal transformers' `generate` over 32 steps. The
-variants cover GQA with 2 kv heads, Llama 3's rope scaling, tied and untied heads and a
-Mistral prompt 4x its sliding window.
+Tiny random checkpoints are built with transformers (LlamaForCausalLM, MistralForCausalLM,
+Qwen2ForCausalLM, Qwen3ForCausalLM), saved with save_pretrained and read back by our loader; float32
+logits of a left-padded batch agree to 1e-4 relative, and the engine's greedy tokens (the jitted
+sampler, KV cache, the greedy head with and without its screen) equal transformers' `generate` over
+32 steps. The variants cover GQA with 2 kv heads, Llama 3's rope scaling, tied and untied heads, a
+Mistral prompt 4x its sliding window, Qwen 2's q/k/v biases and Qwen 3's q/k norms. Per family, a
+batch mixing LoRA experts equals per-expert runs and 8 CPU devices equal one; a written HF folder
+loads in transformers.
 """
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 import transformers as tf
-from test_engine import TOK
+from test_engine import TOK, merged_params
 from test_models import RTOL, _left_padded_batch, _rel_err
+from test_sampling import random_params
 
 from hs_jax.engine.engine import Engine
+from hs_jax.experts.lora import LoraStack
 from hs_jax.models import (
     PRESETS,
     config_from_hf,
@@ -28,6 +33,7 @@ from hs_jax.models import (
 )
 from hs_jax.models.convert import CheckpointError
 from hs_jax.models.safetensors_io import load_hf_dir
+from hs_jax.runtime import sharding
 
 VARIANTS = {
     # name: (family, changes to tiny_config(family))
@@ -35,6 +41,8 @@ VARIANTS = {
     "llama3_tied": ("llama", {"tie_embeddings": True}),
     "llama2": ("llama", {"rope_llama3": None, "rope_scale_global": 1.0, "n_kv_heads": 4}),
     "mistral_window": ("mistral", {}),
+    "qwen2_bias_tied": ("qwen2", {}),
+    "qwen3_qk_norm": ("qwen3", {}),
 }
 
 
@@ -73,10 +81,19 @@ def _hf_config(config):
     )
     if c.family == "mistral":
         return tf.MistralConfig(**common, sliding_window=c.sliding_window)
+    if c.family == "qwen2":
+        return tf.Qwen2Config(**common, use_sliding_window=False)
+    if c.family == "qwen3":
+        return tf.Qwen3Config(**common, attention_bias=False, use_sliding_window=False)
     return tf.LlamaConfig(**common)
 
 
-_HF_MODELS = {"llama": tf.LlamaForCausalLM, "mistral": tf.MistralForCausalLM}
+_HF_MODELS = {
+    "llama": tf.LlamaForCausalLM,
+    "mistral": tf.MistralForCausalLM,
+    "qwen2": tf.Qwen2ForCausalLM,
+    "qwen3": tf.Qwen3ForCausalLM,
+}
 
 
 @pytest.fixture(scope="module", params=list(VARIANTS))
@@ -158,7 +175,9 @@ def test_state_dict_round_trip_and_names():
         params = init_params(config, seed=5, norm_std=0.1)
         sd = state_dict_from_params(config, params)
         assert ("lm_head.weight" in sd) == (not config.tie_embeddings)
-        assert all(not k.endswith(".bias") for k in sd)
+        biases = [k for k in sd if k.endswith(".bias")]
+        assert len(biases) == (3 * config.n_layers if config.qkv_bias else 0)
+        assert any(".q_norm." in k for k in sd) == config.use_qk_norm
         again = state_dict_from_params(config, params_from_state_dict(config, sd))
         assert sd.keys() == again.keys()
         for k in sd:
@@ -233,9 +252,40 @@ def test_config_from_hf_matches_presets():
         "hidden_act": "silu",
     }
     assert config_from_hf(mistral03) == PRESETS["mistral-7b-v0.3"]
+    qwen25 = dict(
+        vocab_size=151_936,
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        rope_theta=1_000_000.0,
+        tie_word_embeddings=True,
+        use_sliding_window=False,
+        sliding_window=32_768,
+        max_window_layers=21,
+    )
+    assert config_from_hf({"model_type": "qwen2", **qwen25}) == PRESETS["qwen2.5-0.5b"]
+    hf_qwen = tf.Qwen2Config(**{**qwen25, "rope_parameters": {"rope_theta": 1e6}}).to_dict()
+    assert config_from_hf(hf_qwen) == PRESETS["qwen2.5-0.5b"]
+    qwen3 = dict(
+        vocab_size=151_936,
+        hidden_size=1024,
+        intermediate_size=3072,
+        num_hidden_layers=28,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        head_dim=128,
+        rope_theta=1_000_000.0,
+        tie_word_embeddings=True,
+        attention_bias=False,
+    )
+    assert config_from_hf({"model_type": "qwen3", **qwen3}) == PRESETS["qwen3-0.6b"]
     # The published counts (Llama 3.2 1B's 1.24B is its tied count).
     counts = {"llama3.1-8b": 8_030_261_248, "mistral-7b-v0.3": 7_248_023_552}
     counts["llama3.2-1b"] = 1_235_814_400
+    counts["qwen2.5-0.5b"], counts["qwen2.5-7b"] = 494_032_768, 7_615_616_512
+    counts["qwen3-0.6b"] = 596_049_920
     for name, n in counts.items():
         assert PRESETS[name].num_params() == n, name
 
@@ -257,7 +307,7 @@ def test_unsupported_llama_configs_are_refused(changes, match):
         config_from_hf(cfg, source="x/config.json")
 
 
-@pytest.mark.parametrize("variant", ["llama3_untied", "mistral_window"])
+@pytest.mark.parametrize("variant", ["llama3_untied", "mistral_window", "qwen2_bias_tied"])
 def test_written_folder_loads_in_transformers(variant, tmp_path):
     """A full-weight expert exported by `save_hf_dir` is read by transformers as the same model
     (logits to 1e-4) and by our loader as the same config and weights."""
@@ -281,3 +331,70 @@ def test_written_folder_loads_in_transformers(variant, tmp_path):
     assert _rel_err(logits, ref, mask == 1) <= RTOL
     again, _ = load_hf_dir(tmp_path, param_dtype="float32")
     assert again == config
+
+
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+ENGINE_PROMPTS = ["Hello there, how are you today?", "abc", "The quick brown fox", "z"]
+ENGINE_BUCKETS = dict(length_buckets=(32,), new_token_buckets=(16,), batch_buckets=(4,))
+
+
+def _engine_params(config):
+    """test_sampling's random weights (greedy text that varies), norms around what multiplies
+    by 1 in this family."""
+
+    def shift(path, w):
+        return w + (1.0 - config.norm_offset) if sharding._path_str(path).endswith("scale") else w
+
+    return jax.tree_util.tree_map_with_path(shift, random_params(config))
+
+
+def _family_lora(config, n_experts=3, rank=4, seed=0):
+    c = config
+    dims = {
+        "q_proj": (c.d_model, c.q_dim),
+        "v_proj": (c.d_model, c.kv_dim),
+        "o_proj": (c.q_dim, c.d_model),
+        "up_proj": (c.d_model, c.ffn_dim),
+        "down_proj": (c.ffn_dim, c.d_model),
+    }
+    rng = np.random.default_rng(seed)
+    layers = []
+    for _ in range(c.n_layers):
+        entry = {}
+        for name, (d_in, d_out) in dims.items():
+            a = rng.standard_normal((n_experts, d_in, rank)) / np.sqrt(d_in)
+            b = 0.5 * rng.standard_normal((n_experts, rank, d_out))
+            entry[name] = {"a": a.astype(np.float32), "b": b.astype(np.float32)}
+        layers.append(entry)
+    return LoraStack(tuple(layers))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_mixed_lora_batch_equals_each_expert_alone_and_sharded(family):
+    """Per family: a batch mixing LoRA experts equals each row alone with that expert's merged
+    weights (W + a @ b), and the same batch on 8 CPU devices (data 4 x model 2: kv heads, the
+    untied head and the kernels split) equals one device."""
+    config = tiny_config(family)
+    params = _engine_params(config)
+    stack = _family_lora(config)
+    ids = [0, 2, -1, 1]
+    one_device = sharding.make_mesh(1, devices=jax.devices()[:1])
+    engine = Engine(config, params, TOK, experts=stack, mesh=one_device, **ENGINE_BUCKETS)
+    mixed = engine.generate(ENGINE_PROMPTS, ids, max_new_tokens=12, return_logits=True)
+    base = Engine(config, params, TOK, **ENGINE_BUCKETS).generate(ENGINE_PROMPTS, max_new_tokens=12)
+    for i, e in enumerate(ids):
+        p = params if e < 0 else merged_params(params, stack, e)
+        alone = Engine(config, p, TOK, **ENGINE_BUCKETS).generate(
+            [ENGINE_PROMPTS[i]], max_new_tokens=12
+        )
+        np.testing.assert_array_equal(mixed.tokens[i], alone.tokens[0], err_msg=f"row {i}")
+    assert sum(not np.array_equal(mixed.tokens[i], base.tokens[i]) for i in (0, 1, 3)) >= 2
+
+    mesh = sharding.make_mesh(data=4, model=2)
+    many = Engine(config, params, TOK, experts=stack, mesh=mesh, **ENGINE_BUCKETS)
+    split = many.generate(ENGINE_PROMPTS, ids, max_new_tokens=12, return_logits=True)
+    for x, y in zip(mixed.tokens, split.tokens, strict=True):
+        np.testing.assert_array_equal(x, y)
+    np.testing.assert_allclose(mixed.logits, split.logits, rtol=1e-5, atol=1e-5)
+    head = many.params["embedder" if config.tie_embeddings else "lm_head"]["embedding"]
+    assert head.sharding.spec == jax.sharding.PartitionSpec("model", None)

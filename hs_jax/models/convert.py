@@ -1,5 +1,5 @@
 """HF naming <-> hs_jax parameters, and HF config.json -> GemmaConfig (every family: Gemma 1/2/3,
-Llama, Mistral).
+Llama, Mistral, Qwen 2 / 3).
 
 A state dict here is a dict HF-name -> numpy array in HF orientation (linear weights [out, in],
 norm weights as stored: Gemma's without its "+1"), or a `LazyTensor` that reads one when asked.
@@ -142,6 +142,32 @@ _DEFAULTS = {
         tie_word_embeddings=False,
         hidden_act="silu",
     ),
+    # transformers' Qwen2Config / Qwen3Config defaults.
+    "qwen2": dict(
+        vocab_size=151_936,
+        hidden_size=4096,
+        intermediate_size=22_016,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        rms_norm_eps=1e-6,
+        rope_theta=10_000.0,
+        tie_word_embeddings=False,
+        hidden_act="silu",
+    ),
+    "qwen3": dict(
+        vocab_size=151_936,
+        hidden_size=4096,
+        intermediate_size=22_016,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        head_dim=128,
+        rms_norm_eps=1e-6,
+        rope_theta=10_000.0,
+        tie_word_embeddings=False,
+        hidden_act="silu",
+    ),
 }
 _FAMILY = {
     "gemma": "gemma",
@@ -149,6 +175,8 @@ _FAMILY = {
     "gemma3_text": "gemma3",
     "llama": "llama",
     "mistral": "mistral",
+    "qwen2": "qwen2",
+    "qwen3": "qwen3",
 }
 _GEMMA_FAMILIES = ("gemma", "gemma2", "gemma3")
 _HF_LAYER_TYPES = {"sliding_attention": "local", "full_attention": "global"}
@@ -202,7 +230,7 @@ def config_from_hf(
         raise CheckpointError(
             f"{src}: model_type {model_type!r} (architectures "
             f"{config_json.get('architectures')}) is not a supported model (Gemma, Gemma 2, "
-            "Gemma 3 text, Llama, Mistral)"
+            "Gemma 3 text, Llama, Mistral, Qwen 2, Qwen 3)"
         )
     cfg = {**_DEFAULTS[model_type], **{k: v for k, v in config_json.items() if v is not None}}
     if _FAMILY[model_type] not in _GEMMA_FAMILIES:
@@ -275,13 +303,13 @@ def config_from_hf(
 
 
 def _llama_style_config(family: str, cfg: Mapping, param_dtype: str, src: str) -> GemmaConfig:
-    """Llama and Mistral: one rope on every layer (default, linear or llama3); Mistral's
-    `sliding_window`, when set, on every layer."""
+    """Llama, Mistral and Qwen: one rope on every layer (default, linear or llama3); Mistral's
+    `sliding_window`, when set, on every layer; Qwen 2's q/k/v biases, Qwen 3's q/k norms."""
     act = cfg.get("hidden_act") or "silu"
     if act != "silu":
         raise CheckpointError(f"{src}: activation {act!r} is not supported ({family}: silu only)")
-    for key in ("attention_bias", "mlp_bias"):
-        if cfg.get(key):
+    for key in ("attention_bias", "mlp_bias", "use_sliding_window"):
+        if cfg.get(key):  # (Qwen 2 sets its q/k/v biases without a key)
             raise CheckpointError(f"{src}: {key}=true is not supported")
     n_layers = int(cfg["num_hidden_layers"])
     n_heads = int(cfg["num_attention_heads"])
@@ -311,6 +339,8 @@ def _llama_style_config(family: str, cfg: Mapping, param_dtype: str, src: str) -
         norm_offset=0.0,
         scale_embeddings=False,
         activation="silu",
+        qkv_bias=family == "qwen2",
+        use_qk_norm=family == "qwen3",
         tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
     )
 

@@ -1,5 +1,5 @@
-"""Flax NNX decoder (Gemma 1, 2 and 3 text, Llama 2 / 3.x, Mistral) with a KV cache and a
-per-row LoRA hook.
+"""Flax NNX decoder (Gemma 1, 2 and 3 text, Llama 2 / 3.x, Mistral, Qwen 2 / 3) with a KV cache
+and a per-row LoRA hook.
 
 The forward pass matches transformers' eager PyTorch models (same norms, rope, masks, soft caps).
 The families differ only by the config's switches (`gemma_config` lists them): the norm's

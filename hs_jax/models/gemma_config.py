@@ -1,25 +1,26 @@
 """Decoder architecture description shared by the model, the converters and the loaders.
 
 One frozen (hashable) dataclass covers every supported family: Gemma 1, 2 and 3 text models,
-Llama 2 / 3.x and Mistral (and, through the same switches, Qwen 2 / 3). A family is a set of
+Llama 2 / 3.x, Mistral, Qwen 2 / 2.5 and Qwen 3. A family is a set of
 values of the switches below, not a model file of its own: `family` only names the checkpoint
 conventions (HF model_type, GGUF architecture); the forward pass reads the switches. The config
 is a static attribute of the NNX module, so changing it recompiles and nothing else does.
 
 Where the families differ (the switch, then its values):
 
-| switch | Gemma 1 | Gemma 2 | Gemma 3 | Llama 2/3 | Mistral |
-| --- | --- | --- | --- | --- | --- |
-| `norm_offset` (RMSNorm multiplies by offset + w) | 1 | 1 | 1 | 0 | 0 |
-| `scale_embeddings` (times sqrt(d_model)) | yes | yes | yes | no | no |
-| `activation` (gated MLP) | gelu_tanh | gelu_tanh | gelu_tanh | silu | silu |
-| `use_post_norms` | no | yes | yes | no | no |
-| `use_qk_norm` | no | no | yes | no | no |
-| `tie_embeddings` (head = embedding) | yes | yes | yes | per checkpoint | no |
-| `rope_llama3` (Llama 3.1+ rope scaling) | - | - | - | 3.1+ | - |
-| `layer_types` "local" (sliding window) | - | alternate | 5 of 6 | - | all, if set |
+| switch | Gemma 1 | Gemma 2 | Gemma 3 | Llama 2/3 | Mistral | Qwen 2 | Qwen 3 |
+| --- | --- | --- | --- | --- | --- | --- | --- |
+| `norm_offset` (RMSNorm multiplies by offset + w) | 1 | 1 | 1 | 0 | 0 | 0 | 0 |
+| `scale_embeddings` (times sqrt(d_model)) | yes | yes | yes | no | no | no | no |
+| `activation` (gated MLP) | gelu_tanh | gelu_tanh | gelu_tanh | silu | silu | silu | silu |
+| `use_post_norms` | no | yes | yes | no | no | no | no |
+| `use_qk_norm` | no | no | yes | no | no | no | yes |
+| `qkv_bias` | no | no | no | no | no | yes | no |
+| `tie_embeddings` (head = embedding) | yes | yes | yes | per file | no | per file | per file |
+| `rope_llama3` (Llama 3.1+ rope scaling) | - | - | - | 3.1+ | - | - | - |
+| `layer_types` "local" (sliding window) | - | alternate | 5 of 6 | - | all, if set | - | - |
 
-`qkv_bias` (Qwen 2) and the soft caps (Gemma 2) are further switches.
+The soft caps (Gemma 2) are further switches.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import dataclasses
 import math
 from typing import Any
 
-FAMILIES = ("gemma", "gemma2", "gemma3", "llama", "mistral")
+FAMILIES = ("gemma", "gemma2", "gemma3", "llama", "mistral", "qwen2", "qwen3")
 LAYER_TYPES = ("global", "local")
 ACTIVATIONS = ("gelu_tanh", "silu")
 
@@ -240,6 +241,21 @@ def _mistral(
     )
 
 
+def _qwen(family: str, *, head_dim: int = 128, rope_theta: float = 1_000_000.0, **kw):
+    """Qwen 2 / 2.5 (q/k/v biases) and Qwen 3 (q/k norms): Llama's numerics otherwise."""
+    return GemmaConfig(
+        family=family,
+        head_dim=head_dim,
+        query_pre_attn_scalar=float(head_dim),
+        rope_base_global=rope_theta,
+        rope_base_local=rope_theta,
+        qkv_bias=family == "qwen2",
+        use_qk_norm=family == "qwen3",
+        **{**_LLAMA_STYLE, "rms_eps": 1e-6},
+        **kw,
+    )
+
+
 _LLAMA31_ROPE = Llama3Rope(low_freq_factor=1.0, high_freq_factor=4.0, original_max_positions=8192)
 
 PRESETS: dict[str, GemmaConfig] = {
@@ -313,6 +329,37 @@ PRESETS: dict[str, GemmaConfig] = {
         sliding_window=None,
         rope_theta=1_000_000.0,
     ),
+    "qwen2.5-0.5b": _qwen(
+        "qwen2",
+        vocab_size=151_936,
+        d_model=896,
+        n_layers=24,
+        n_heads=14,
+        n_kv_heads=2,
+        head_dim=64,
+        ffn_dim=4864,
+        tie_embeddings=True,
+    ),
+    "qwen2.5-7b": _qwen(
+        "qwen2",
+        vocab_size=152_064,
+        d_model=3584,
+        n_layers=28,
+        n_heads=28,
+        n_kv_heads=4,
+        ffn_dim=18_944,
+        tie_embeddings=False,
+    ),
+    "qwen3-0.6b": _qwen(
+        "qwen3",
+        vocab_size=151_936,
+        d_model=1024,
+        n_layers=28,
+        n_heads=16,
+        n_kv_heads=8,
+        ffn_dim=3072,
+        tie_embeddings=True,
+    ),
 }
 
 
@@ -323,7 +370,8 @@ def tiny_config(family: str, *, param_dtype: str = "float32") -> GemmaConfig:
     local, global, local) so both layer kinds and both rope bases are exercised. llama is
     Llama 3.1 shaped: untied head, Llama 3 rope scaling whose three frequency bands all occur
     in head_dim 16 (wavelengths below 16, between 16 and 64, above 64); mistral is v0.1 shaped:
-    every layer in a sliding window of 8, untied head.
+    every layer in a sliding window of 8, untied head; qwen2 has q/k/v biases and a tied head,
+    qwen3 q/k norms and an untied head.
     """
     common = dict(
         vocab_size=128,
@@ -378,6 +426,14 @@ def tiny_config(family: str, *, param_dtype: str = "float32") -> GemmaConfig:
             head_dim=16,
             sliding_window=8,
             rope_theta=1_000_000.0,
+            **{k: v for k, v in common.items() if k != "head_dim"},
+        )
+    if family in ("qwen2", "qwen3"):
+        return _qwen(
+            family,
+            n_layers=2,
+            head_dim=16,
+            tie_embeddings=family == "qwen2",
             **{k: v for k, v in common.items() if k != "head_dim"},
         )
     raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")

@@ -26,6 +26,8 @@ _MODEL_TYPES = {
     "gemma3": "gemma3_text",
     "llama": "llama",
     "mistral": "mistral",
+    "qwen2": "qwen2",
+    "qwen3": "qwen3",
 }
 _ARCHITECTURES = {
     "gemma": "GemmaForCausalLM",
@@ -33,6 +35,8 @@ _ARCHITECTURES = {
     "gemma3": "Gemma3ForCausalLM",
     "llama": "LlamaForCausalLM",
     "mistral": "MistralForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
 }
 _LAYER_TYPES = {"local": "sliding_attention", "global": "full_attention"}
 
@@ -70,7 +74,7 @@ def hf_config_json(config: GemmaConfig) -> dict[str, Any]:
         "tie_word_embeddings": config.tie_embeddings,
         "torch_dtype": config.param_dtype,
     }
-    if family in ("llama", "mistral"):
+    if not family.startswith("gemma"):
         out["hidden_act"] = "silu"
         out["rope_parameters"] = _rope(
             config.rope_base_global, config.rope_scale_global, config.rope_llama3
