@@ -398,3 +398,18 @@ def test_mixed_lora_batch_equals_each_expert_alone_and_sharded(family):
     np.testing.assert_allclose(mixed.logits, split.logits, rtol=1e-5, atol=1e-5)
     head = many.params["embedder" if config.tie_embeddings else "lm_head"]["embedding"]
     assert head.sharding.spec == jax.sharding.PartitionSpec("model", None)
+
+
+@pytest.mark.parametrize("preset", ["mistral-7b-v0.3", "llama3.1-8b", "qwen2.5-7b"])
+def test_dry_run_plan_splits_the_untied_head(preset):
+    """`--dry_run` for the paper's Table 4 base and the other 7-8B bases: every parameter
+    counted once, the untied head split along 'model' like the embedding."""
+    from test_memory import _config as plan_config
+
+    from hs_jax.pipeline import memory_plan
+
+    one = memory_plan.plan(plan_config(preset, "bfloat16", model=1, data=1), 8)
+    model8 = memory_plan.plan(plan_config(preset, "bfloat16", model=8, data=1), 8)
+    base = one.parts["base parameters"]
+    assert base == PRESETS[preset].num_params() * 2
+    assert base / 8 < model8.parts["base parameters"] < base / 7.9  # norms, biases replicated

@@ -3,11 +3,11 @@
 What a device holds during a search, by the placement rules of `hs_jax.runtime.sharding` and the way
 the engine and the search allocate:
 
-* base parameters: the large kernels and the tied embedding split along 'model'
+* base parameters: the large kernels, the embedding and an untied head split along 'model'
   (`sharding.PARAM_RULES`; a dimension that does not divide by the axis stays whole, as
   `sharding.spec_for` leaves it), norms replicated;
-* head screen: float32 models only, a bfloat16 copy of the embedding the greedy head screens
-  with (`models.screened_head`), split along 'model' like the embedding;
+* head screen: float32 models only, a bfloat16 copy of the head table (the embedding when
+  tied) the greedy head screens with (`models.screened_head`), split along 'model' like it;
 * expert stack for generation: every expert's LoRA factors, replicated (one copy per device);
   a pool of full models (experts.source='full') instead: the stacked pool as loaded, the one
   expert whose rows run (placed like the base parameters) and a swarm of whole weight sets in
@@ -220,10 +220,10 @@ def plan(c: ml_collections.ConfigDict, n_devices: int) -> MemoryPlan:
         (_split(a, model) * b) if name in row_parallel else (a * _split(b, model))
         for name, (a, b) in dims.items()
     )
-    embedding = cfg.vocab_size * cfg.d_model
+    tables = 1 if cfg.tie_embeddings else 2  # an untied lm_head is split like the embedding
     embedding_here = _split(cfg.vocab_size, model) * cfg.d_model
-    rest = cfg.num_params() - kernels - embedding
-    base = (kernels_here + embedding_here + rest) * weight
+    rest = cfg.num_params() - kernels - tables * cfg.vocab_size * cfg.d_model
+    base = (kernels_here + tables * embedding_here + rest) * weight
 
     experts = PoolSource.of(c)
     if experts.full:
