@@ -10,17 +10,21 @@ batch mixing LoRA experts equals per-expert runs and 8 CPU devices equal one; a 
 loads in transformers.
 """
 
+import copy
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 import transformers as tf
+from peft import LoraConfig, get_peft_model
 from test_engine import TOK, merged_params
 from test_models import RTOL, _left_padded_batch, _rel_err
 from test_sampling import random_params
 
 from hs_jax.engine.engine import Engine
+from hs_jax.experts import lora
 from hs_jax.experts.lora import LoraStack
 from hs_jax.models import (
     PRESETS,
@@ -413,3 +417,31 @@ def test_dry_run_plan_splits_the_untied_head(preset):
     base = one.parts["base parameters"]
     assert base == PRESETS[preset].num_params() * 2
     assert base / 8 < model8.parts["base parameters"] < base / 7.9  # norms, biases replicated
+
+
+def test_peft_adapter_matches_peft_logits(hf_checkpoint, tmp_path):
+    """A PEFT LoRA adapter (all seven projections) on each variant's transformers model, applied
+    by hs_jax as a 1-expert stack, gives peft's logits."""
+    config, hf_model, path = hf_checkpoint
+    _, params = load_hf_dir(path, param_dtype="float32")
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    torch.manual_seed(3)
+    peft_config = LoraConfig(init_lora_weights=False, r=4, lora_alpha=8, target_modules=targets)
+    peft_model = get_peft_model(copy.deepcopy(hf_model), peft_config).eval()
+    peft_model.save_pretrained(tmp_path)
+    tokens, mask, positions = _left_padded_batch(config.vocab_size, [12, 7], 12, seed=5)
+    with torch.no_grad():
+        kw = dict(
+            input_ids=torch.tensor(tokens, dtype=torch.long),
+            attention_mask=torch.tensor(mask),
+            position_ids=torch.tensor(np.maximum(positions, 0), dtype=torch.long),
+        )
+        ref = peft_model(**kw).logits.numpy()
+        base = hf_model(**kw).logits.numpy()
+    stack = lora.load_peft_adapter(tmp_path, config)
+    assert set(stack.targets) == set(targets)
+    ours, _ = from_params(config, params)(
+        jnp.asarray(tokens), jnp.asarray(positions), lora=stack, expert_ids=jnp.zeros(2, jnp.int32)
+    )
+    assert _rel_err(ours, ref, mask == 1) <= RTOL
+    assert _rel_err(base, ref, mask == 1) > 1e-2  # the adapter changes the output

@@ -382,7 +382,7 @@ def test_missing_files(good_adapter, tmp_path):
         (dict(use_dora=True), "DoRA"),
         (dict(bias="all"), "bias='all'"),
         (dict(modules_to_save=["lm_head"]), "modules_to_save"),
-        (dict(target_modules=["q_proj", "lm_head"]), r"\['lm_head'\].*not Gemma"),
+        (dict(target_modules=["q_proj", "lm_head"]), r"\['lm_head'\].*not decoder"),
         (dict(peft_type="IA3"), "not LORA"),
         (dict(r=3), "rank 2, adapter_config.json says 3"),
     ],

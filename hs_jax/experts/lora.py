@@ -499,7 +499,7 @@ def _read_adapter_config(folder: str) -> dict[str, Any]:
         bad = [t for t in targets if t.split(".")[-1] not in PROJ_NAMES]
         if bad:
             raise AdapterError(
-                f"PEFT adapter {folder!r}: target_modules {bad} are not Gemma decoder "
+                f"PEFT adapter {folder!r}: target_modules {bad} are not decoder "
                 f"projections (supported: {list(PROJ_NAMES)})"
             )
     return cfg
@@ -604,14 +604,14 @@ def load_peft_adapter(
         m = _PEFT_KEY.match(key)
         if m is None:
             raise AdapterError(
-                f"PEFT adapter {folder!r}: key {key!r} is not a LoRA factor of a Gemma decoder "
+                f"PEFT adapter {folder!r}: key {key!r} is not a LoRA factor of a decoder "
                 "projection (unsupported module or feature)"
             )
         layer, proj = int(m.group("layer")), m.group("proj")
         if proj not in PROJ_NAMES or _PARENT[proj] != m.group("parent"):
             raise AdapterError(
                 f"PEFT adapter {folder!r}: key {key!r} targets module "
-                f"'{m.group('parent')}.{proj}', which the Gemma model does not have "
+                f"'{m.group('parent')}.{proj}', which the model does not have "
                 f"(supported: {list(PROJ_NAMES)})"
             )
         if layer >= config.n_layers:
