@@ -1,7 +1,10 @@
 """The search's typed history (hs_jax.swarm.history): records round-trip through JSON exactly, and a
 small real search writes the same history, key for key and value for value, as the code before
 the typed records (tests/data/search_history.json, written by it), so results.json files and
-checkpoints written before read the same; the checkpoint summary reads the typed records."""
+checkpoints written before read the same; the checkpoint summary reads the typed records. The
+'authors' history was written again when the authors' schedule took round 0's best system from
+the graphs only (their code's rule): its round-0 best went from a JFK assignment's to the best
+graph's; the two other histories are the old code's."""
 
 import json
 import math

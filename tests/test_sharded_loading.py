@@ -107,7 +107,7 @@ def checkpoint(tmp_path_factory) -> Path:
 
 _PROBE = textwrap.dedent(
     """
-    import json, resource, sys
+    import json, sys
     import jax
     import numpy as np
     from hs_jax.config import base_config
@@ -121,7 +121,8 @@ _PROBE = textwrap.dedent(
     before = int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0]) * 1024
     config, params = load_model(folder, param_dtype="bfloat16", mesh=mesh)
     leaves = jax.tree.leaves(jax.block_until_ready(params))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # VmHWM: this process image's peak (ru_maxrss would keep the forking parent's).
+    peak = int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) * 1024
     per_device = {str(d.id): 0 for d in (mesh.devices.flat if mesh else jax.devices()[:1])}
     for leaf in leaves:
         for shard in leaf.addressable_shards:

@@ -145,6 +145,9 @@ ExtraMeta = Callable[[dict[str, Any]], Mapping[str, Any]]
 # Config fields that do not change the search's results; a workdir may be resumed with other
 # values for them.
 _RESUME_FREE_FIELDS = ("checkpoint_every", "max_to_keep")
+# Fields added after checkpoints were written, with the value those checkpoints ran with: left
+# out of the identity at that value, so an older checkpoint resumes where nothing changed.
+_ADDED_FIELDS = {"decode": "hs_jax"}
 
 SCHEDULES = ("hs_jax", "authors")
 
@@ -663,7 +666,11 @@ def _stop_reason(loop: _Loop, cfg: SearchConfig) -> str | None:
 
 
 def _identity(cfg: SearchConfig, experts: PyTree, fixed_dag: Dag | None) -> dict[str, Any]:
-    config = {k: v for k, v in cfg.to_dict().items() if k not in _RESUME_FREE_FIELDS}
+    config = {
+        k: v
+        for k, v in cfg.to_dict().items()
+        if k not in _RESUME_FREE_FIELDS and _ADDED_FIELDS.get(k, object()) != v
+    }
     return {
         "config": config,
         "experts": checkpointing.fingerprint(experts),

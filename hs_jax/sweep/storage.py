@@ -128,16 +128,23 @@ class Storage:
             with _file_lock(db.with_name(db.name + CLAIM_LOCK)):
                 yield
         else:
-            from sqlalchemy import text
+            with _advisory_lock(self._engine, f"hs_jax.sweep:{study_name}"):
+                yield
 
-            key = zlib.crc32(f"hs_jax.sweep:{study_name}".encode())  # fits a bigint
-            with self._engine.connect() as conn:
-                conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
-                try:
-                    yield
-                finally:
-                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-                    conn.commit()
+
+@contextlib.contextmanager
+def _advisory_lock(engine, name: str) -> Iterator[None]:
+    """A PostgreSQL session advisory lock on `name`, held until the block ends."""
+    from sqlalchemy import text
+
+    key = zlib.crc32(name.encode())  # fits a bigint
+    with engine.connect() as conn:
+        conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+        try:
+            yield
+        finally:
+            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+            conn.commit()
 
 
 def open_storage(url: str, workdir: Path, heartbeat_s: int = DEFAULT_HEARTBEAT_S) -> Storage:
@@ -149,17 +156,22 @@ def open_storage(url: str, workdir: Path, heartbeat_s: int = DEFAULT_HEARTBEAT_S
 
         backend = JournalFileBackend(str(workdir / JOURNAL))
         return Storage("", workdir, optuna.storages.JournalStorage(backend), None)
-    storage = optuna.storages.RDBStorage(
-        url,
-        engine_kwargs={"pool_pre_ping": True},
-        heartbeat_interval=heartbeat_s,
-        grace_period=GRACE_HEARTBEATS * heartbeat_s,
-    )
     engine = None
+    schema = contextlib.nullcontext()
     if _scheme(url) == "postgresql":
         import sqlalchemy
 
         engine = sqlalchemy.create_engine(url, pool_pre_ping=True, poolclass=sqlalchemy.NullPool)
+        # Workers started together would each create optuna's tables and collide on the
+        # catalogue (a duplicate-key error): one at a time.
+        schema = _advisory_lock(engine, "hs_jax.sweep:schema")
+    with schema:
+        storage = optuna.storages.RDBStorage(
+            url,
+            engine_kwargs={"pool_pre_ping": True},
+            heartbeat_interval=heartbeat_s,
+            grace_period=GRACE_HEARTBEATS * heartbeat_s,
+        )
     return Storage(url, workdir, storage, heartbeat_s, engine)
 
 
