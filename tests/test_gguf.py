@@ -226,9 +226,11 @@ def test_truncated_file(tmp_path, keep):
 
 def test_other_architecture(tmp_path):
     path = _write_tiny_gguf(
-        tmp_path / "llama.gguf", "gemma3", _tiny_state_dict("gemma3", 1), n_layers=1, arch="llama"
+        tmp_path / "phi3.gguf", "gemma3", _tiny_state_dict("gemma3", 1), n_layers=1, arch="phi3"
     )
-    with pytest.raises(GGUFError, match=r"llama\.gguf.*architecture 'llama' is not a Gemma"):
+    with pytest.raises(
+        GGUFError, match=r"phi3\.gguf.*'general\.architecture' is 'phi3', not a supported architecture"
+    ):
         read_gguf(path)
 
 

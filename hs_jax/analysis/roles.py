@@ -29,6 +29,7 @@ from typing import Any
 
 from hs_jax.analysis.topology import positions
 from hs_jax.swarm.graph import Dag
+from hs_jax.tasks.chat_format import GEMMA, ChatFormat, chat_format
 from hs_jax.tasks.prompts import flatten_response, wrap_chat
 
 ROLES = ("divide", "refine", "feedback", "irrelevant")
@@ -66,16 +67,23 @@ class RoleCase:
     output: str
 
 
-def role_prompt(problem: str, output: str, *, answer_prefix: str = "", chat: bool = False) -> str:
+def role_prompt(
+    problem: str,
+    output: str,
+    *,
+    answer_prefix: str = "",
+    chat: bool = False,
+    chat_format: ChatFormat = GEMMA,
+) -> str:
     """The judge's prompt for one output (both texts flattened to one line); `answer_prefix`
     (e.g. 'Scenario:') goes on a last line so a base model starts with its choice; `chat`
-    wraps it in Gemma's chat turn."""
+    wraps it in the judge model's chat turn (`chat_format`, default Gemma's)."""
     prompt = ROLE_TEMPLATE.format(
         problem=flatten_response(problem), output=flatten_response(output)
     )
     if answer_prefix:
         prompt = f"{prompt}\n{answer_prefix}"
-    return wrap_chat(prompt) if chat else prompt
+    return wrap_chat(prompt, fmt=chat_format) if chat else prompt
 
 
 def parse_role(text: str) -> str | None:
@@ -131,12 +139,19 @@ def label_roles(
     *,
     answer_prefix: str = "",
     chat: bool = False,
+    chat_format: ChatFormat | None = None,
     batch: int = 64,
 ) -> list[str]:
     """The role of each case (one of ROLES, or UNPARSED), asking `generate` `batch` prompts at
-    a time."""
+    a time. `chat_format` (for `chat`): default the judge's own, `generate.chat_format`, which
+    `engine_judge` sets from its model; Gemma's for a function without one."""
+    if chat_format is None:
+        chat_format = getattr(generate, "chat_format", GEMMA)
     prompts = [
-        role_prompt(c.problem, c.output, answer_prefix=answer_prefix, chat=chat) for c in cases
+        role_prompt(
+            c.problem, c.output, answer_prefix=answer_prefix, chat=chat, chat_format=chat_format
+        )
+        for c in cases
     ]
     labels: list[str] = []
     for start in range(0, len(prompts), batch):
@@ -176,7 +191,8 @@ def tally(cases: Sequence[RoleCase], labels: Sequence[str]) -> dict[str, Any]:
 def engine_judge(model: str, *, max_new_tokens: int = 16) -> GenerateFn:
     """A judge from a model spec (GGUF path, HF dir or the PyPI model name): greedy
     generations of the plain base model (`hs_jax.engine.engine.load_engine`), loaded here and only
-    here, so the rest of the analysis never loads a model."""
+    here, so the rest of the analysis never loads a model. The function's `chat_format` is the
+    model's (`label_roles` wraps chat prompts in it)."""
     from hs_jax.engine.engine import load_engine
 
     engine = load_engine(model)
@@ -184,4 +200,5 @@ def engine_judge(model: str, *, max_new_tokens: int = 16) -> GenerateFn:
     def generate(prompts: list[str]) -> list[str]:
         return list(engine.generate(prompts, None, max_new_tokens=max_new_tokens).texts)
 
+    generate.chat_format = chat_format(engine.config)
     return generate

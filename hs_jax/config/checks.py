@@ -13,6 +13,7 @@ import re
 
 import ml_collections
 
+from hs_jax.config.model_source import tiny_family_of
 from hs_jax.config.pool_source import model_folders, peft_folders
 from hs_jax.config.schema import SFT_NAMES, sft_fields
 from hs_jax.config.task_choice import GENERATED
@@ -143,6 +144,11 @@ def find_problems(c: ml_collections.ConfigDict) -> list[str]:
             c.model.spec,
             f"give a GGUF file, an HF directory, 'tiny' or the PyPI model name {PYPI_MODEL_NAME!r}",
         )
+    else:
+        try:
+            tiny_family_of(str(c.model.spec))
+        except ValueError as e:
+            bad("model.spec", c.model.spec, str(e).split(" in ")[0])
     if c.model.param_dtype not in ("", "float32", "bfloat16"):
         bad("model.param_dtype", c.model.param_dtype, "expected '', 'float32' or 'bfloat16'")
 

@@ -12,17 +12,35 @@ import dataclasses
 
 import ml_collections
 
-from hs_jax.models.gemma_config import default_param_dtype
+from hs_jax.models.gemma_config import FAMILIES, default_param_dtype
 from hs_jax.models.gguf_io import PYPI_MODEL_NAME
 
-TINY = "tiny"  # a random tiny Gemma 3 with the real tokenizer's vocabulary (tests, smoke runs)
+# Random tiny models (tests, smoke runs): 'tiny' is a tiny Gemma 3 with the real Gemma 3
+# tokenizer's vocabulary; 'tiny:<family>' (tiny:llama, tiny:mistral, tiny:qwen2, tiny:qwen3,
+# tiny:gemma2, ...) a tiny model of that family with a small tokenizer of the family's special
+# tokens and BOS/EOS conventions (hs_jax.models.tiny_vocab).
+TINY = "tiny"
+TINY_PREFIX = "tiny:"
+
+
+def tiny_family_of(spec: str) -> str | None:
+    """The family of a tiny spec ('tiny' -> 'gemma3', 'tiny:llama' -> 'llama'), None for any
+    other spec; raises ValueError for 'tiny:<not a family>'."""
+    if spec == TINY:
+        return "gemma3"
+    if not spec.startswith(TINY_PREFIX):
+        return None
+    family = spec[len(TINY_PREFIX) :]
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r} in {spec!r}; expected one of {FAMILIES}")
+    return family
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelSource:
-    """spec: a GGUF file, an HF folder, the PyPI model's name, or 'tiny'. tokenizer: the
-    tokenizer's own spec ('' = the model's). param_dtype: '' (the platform's default: float32
-    on CPU, bfloat16 on accelerators), 'float32' or 'bfloat16'."""
+    """spec: a GGUF file, an HF folder, the PyPI model's name, 'tiny' or 'tiny:<family>'.
+    tokenizer: the tokenizer's own spec ('' = the model's). param_dtype: '' (the platform's
+    default: float32 on CPU, bfloat16 on accelerators), 'float32' or 'bfloat16'."""
 
     spec: str
     tokenizer: str = ""
@@ -36,7 +54,12 @@ class ModelSource:
 
     @property
     def is_tiny(self) -> bool:
-        return self.spec == TINY
+        return self.tiny_family is not None
+
+    @property
+    def tiny_family(self) -> str | None:
+        """The family of a random tiny model ('tiny': gemma3), None for a real model."""
+        return tiny_family_of(self.spec)
 
     def dtype(self, default: str | None = None) -> str:
         """The parameter dtype: param_dtype, else `default`, else this platform's default."""
@@ -45,5 +68,5 @@ class ModelSource:
     @property
     def tokenizer_spec(self) -> str:
         """Where the tokenizer comes from: its own spec, the model's ('tiny': the PyPI model's
-        vocabulary)."""
-        return self.tokenizer or (PYPI_MODEL_NAME if self.is_tiny else self.spec)
+        vocabulary; 'tiny:<family>': that family's tiny tokenizer, built in memory)."""
+        return self.tokenizer or (PYPI_MODEL_NAME if self.spec == TINY else self.spec)

@@ -57,7 +57,10 @@ class SystemScorer:
         )
         template = tasks.AUTHORS_JUDGE_TEMPLATE if protocol.authors else tasks.JUDGE_TEMPLATE
         self.judge = tasks.Judge(
-            self._judge_generate, template=template, chat=protocol.templates.chat
+            self._judge_generate,
+            template=template,
+            chat=protocol.templates.chat,
+            chat_format=protocol.templates.chat_format,
         )
 
     @property

@@ -16,6 +16,7 @@ import numpy as np
 from absl import logging
 
 from hs_jax.engine import stops as stops_lib
+from hs_jax.models.tokenizer import bos_of
 
 
 def encode_batch(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
@@ -79,7 +80,7 @@ def encode_prompts(
     """Prompt ids as run: BOS (if `add_bos` and the tokenizer has one) + text ids, the
     long-prompt policy applied."""
     ids = encode_batch(tokenizer, prompts)
-    bos = getattr(tokenizer, "bos_token_id", None)
+    bos = bos_of(tokenizer)
     if add_bos and bos is not None:
         ids = [[int(bos)] + p for p in ids]
     return fit_prompts(ids, max_len, truncate)

@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 from hs_jax.experts import lora
 from hs_jax.models.gemma import abstract_model
 from hs_jax.models.gemma_config import GemmaConfig
+from hs_jax.models.tokenizer import bos_of
 from hs_jax.runtime import distributed
 from hs_jax.store import workdir as workdir_lib
 from hs_jax.tasks.nlgraph_gen import question_hash
@@ -140,15 +141,18 @@ def read_training_record(folder: str | os.PathLike) -> dict[str, Any] | None:
 
 
 def _encode(tokenizer, example: Example, max_len: int) -> tuple[list[int], int]:
-    """Token ids [bos, prompt..., answer..., eos] and the index where the answer starts."""
+    """Token ids [bos, prompt..., answer..., eos] and the index where the answer starts; no
+    BOS for a tokenizer that adds none (Qwen), as the engine's prompts have none."""
     prompt = tokenizer(example.prompt, add_special_tokens=False)["input_ids"]
     answer = tokenizer(example.answer, add_special_tokens=False)["input_ids"]
     answer = [*answer, tokenizer.eos_token_id]
-    room = max_len - 1 - len(answer)
+    bos = bos_of(tokenizer)
+    head = [] if bos is None else [bos]
+    room = max_len - len(head) - len(answer)
     if room < 1:
         raise ValueError(f"answer of {len(answer)} tokens does not fit max_len={max_len}")
     prompt = prompt[-room:]  # keep the end of a long prompt: the question sits there
-    return [tokenizer.bos_token_id, *prompt, *answer], 1 + len(prompt)
+    return [*head, *prompt, *answer], len(head) + len(prompt)
 
 
 def encode_slices(tokenizer, slices: Sequence[Sequence[Example]], max_len: int):

@@ -12,7 +12,8 @@ from hs_jax.models.gemma_config import PRESETS, GemmaConfig, tiny_config
 from hs_jax.models.gguf_io import PYPI_MODEL_NAME, GGUFError, pypi_gguf_path, read_gguf
 from hs_jax.models.loading import load_model
 from hs_jax.models.safetensors_io import load_hf_dir
-from hs_jax.models.tokenizer import load_tokenizer
+from hs_jax.models.tiny_vocab import tiny_tokenizer, tiny_vocab_size
+from hs_jax.models.tokenizer import GemmaTokenizer, TextTokenizer, load_tokenizer
 
 __all__ = [
     "PRESETS",
@@ -21,7 +22,9 @@ __all__ = [
     "GGUFError",
     "Gemma",
     "GemmaConfig",
+    "GemmaTokenizer",
     "KVCache",
+    "TextTokenizer",
     "abstract_model",
     "config_from_hf",
     "from_params",
@@ -34,4 +37,6 @@ __all__ = [
     "read_gguf",
     "state_dict_from_params",
     "tiny_config",
+    "tiny_tokenizer",
+    "tiny_vocab_size",
 ]

@@ -327,7 +327,7 @@ def load_system(
     spec, dev, test, _ = assembly.load_items(c, workdir, source)
     assembly.use_compilation_cache(c)  # as hs_jax.run: a repeated load skips compilation
     base = assembly.load_base(c, sharding.make_mesh(**mesh_layout.answer_axes(c)))
-    run = _Run(c, workdir, base, spec, assembly.protocol_for(c, spec), dev, test)
+    run = _Run(c, workdir, base, spec, assembly.protocol_for(c, spec, base[0]), dev, test)
     if finished:
         best, names = results["best_system"], results["experts"]
         used = sorted(set(best["assignment"]))

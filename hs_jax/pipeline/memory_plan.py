@@ -49,9 +49,10 @@ from pathlib import Path
 import ml_collections
 
 from hs_jax.config import mesh_layout
-from hs_jax.config.model_source import ModelSource
+from hs_jax.config.model_source import ModelSource, tiny_family_of
 from hs_jax.config.pool_source import PoolSource
 from hs_jax.config.task_choice import TaskChoice
+from hs_jax.models import tiny_vocab
 from hs_jax.models.gemma_config import PRESETS, GemmaConfig, tiny_config
 from hs_jax.pipeline import door
 from hs_jax.setup import assembly
@@ -91,9 +92,14 @@ class MemoryPlan:
 
 
 def model_shapes(spec: str, param_dtype: str) -> GemmaConfig:
-    """The model's config from a preset name, 'tiny', an HF config.json or a GGUF header."""
-    if spec == "tiny":
-        return tiny_config("gemma3", param_dtype=param_dtype)
+    """The model's config from a preset name, 'tiny' / 'tiny:<family>', an HF config.json or
+    a GGUF header."""
+    family = tiny_family_of(spec)
+    if family is not None:
+        config = tiny_config(family, param_dtype=param_dtype)
+        if spec == "tiny":  # the real Gemma 3 vocabulary, which the plan does not load
+            return config
+        return config.replace(vocab_size=tiny_vocab.tiny_vocab_size(family))
     if spec in PRESETS:
         return PRESETS[spec].replace(param_dtype=param_dtype)
     from hs_jax.models.loading import resolve_model_path

@@ -44,6 +44,7 @@ from hs_jax.experts.pool import (
     write_pool,
 )
 from hs_jax.models import gemma_config as model_config
+from hs_jax.models import tiny_vocab
 from hs_jax.models.convert import init_params
 from hs_jax.models.gemma_config import first_difference
 from hs_jax.models.loading import load_model, resolve_model_path
@@ -130,15 +131,20 @@ def task_spec(c: ml_collections.ConfigDict, path: Path) -> tasks.TaskSpec:
     return spec
 
 
-def protocol_for(c: ml_collections.ConfigDict, spec: tasks.TaskSpec) -> tasks.Protocol:
-    """The prompts and answer reading of `config.protocol` for this task."""
+def protocol_for(
+    c: ml_collections.ConfigDict, spec: tasks.TaskSpec, model_config: Any = None
+) -> tasks.Protocol:
+    """The prompts and answer reading of `config.protocol` for this task. Chat prompts are in
+    the chat format of the base model's family (`tasks.chat_format(model_config)`); without a
+    model config, Gemma's (`make_scorer` puts a protocol into its engine's model's format)."""
     dataset = spec.name if spec.name in tasks.TASKS else ""
+    fmt = tasks.GEMMA_CHAT if model_config is None else tasks.chat_format(model_config)
     if c.protocol == "authors":
-        templates = tasks.authors_templates(dataset, chat=c.task.chat_template)
+        templates = tasks.authors_templates(dataset, chat=c.task.chat_template, chat_format=fmt)
         templates = dataclasses.replace(templates, answer_prefix=c.task.answer_prefix)
     else:
         templates = tasks.NodeTemplates(
-            answer_prefix=c.task.answer_prefix, chat=bool(c.task.chat_template)
+            answer_prefix=c.task.answer_prefix, chat=bool(c.task.chat_template), chat_format=fmt
         )
     return tasks.Protocol(
         name=c.protocol,
@@ -181,15 +187,19 @@ def load_items(c: ml_collections.ConfigDict, workdir: Path, source: TaskSource |
 
 def load_base(c: ml_collections.ConfigDict, mesh=None):
     """(GemmaConfig, params, tokenizer). 'tiny' is a random tiny Gemma 3 with the real
-    tokenizer's vocabulary (tests and smoke runs). A loaded model goes straight into `mesh`'s
+    tokenizer's vocabulary, 'tiny:<family>' one of that family with its tiny tokenizer (tests
+    and smoke runs). A loaded model goes straight into `mesh`'s
     parameter shardings, tensor by tensor (`models.load_model`)."""
     model = ModelSource.of(c)
     dtype = model.dtype()
     if not model.is_tiny:
         resolve_model_path(model.spec)  # a missing model is named as such, not as a tokenizer
-    tokenizer = load_tokenizer(model.tokenizer_spec)
+    if model.is_tiny and model.tokenizer_spec == model.spec:  # 'tiny:<family>'
+        tokenizer = tiny_vocab.tiny_tokenizer(model.tiny_family)
+    else:
+        tokenizer = load_tokenizer(model.tokenizer_spec)
     if model.is_tiny:
-        cfg = model_config.tiny_config("gemma3", param_dtype=dtype).replace(
+        cfg = model_config.tiny_config(model.tiny_family, param_dtype=dtype).replace(
             vocab_size=len(tokenizer)
         )
         return cfg, init_params(cfg, seed=c.seed), tokenizer
@@ -380,7 +390,7 @@ def build_experts(
             base_cfg, pool.n, pool.rank, pool.targets, jax.random.key(c.seed),
             scheme="random", init_scale=pool.random_scale,
         )  # fmt: skip
-    names, slices = _training_slices(c, spec, protocol_for(c, spec), dev, test)
+    names, slices = _training_slices(c, spec, protocol_for(c, spec, base_cfg), dev, test)
     sft = schema.sft_config(c)  # checked at the door (pipeline.door.check)
     return build_or_load_pool(
         pool_dir_of(c, workdir), base_cfg, params, tokenizer, slices, names, sft,
@@ -447,14 +457,45 @@ def use_compilation_cache(c) -> None:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
+def eos_ids_for(model_config: Any, tokenizer: Any) -> list[int] | None:
+    """The tokens that end a row of the run's model: the tokenizer's stop ids (`stop_token_ids`,
+    else its EOS) and the end-of-turn tokens of the family's chat format (`tasks.turn_end_ids`),
+    so an instruction-tuned model's turn ends where its template says, whatever tokenizer
+    loaded it. None for Gemma: the engine's default, the tokenizer's own stop ids (a tokenizer
+    without `stop_token_ids` stops Gemma at <eos> alone, as hs_jax always has)."""
+    fmt = tasks.chat_format(model_config)
+    if fmt.name == tasks.GEMMA_CHAT.name:
+        return None
+    ids = getattr(tokenizer, "stop_token_ids", None)
+    if ids is None:
+        ids = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
+    return list(dict.fromkeys([*(int(i) for i in ids), *tasks.turn_end_ids(fmt, tokenizer)]))
+
+
 def make_engine(c, base: tuple, experts: Any, mesh) -> Engine:
     """The run's engine: the base model (config, params, tokenizer) and `experts` on `mesh`, at
-    config.engine's batch size, prompt length and shape buckets."""
-    return Engine(*base, experts=experts, mesh=mesh, **engine_settings(c))
+    config.engine's batch size, prompt length and shape buckets; rows end at `eos_ids_for`."""
+    eos_ids = eos_ids_for(base[0], base[2])
+    return Engine(*base, experts=experts, mesh=mesh, eos_ids=eos_ids, **engine_settings(c))
+
+
+def in_model_format(protocol: tasks.Protocol, model_config: Any) -> tasks.Protocol:
+    """`protocol` with its chat prompts in the chat format of `model_config`'s family (itself
+    when they already are, or when there is no model config)."""
+    if model_config is None:
+        return protocol
+    fmt = tasks.chat_format(model_config)
+    if protocol.templates.chat_format == fmt:
+        return protocol
+    templates = dataclasses.replace(protocol.templates, chat_format=fmt)
+    return dataclasses.replace(protocol, templates=templates)
 
 
 def make_scorer(c, engine: Engine, spec: tasks.TaskSpec, protocol: tasks.Protocol) -> SystemScorer:
-    """The utility f of systems on `engine`, in calls of at most config.engine.max_batch rows."""
+    """The utility f of systems on `engine`, in calls of at most config.engine.max_batch rows.
+    Node prompts and the judge's are in the chat format of the engine's model
+    (`in_model_format`), whatever format `protocol` was built with."""
+    protocol = in_model_format(protocol, getattr(engine, "config", None))
     return SystemScorer(engine, spec, protocol, max_batch=engine_settings(c)["max_batch"])
 
 
@@ -478,7 +519,7 @@ def assemble(
         host_allocator.reuse_freed_memory(),
     )  # fmt: skip
     engine = make_engine(c, base, experts, mesh)
-    protocol = protocol_for(c, spec)
+    protocol = protocol_for(c, spec, base_cfg)
     scorer = make_scorer(c, engine, spec, protocol)
     return Setup(
         config=c, spec=spec, dev=dev, test=test, task_file=task_file, protocol=protocol,

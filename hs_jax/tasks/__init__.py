@@ -1,5 +1,8 @@
 """Tasks: data loading, prompts, answer parsing, metrics, the judge, the NLGraph generator."""
 
+from hs_jax.tasks.chat_format import FORMATS as CHAT_FORMATS
+from hs_jax.tasks.chat_format import GEMMA as GEMMA_CHAT
+from hs_jax.tasks.chat_format import ChatFormat, chat_format, turn_end_ids
 from hs_jax.tasks.data import (
     TASK_TYPES,
     TASKS,
@@ -72,6 +75,11 @@ from hs_jax.tasks.protocol import (
 __all__ = [
     "AUTHORS_ABSTAIN_MAX_NEW_TOKENS",
     "AUTHORS_JUDGE_TEMPLATE",
+    "CHAT_FORMATS",
+    "GEMMA_CHAT",
+    "ChatFormat",
+    "chat_format",
+    "turn_end_ids",
     "PROTOCOLS",
     "QUESTION_TYPES",
     "SCORINGS",

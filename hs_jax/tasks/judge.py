@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from hs_jax.tasks.chat_format import GEMMA, ChatFormat
 from hs_jax.tasks.data import Item
 from hs_jax.tasks.metrics import normalize_rating, parse_rating
 from hs_jax.tasks.prompts import flatten_response, wrap_chat
@@ -36,16 +37,18 @@ def judge_prompt(
     template: str = JUDGE_TEMPLATE,
     answer_prefix: str = "",
     chat: bool = False,
+    chat_format: ChatFormat = GEMMA,
 ) -> str:
     """The judge's prompt for one output (the response flattened to one line).
 
     ``answer_prefix`` (e.g. "Rating:") goes on a last line of its own, so a base model starts
-    with the rating; ``chat`` wraps the prompt in Gemma's chat turn format.
+    with the rating; ``chat`` wraps the prompt in the judge model's chat turn (``chat_format``,
+    default Gemma's).
     """
     prompt = template.format(ground_truth=ground_truth, response=flatten_response(response))
     if answer_prefix:
         prompt = f"{prompt}\n{answer_prefix}"
-    return wrap_chat(prompt) if chat else prompt
+    return wrap_chat(prompt, fmt=chat_format) if chat else prompt
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +68,8 @@ class Judge:
     """Rates outputs against ground truths with an injected generate function.
 
     Scores are rating / 10 (``metrics.normalize_rating``); an unparseable rating scores 0 and
-    is counted in ``n_unparsed`` (cumulative over calls, next to ``n_judged``).
+    is counted in ``n_unparsed`` (cumulative over calls, next to ``n_judged``). ``chat`` wraps
+    the prompts in ``chat_format``'s chat turn (the judge model's; default Gemma's).
     """
 
     def __init__(
@@ -75,11 +79,13 @@ class Judge:
         template: str = JUDGE_TEMPLATE,
         answer_prefix: str = "",
         chat: bool = False,
+        chat_format: ChatFormat = GEMMA,
     ):
         self.generate = generate
         self.template = template
         self.answer_prefix = answer_prefix
         self.chat = chat
+        self.chat_format = chat_format
         self.n_judged = 0
         self.n_unparsed = 0
 
@@ -88,7 +94,12 @@ class Judge:
             raise ValueError(f"{len(ground_truths)} ground truths but {len(responses)} responses")
         return [
             judge_prompt(
-                g, r, template=self.template, answer_prefix=self.answer_prefix, chat=self.chat
+                g,
+                r,
+                template=self.template,
+                answer_prefix=self.answer_prefix,
+                chat=self.chat,
+                chat_format=self.chat_format,
             )
             for g, r in zip(ground_truths, responses)
         ]

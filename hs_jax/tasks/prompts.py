@@ -27,6 +27,7 @@ import dataclasses
 import re
 from collections.abc import Sequence
 
+from hs_jax.tasks.chat_format import GEMMA, ChatFormat
 from hs_jax.tasks.data import Item, TaskSpec
 
 ENTRY_INSTRUCTION = "Please answer the following question."
@@ -46,9 +47,10 @@ BASE_MODEL_ANSWER_PREFIX: dict[str, str] = {
     "judged": "Answer:",
 }
 
-CHAT_USER = "<start_of_turn>user\n"
-CHAT_MODEL = "<start_of_turn>model\n"
-CHAT_END = "<end_of_turn>\n"
+# Gemma's chat turn (the default format: ``chat_format.GEMMA``).
+CHAT_USER = GEMMA.user_prefix  # "<start_of_turn>user\n"
+CHAT_MODEL = GEMMA.model_prefix  # "<start_of_turn>model\n"
+CHAT_END = GEMMA.user_suffix  # "<end_of_turn>\n"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,10 +59,13 @@ class NodeTemplates:
 
     ``previous`` is formatted with k (1-based parent number) and response; ``context`` with
     chunk; ``question`` with question. ``answer_prefix`` (default empty, as in the paper) is
-    put on a last line of its own when non-empty. ``chat`` wraps the whole prompt in Gemma's
-    chat turn format for instruction-tuned bases; ``chat_trim`` strips the message's ends
-    first, as the authors' chat template does (``| trim``: a question ending in whitespace, as
-    qasper's can, then gives another prompt).
+    put on a last line of its own when non-empty. ``chat`` wraps the whole prompt in the chat
+    turn of ``chat_format`` (default Gemma's; ``chat_format.chat_format`` gives each family's)
+    for instruction-tuned bases; ``chat_trim`` renders the message as the format's official
+    template does, the authors' way (they apply the model's chat template): its ends stripped
+    where the template trims (``| trim``, as Gemma's and Llama's do: a question ending in
+    whitespace, as qasper's can, then gives another prompt), kept where it does not (Mistral,
+    Qwen).
     """
 
     entry: str = ENTRY_INSTRUCTION
@@ -72,18 +77,32 @@ class NodeTemplates:
     answer_prefix: str = ""
     chat: bool = False
     chat_trim: bool = False
+    chat_format: ChatFormat = GEMMA
 
     def wrap(self, prompt: str) -> str:
         """The prompt as the model reads it: in the chat turn when ``chat``."""
-        return wrap_chat(prompt, trim=self.chat_trim) if self.chat else prompt
+        if not self.chat:
+            return prompt
+        trim = self.chat_trim and self.chat_format.trims
+        return wrap_chat(prompt, trim=trim, fmt=self.chat_format)
+
+    @property
+    def stop_strings(self) -> tuple[str, ...]:
+        """Text that ends the model's turn: the format's stop strings when ``chat``, else none."""
+        return self.chat_format.stop_strings if self.chat else ()
 
     @classmethod
     def for_task(
-        cls, task_type: str, *, answer_prefix: bool = False, chat: bool = False
+        cls,
+        task_type: str,
+        *,
+        answer_prefix: bool = False,
+        chat: bool = False,
+        chat_format: ChatFormat = GEMMA,
     ) -> NodeTemplates:
         """Paper templates, optionally with the base-model answer prefix of the task type."""
         prefix = BASE_MODEL_ANSWER_PREFIX.get(task_type, "") if answer_prefix else ""
-        return cls(answer_prefix=prefix, chat=chat)
+        return cls(answer_prefix=prefix, chat=chat, chat_format=chat_format)
 
 
 DEFAULT_TEMPLATES = NodeTemplates()
@@ -94,13 +113,13 @@ def flatten_response(text: str) -> str:
     return re.sub(r"\r\n|\r|\n", " ", text).strip()
 
 
-def wrap_chat(prompt: str, *, trim: bool = False) -> str:
-    """Gemma's chat format for one user turn, ending where the model's turn begins (`trim`:
-    the message's ends stripped first, as Jinja's ``trim`` filter does).
+def wrap_chat(prompt: str, *, trim: bool = False, fmt: ChatFormat = GEMMA) -> str:
+    """One user turn in chat format ``fmt`` (default Gemma's), ending where the model's turn
+    begins (`trim`: the message's ends stripped first, as Jinja's ``trim`` filter does).
 
     The BOS token is not included: the tokenizer adds it.
     """
-    return f"{CHAT_USER}{prompt.strip() if trim else prompt}{CHAT_END}{CHAT_MODEL}"
+    return fmt.wrap(prompt, trim=trim)
 
 
 def _strip_question_label(question: str) -> str:

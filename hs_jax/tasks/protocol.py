@@ -30,6 +30,7 @@ import numpy as np
 
 from hs_jax.swarm.graph import Dag
 from hs_jax.tasks import authors_scoring, metrics, parsing
+from hs_jax.tasks.chat_format import GEMMA, ChatFormat
 from hs_jax.tasks.data import Item, TaskSpec
 from hs_jax.tasks.prompts import (
     DEFAULT_TEMPLATES,
@@ -73,11 +74,15 @@ class CheckItem:
     proposed: str
 
 
-def authors_templates(dataset: str, *, chat: bool | None = None) -> NodeTemplates:
-    """The authors' node text: the end node keeps the middle instruction; chat by dataset."""
+def authors_templates(
+    dataset: str, *, chat: bool | None = None, chat_format: ChatFormat = GEMMA
+) -> NodeTemplates:
+    """The authors' node text: the end node keeps the middle instruction; chat by dataset, in
+    the base model's chat format (default Gemma's, the authors' models), the message rendered
+    as that format's template does (``chat_trim``)."""
     if chat is None:
         chat = dataset in AUTHORS_CHAT_DATASETS
-    return NodeTemplates(end=MIDDLE_INSTRUCTION, chat=chat, chat_trim=True)
+    return NodeTemplates(end=MIDDLE_INSTRUCTION, chat=chat, chat_trim=True, chat_format=chat_format)
 
 
 @dataclasses.dataclass(frozen=True)
