@@ -229,7 +229,7 @@ def test_other_architecture(tmp_path):
         tmp_path / "phi3.gguf", "gemma3", _tiny_state_dict("gemma3", 1), n_layers=1, arch="phi3"
     )
     with pytest.raises(
-        GGUFError, match=r"phi3\.gguf.*'general\.architecture' is 'phi3', not a supported architecture"
+        GGUFError, match=r"phi3\.gguf.*'general\.architecture' is 'phi3', not a supported"
     ):
         read_gguf(path)
 
