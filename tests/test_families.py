@@ -140,10 +140,24 @@ def test_logits_match_transformers(hf_checkpoint):
 PROMPTS = ["Hello there, how are you today?", "abc", "The quick brown fox"]
 
 
-@pytest.mark.parametrize("screen", [False, True])
-def test_greedy_tokens_match_transformers_generate(hf_checkpoint, screen):
-    """32 greedy steps of the engine (a left-padded batch, KV cache, greedy head; the head
-    screen forced on or off) equal transformers' generate on each prompt alone."""
+# The screened head reads the head table (tied or untied): both ways for one variant of each.
+_BOTH_HEADS = ("llama3_untied", "qwen2_bias_tied")
+
+
+def test_greedy_tokens_match_transformers_generate(hf_checkpoint):
+    """32 greedy steps of the engine (a left-padded batch, KV cache, the screened greedy head)
+    equal transformers' generate on each prompt alone."""
+    _check_greedy(hf_checkpoint, screen=True)
+
+
+@pytest.mark.parametrize("hf_checkpoint", _BOTH_HEADS, indirect=True)
+def test_greedy_tokens_with_the_plain_head(hf_checkpoint):
+    """The same with the head screen off, for a tied and an untied head (the plain head is
+    one code path for every variant)."""
+    _check_greedy(hf_checkpoint, screen=False)
+
+
+def _check_greedy(hf_checkpoint, screen: bool) -> None:
     config, hf_model, path = hf_checkpoint
     _, params = load_hf_dir(path, param_dtype="float32")
     engine = Engine(
