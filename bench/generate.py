@@ -309,18 +309,17 @@ class HfWorker:
                 hf_config = AutoConfig.for_model(fields.pop("model_type"), **fields)
             if config_from_hf(hf_config.to_dict()) != config:
                 raise RuntimeError(f"transformers' {_PRESET.value} config differs from the preset")
-            # Host tensors first, jax's copy freed, then the model: two copies of the weights
-            # at the peak, not three (a 1B model in float32 is 5 GiB a copy).
+            # torch views of jax's host buffers (no copy), then the model: two copies of the
+            # weights at the peak, not three (a 1B model in float32 is 5 GiB a copy).
             state = {
-                k: torch.from_numpy(np.array(v))
+                k: torch.from_numpy(np.asarray(v))
                 for k, v in state_dict_from_params(config, params).items()
             }
-            del params
-            gc.collect()
             self.model = AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32)
             # The tied head has no tensor of its own (strict=False); everything else must match.
             missing, unexpected = self.model.load_state_dict(state, strict=False)
-            del state
+            del state, params
+            gc.collect()
             if unexpected or [k for k in missing if k != "lm_head.weight"]:
                 raise RuntimeError(f"state dict mismatch: {missing} / {unexpected}")
         else:
