@@ -17,3 +17,17 @@ def gemma3_270m_gguf():
     from hs_jax.models.gguf_io import pypi_gguf_path
 
     return pypi_gguf_path()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _drop_compiled_programs():
+    """After each test module, drop jax's compiled programs and traces: the suite runs in one
+    process, and programs compiled for one module's models are not reused by the next, so
+    keeping them only raises the process's peak memory (CI has 24 GB)."""
+    yield
+    import gc
+
+    import jax
+
+    jax.clear_caches()
+    gc.collect()
