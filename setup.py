@@ -36,6 +36,7 @@ setup(
     extras_require={
         "test": [
             "pytest",
+            # scripts/test.sh runs the suite on two workers (tests/conftest.py groups the files).
             "pytest-xdist",
             "hypothesis",
             "ruff==0.17.6",

@@ -140,7 +140,7 @@ def main(argv):
     )
     workdir = Path(tempfile.mkdtemp(prefix="hs_bench_search_"))
     spec, items, _, _ = assembly.load_items(c, workdir)
-    protocol = assembly.protocol_for(c, spec)
+    protocol = assembly.protocol_for(c, spec, config)
     # Per expert, the LoRA factors every token of its rows multiplies with (both factors).
     lora_params = lora.num_params(experts) // n
     rate = _common.matmul_rate(2048, "float32")

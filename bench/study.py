@@ -30,7 +30,8 @@ from absl import app, flags, logging
 import hs_jax
 from hs_jax import methods
 from hs_jax.comparison import compare
-from hs_jax.pipeline import diagnostics, found_system
+from hs_jax.config.model_source import ModelSource
+from hs_jax.pipeline import diagnostics, found_system, memory_plan
 from hs_jax.setup import assembly
 from hs_jax.store import workdir as workdir_lib
 
@@ -119,7 +120,9 @@ def refresh_diagnostics(workdir: Path) -> int:
         r = json.loads(path.read_text())
         c = found_system.run_config(path.parent)
         spec, _, test = assembly.read_items(c, path.parent / workdir_lib.TASK_JSON)
-        setup = types.SimpleNamespace(spec=spec, protocol=assembly.protocol_for(c, spec))
+        model_config = memory_plan.model_shapes(ModelSource.of(c).spec, "float32")  # no weights
+        protocol = assembly.protocol_for(c, spec, model_config)
+        setup = types.SimpleNamespace(spec=spec, protocol=protocol)
         end = r["best_system"]["dag"]["end"]
         outputs = diagnostics.final_outputs(
             r["best_system"]["kind"], end, r["best_system_test_outputs"]

@@ -307,15 +307,18 @@ def test_assembly_picks_the_format_of_the_model():
     qwen_cfg, llama_cfg = PRESETS["qwen2.5-7b"], PRESETS["llama3.1-8b"]
     for protocol in ("hs_jax", "authors"):
         c = _config(protocol)
-        assert assembly.protocol_for(c, spec).templates.chat_format is GEMMA_CHAT
+        gemma = assembly.protocol_for(c, spec, tiny_config("gemma3"))
+        assert gemma.templates.chat_format is GEMMA_CHAT
+        assert assembly.protocol_for(c, spec, PRESETS["gemma3-270m"]) == gemma
         got = assembly.protocol_for(c, spec, qwen_cfg).templates
         assert got.chat and got.chat_format == chat_format("qwen2.5")
         assert got.chat_trim == (protocol == "authors")
-        gemma = assembly.protocol_for(c, spec, tiny_config("gemma3"))
-        assert gemma == assembly.protocol_for(c, spec)
-    # A protocol built without the model's config is put in the engine's model's format.
+    # The model's config is required: no protocol silently takes Gemma's format.
+    with pytest.raises(TypeError):
+        assembly.protocol_for(_config(), spec)  # type: ignore[call-arg]
+    # A protocol built for one model is put in the engine's model's format.
     c = _config()
-    protocol = assembly.protocol_for(c, spec)
+    protocol = assembly.protocol_for(c, spec, tiny_config("gemma3"))
     assert assembly.in_model_format(protocol, None) is protocol
     assert assembly.in_model_format(protocol, tiny_config("gemma3")) is protocol
     fitted = assembly.in_model_format(protocol, llama_cfg)

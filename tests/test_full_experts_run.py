@@ -57,7 +57,8 @@ def model_dirs(base, tmp_path_factory):
             lambda x, rng=rng: x + jnp.asarray(0.02 * rng.standard_normal(x.shape), x.dtype),
             params,
         )
-        dirs.append(Path(save_hf_dir(cfg, noisy, root / f"model_{i}")))
+        carried = {"max_position_embeddings": 32768 + i, "eos_token_id": [1, 106]}
+        dirs.append(Path(save_hf_dir(cfg, noisy, root / f"model_{i}", source_config_json=carried)))
     return dirs
 
 
@@ -112,6 +113,12 @@ def test_export_is_hf_folders_of_the_best_weights(run, base):
     for e in used:
         cfg, params = load_hf_dir(workdir / "best_experts" / results["experts"][e])
         assert cfg == base[0]
+        # The fields the architecture does not hold come from the expert's own source folder.
+        written = json.loads(
+            (workdir / "best_experts" / results["experts"][e] / "config.json").read_text()
+        )
+        assert written["max_position_embeddings"] == 32768 + e
+        assert written["eos_token_id"] == [1, 106]
         for got, stored in zip(jax.tree.leaves(params), saved, strict=True):
             np.testing.assert_array_equal(np.asarray(got), stored[e])
 

@@ -163,3 +163,33 @@ def test_base_rows_in_a_lora_batch_equal_the_base_model(params):
         np.testing.assert_array_equal(mixed["tokens"][i], base["tokens"][i])
         np.testing.assert_allclose(mixed["logits"][i], base["logits"][i], rtol=1e-5, atol=1e-6)
     assert not np.allclose(mixed["logits"][1], base["logits"][1], atol=1e-3)
+
+
+def test_a_first_token_stops_by_its_text_alone_later_ones_by_their_text_in_context(params):
+    """Stop " Q" where token t reads "Q" alone and " Q" after other text (a sentencepiece
+    token's leading space): the device stops a row at t from its second token on, never at a
+    first t, as the host's decoded continuation has " Q" only there."""
+    sampler = sampling.Sampler(CFG, pad_id=0)
+    free = run(sampler, params, PROMPTS[:1], n_new=12, rows=1)["tokens"][0, :12].tolist()
+    first = free[0]
+    later = next(k for k in range(1, 12) if free[k] not in free[:k])  # a new token at k >= 1
+    for t, want in (
+        (free[later], later + 1),
+        (first, free.index(first, 1) + 1 if first in free[1:] else 12),
+    ):
+        alone = [""] * CFG.vocab_size
+        in_context = [""] * CFG.vocab_size
+        alone[t], in_context[t] = "Q", " Q"
+        tables = stops_lib.build_stop_tables(
+            [(" Q",)], 1, CFG.vocab_size, vocab_texts=alone, vocab_texts_in_context=in_context
+        )
+        assert tables.tokens[tables.group[0], t] and not tables.first_tokens[tables.group[0], t]
+        tokens, lengths = sampling.left_pad(PROMPTS[:1], 32, 1, sampler.pad_id)
+        batch = sampling.PromptBatch(tokens, lengths, np.full((1,), -1, np.int32), np.ones(1, bool))
+        params_ = sampling.SamplingParams(max_new_tokens=jnp.int32(12), key=jax.random.key(0))
+        out = sampler.generate_tokens(
+            params, None, batch, tables, params_, token_choice.Greedy(),
+            max_new_bucket=16, return_logits=False,
+        )  # fmt: skip
+        assert int(out["num_tokens"][0]) == want
+        np.testing.assert_array_equal(np.asarray(out["tokens"][0, :want]), free[:want])

@@ -9,10 +9,13 @@ from pathlib import Path
 import pytest
 
 from hs_jax import tasks
+from hs_jax.models.gemma_config import tiny_config
 from hs_jax.pipeline import door
 from hs_jax.setup import assembly
 
 ROOT = Path(__file__).resolve().parents[1]
+# The tiny configs' base model (a Gemma 3): its chat format is the one their prompts use.
+_BASE = tiny_config("gemma3")
 
 
 def _config(name, arg=None):
@@ -41,7 +44,7 @@ def test_tiny_config_takes_the_files_registered_task(tmp_path, dataset, kind, na
     c.task.max_new_tokens = 0
     spec = assembly.task_spec(c, _file(tmp_path, dataset, kind))
     assert (spec.name, spec.type, spec.max_new_tokens) == (name, type_, budget)
-    protocol = assembly.protocol_for(door.resolve(c), spec)
+    protocol = assembly.protocol_for(door.resolve(c), spec, _BASE)
     assert protocol.dataset == name
 
 

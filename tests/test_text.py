@@ -24,3 +24,24 @@ def test_prompts_and_continuations():
     assert texts == ["hi", "ok", "long"]
     assert reasons == ["stop", "eos", "length"]
     assert text.vocab_texts(TOK, 100)[98] == "\n\n"
+
+
+@pytest.mark.parametrize("family", ["mistral", "llama", "qwen2", "gemma3"])
+def test_token_texts_alone_and_in_context(family):
+    """A sentencepiece tokenizer (Mistral, Llama 2) drops a token's leading space when it is
+    decoded alone; inside a continuation the space is there. The byte-level and Gemma
+    tokenizers decode a token the same either way."""
+    from hs_jax.models.tiny_vocab import tiny_tokenizer, tiny_vocab_size
+
+    tok = tiny_tokenizer(family)
+    size = tiny_vocab_size(family)
+    alone = text.vocab_texts(tok, size)
+    in_context = text.vocab_texts_in_context(tok, size)
+    ids = tok.encode("the answer is yes", add_special_tokens=False)
+    answer = next(i for i in ids if alone[i].strip() == "answer")
+    assert in_context[answer] == " answer"
+    assert alone[answer] == ("answer" if family == "mistral" else " answer")
+    # What the host decodes: a continuation starting with the token, and one with it second.
+    assert text.decode_batch(tok, [[answer]])[0] == alone[answer]
+    assert text.decode_batch(tok, [ids])[0] == "the answer is yes"
+    assert (alone == in_context) == (family != "mistral")

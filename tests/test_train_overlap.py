@@ -14,12 +14,15 @@ import hs_jax
 from hs_jax import config as config_lib
 from hs_jax import tasks
 from hs_jax.experts.pool import TRAINING_RECORD, read_training_record
+from hs_jax.models.gemma_config import tiny_config
 from hs_jax.pipeline import door
 from hs_jax.runtime.errors import ConfigError
 from hs_jax.setup import assembly, identity
 from hs_jax.store import workdir as workdir_lib
 
 ROOT = Path(__file__).resolve().parents[1]
+# The tiny configs' base model (a Gemma 3): its chat format is the one their prompts use.
+_BASE = tiny_config("gemma3")
 SEEDS = range(5)
 
 
@@ -53,7 +56,7 @@ def _trained_questions(c, workdir):
     function the runner uses, for the run's own dev and test items."""
     c = door.resolve(c)
     spec, dev, test = _items(c, workdir)
-    _, slices = assembly._training_slices(c, spec, assembly.protocol_for(c, spec), dev, test)
+    _, slices = assembly._training_slices(c, spec, assembly.protocol_for(c, spec, _BASE), dev, test)
     questions = [example.question for piece in slices for example in piece]
     assert all(questions) and len(questions) == c.experts.n * c.experts.train_examples
     return set(questions)
@@ -172,7 +175,9 @@ def test_a_trained_pool_records_the_hashes_of_its_training_questions(trained_poo
     workdir, folders = trained_pool
     c = door.resolve(_tiny(**TRAIN))
     spec, dev, test = _items(c, tmp_path)
-    names, slices = assembly._training_slices(c, spec, assembly.protocol_for(c, spec), dev, test)
+    names, slices = assembly._training_slices(
+        c, spec, assembly.protocol_for(c, spec, _BASE), dev, test
+    )
     assert [Path(f).name for f in folders] == names
     for folder, piece in zip(folders, slices, strict=True):
         record = read_training_record(folder)

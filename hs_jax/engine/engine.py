@@ -168,7 +168,7 @@ class Engine:
         _, abstract = gemma.abstract_model(config)
         expert_sets.check_same_structure(abstract, params, what="params")
         self.params = self.placement.params(params)
-        self._vocab_texts: list[str] | None = None
+        self._vocab_texts: tuple[list[str], list[str]] | None = None
         self.experts = None
         if experts is not None:
             self.experts = expert_sets.as_expert_set(experts).placed(self.placement, self.params)
@@ -191,10 +191,15 @@ class Engine:
         """Experts the engine holds; rows may name ids 0 .. n_experts - 1."""
         return 0 if self.experts is None else self.experts.n_experts
 
-    def vocab_texts(self) -> list[str]:
-        """Decoded text of every token id (cached; used to stop rows on the device)."""
+    def vocab_texts(self) -> tuple[list[str], list[str]]:
+        """Decoded text of every token id alone and after other text (cached; used to stop
+        rows on the device: `stops.build_stop_tables`)."""
         if self._vocab_texts is None:
-            self._vocab_texts = text.vocab_texts(self.tokenizer, self.config.vocab_size)
+            size = self.config.vocab_size
+            self._vocab_texts = (
+                text.vocab_texts(self.tokenizer, size),
+                text.vocab_texts_in_context(self.tokenizer, size),
+            )
         return self._vocab_texts
 
     def encode_prompts(self, prompts: Sequence[str]) -> list[list[int]]:
@@ -438,7 +443,8 @@ class Engine:
             rows,
             self.config.vocab_size,
             encode=(lambda s: text.encode_batch(self.tokenizer, [s])[0]) if any_stop else None,
-            vocab_texts=self.vocab_texts() if any_stop else None,
+            vocab_texts=self.vocab_texts()[0] if any_stop else None,
+            vocab_texts_in_context=self.vocab_texts()[1] if any_stop else None,
             eos_ids=self.eos_ids,
         )
         batch = sampling.PromptBatch.build(

@@ -288,7 +288,9 @@ class Sampler:
             cache=cache,
             out=jnp.full((rows, max_new_bucket), self.pad_id, jnp.int32).at[:, 0].set(tok),
             recent=recent,
-            done=~batch.active | stops.stop_hits(stop_tables, tok, recent) | (limit <= 1),
+            done=~batch.active
+            | stops.stop_hits(stop_tables, tok, recent, first=True)
+            | (limit <= 1),
             num=batch.active.astype(jnp.int32),
             fallbacks=fallbacks,
         )

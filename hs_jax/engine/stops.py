@@ -38,12 +38,17 @@ def normalise_stops(stop, n: int) -> list[tuple[str, ...]]:
 class StopTables:
     """Device-side stop detection, one group per distinct set of stop strings.
 
-    tokens: [G, V] bool, True for a token whose own text contains one of the group's strings.
+    tokens: [G, V] bool, True for a token whose text after other text contains one of the
+      group's strings (a row's second token on).
+    first_tokens: [G, V] bool, the same for a row's first token, whose text is decoded at the
+      start of the continuation: a sentencepiece tokenizer drops its leading space there, so
+      " Question" is in the text of "▁Question" after other tokens but not as the first one.
     seqs: [G, M, S] int32, token sequences of the stop strings, right aligned, -1 = unused.
     group: [B] int32, the group of each row.
     """
 
     tokens: np.ndarray
+    first_tokens: np.ndarray
     seqs: np.ndarray
     group: np.ndarray
 
@@ -59,13 +64,17 @@ def build_stop_tables(
     encode=None,
     vocab_texts: Sequence[str] | None = None,
     eos_ids: Sequence[int] = (),
+    vocab_texts_in_context: Sequence[str] | None = None,
 ) -> StopTables:
     """Stop tables for the device loop (conservative: a hit there means the text has a stop).
 
-    A row stops on the device when its last token's own text contains a stop string (needs
-    `vocab_texts`, the decoded text of every token id) or when its last tokens equal the
-    tokenisation of a stop string (needs `encode(text) -> list[int]`). Other ways of spelling a
-    stop string are only caught by the exact host-side truncation (`truncate_at_stop`).
+    A row stops on the device when its last token's text contains a stop string or when its
+    last tokens equal the tokenisation of a stop string (needs `encode(text) -> list[int]`).
+    A token's text is `vocab_texts[i]` (the token decoded alone) for a row's first token and
+    `vocab_texts_in_context[i]` (its text after other text, `text.vocab_texts_in_context`;
+    `vocab_texts` when not given) after it, as the host decodes the continuation. Other
+    ways of spelling a stop string are only caught by the exact host-side truncation
+    (`truncate_at_stop`).
     The EOS ids are stop tokens of every group (data, not a static value: no recompile).
     Table sizes are rounded to powers of two so calls rarely change the compiled shapes.
     """
@@ -77,14 +86,16 @@ def build_stop_tables(
     if not groups:
         groups[()] = 0
     n_groups = _pow2(len(groups))
+    in_context = vocab_texts if vocab_texts_in_context is None else vocab_texts_in_context
     tok = np.zeros((n_groups, vocab_size), bool)
     tok[:, list(eos_ids)] = True
+    first = tok.copy()
     seq_lists: list[list[list[int]]] = [[] for _ in range(n_groups)]
     for key, g in groups.items():
         for s in key:
             if vocab_texts is not None:
-                hits = [i for i, t in enumerate(vocab_texts) if s in t]
-                tok[g, hits] = True
+                first[g, [i for i, t in enumerate(vocab_texts) if s in t]] = True
+                tok[g, [i for i, t in enumerate(in_context) if s in t]] = True
             if encode is not None:
                 ids = list(encode(s))
                 if 0 < len(ids) <= MAX_DEVICE_STOP_LEN and ids not in seq_lists[g]:
@@ -95,14 +106,16 @@ def build_stop_tables(
     for g, lst in enumerate(seq_lists):
         for j, ids in enumerate(lst):
             seqs[g, j, s_len - len(ids) :] = ids
-    return StopTables(tokens=tok, seqs=seqs, group=row_group)
+    return StopTables(tokens=tok, first_tokens=first, seqs=seqs, group=row_group)
 
 
-def stop_hits(tables: StopTables, token: jax.Array, recent: jax.Array) -> jax.Array:
+def stop_hits(
+    tables: StopTables, token: jax.Array, recent: jax.Array, *, first: bool = False
+) -> jax.Array:
     """[B] bool, inside jit: the row's new token is EOS or a stop token, or its recent tokens
     end with one of its group's stop sequences. token: [B] int32; recent: [B, S] int32, the
-    row's last S tokens, newest last."""
-    hit = tables.tokens[tables.group, token]
+    row's last S tokens, newest last; `first` (static): the token is the row's first."""
+    hit = (tables.first_tokens if first else tables.tokens)[tables.group, token]
     seqs = tables.seqs[tables.group]  # [B, M, S]
     match = jnp.all((seqs == -1) | (seqs == recent[:, None, :]), axis=-1)
     match &= jnp.any(seqs != -1, axis=-1)

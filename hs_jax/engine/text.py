@@ -37,8 +37,27 @@ def decode_batch(tokenizer: Any, seqs: Sequence[Sequence[int]]) -> list[str]:
 
 
 def vocab_texts(tokenizer: Any, vocab_size: int) -> list[str]:
-    """Decoded text of every token id (what the device's stop-token table is built from)."""
+    """Decoded text of every token id alone: a continuation's first token as the host decodes
+    it (what the device's stop-token table for a row's first token is built from)."""
     return decode_batch(tokenizer, [[i] for i in range(vocab_size)])
+
+
+def vocab_texts_in_context(tokenizer: Any, vocab_size: int) -> list[str]:
+    """Decoded text of every token id after other text, as it appears inside a decoded
+    continuation: a sentencepiece tokenizer (Llama 2, Mistral) drops a token's leading space
+    when it is decoded alone, not after another token. Each id is decoded behind an anchor
+    token (the last id of "a") and the anchor's own text removed; an id whose pair does not
+    start with the anchor's text keeps its text alone."""
+    alone = vocab_texts(tokenizer, vocab_size)
+    anchor_ids = encode_batch(tokenizer, ["a"])[0]
+    if not anchor_ids:
+        return alone
+    anchor = int(anchor_ids[-1])
+    prefix = alone[anchor]
+    if not prefix:
+        return alone
+    pairs = decode_batch(tokenizer, [[anchor, i] for i in range(vocab_size)])
+    return [p[len(prefix) :] if p.startswith(prefix) else a for p, a in zip(pairs, alone)]
 
 
 def fit_prompts(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from flax import nnx
@@ -108,12 +109,38 @@ def hf_config_json(config: GemmaConfig) -> dict[str, Any]:
     return out
 
 
-def save_hf_dir(config: GemmaConfig, params: nnx.State, folder: str | os.PathLike) -> str:
+# Fields of a source config.json that describe the checkpoint, not the architecture
+# `GemmaConfig` holds, and that an export keeps: without max_position_embeddings, transformers
+# assumes 2048 positions (and serving stacks cap the context there) for a Llama 3.1 exported
+# from a 131072-position source.
+CARRIED_FIELDS = ("max_position_embeddings", "bos_token_id", "eos_token_id", "pad_token_id")
+
+
+def carried_fields(source_config_json: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The `CARRIED_FIELDS` a source config.json sets (a multimodal Gemma 3's from its
+    text_config)."""
+    if not source_config_json:
+        return {}
+    text = source_config_json.get("text_config")
+    src = {**(text if isinstance(text, Mapping) else {}), **source_config_json}
+    return {k: src[k] for k in CARRIED_FIELDS if src.get(k) is not None}
+
+
+def save_hf_dir(
+    config: GemmaConfig,
+    params: nnx.State,
+    folder: str | os.PathLike,
+    *,
+    source_config_json: Mapping[str, Any] | None = None,
+) -> str:
     """Writes `params` (one model, no expert axis) as an HF checkpoint folder that
-    `load_hf_dir` and transformers load; returns the folder."""
+    `load_hf_dir` and transformers load; returns the folder. `source_config_json`, the
+    config.json the model was loaded from, gives the `CARRIED_FIELDS` (the context length, the
+    special token ids) that `config` does not hold."""
     from safetensors.numpy import save_file
 
     config_json = hf_config_json(config)  # refused before any file is written
+    config_json.update(carried_fields(source_config_json))
     folder = os.fspath(folder)
     os.makedirs(folder, exist_ok=True)
     tensors = state_dict_from_params(config, params)  # HF names and orientation, numpy

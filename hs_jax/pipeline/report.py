@@ -9,6 +9,7 @@ results.json is written last, so its presence means the run is complete.
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +18,11 @@ from absl import logging
 
 from hs_jax import stats, tasks
 from hs_jax.config.model_source import ModelSource
+from hs_jax.config.pool_source import PoolSource
 from hs_jax.experts import lora
 from hs_jax.experts.full_models import FullExperts
 from hs_jax.methods.api import MethodResult
-from hs_jax.models.hf_writer import save_hf_dir
+from hs_jax.models.hf_writer import CONFIG_JSON, save_hf_dir
 from hs_jax.pipeline import diagnostics, plots
 from hs_jax.runtime import distributed
 from hs_jax.setup.assembly import Setup
@@ -150,7 +152,8 @@ def write_outputs(c: ml_collections.ConfigDict, workdir: Path, summary, best, na
         with workdir_lib.atomic_path(workdir / "best_experts") as tmp:
             for expert in sorted(set(best.assignment)):
                 if isinstance(best.weights, FullExperts):
-                    export_full_expert(best.weights, expert, tmp / names[expert])
+                    source = PoolSource.of(c).model_folders()[expert]
+                    export_full_expert(best.weights, expert, tmp / names[expert], source)
                 else:
                     lora.export_peft_adapter(
                         best.weights, expert, tmp / names[expert],
@@ -161,11 +164,16 @@ def write_outputs(c: ml_collections.ConfigDict, workdir: Path, summary, best, na
     logging.info("results written to %s", workdir)
 
 
-def export_full_expert(experts: FullExperts, i: int, folder: Path) -> str:
+def export_full_expert(experts: FullExperts, i: int, folder: Path, source: str) -> str:
     """Full-weight expert i (experts.source='full') as an HF model folder (config.json +
     model.safetensors), the format it was loaded from: it has no LoRA factors to export as a
-    PEFT folder."""
-    return save_hf_dir(experts.config, experts.params_for(i), folder)
+    PEFT folder. The model folder it was loaded from (`source`) gives the config.json fields
+    the architecture does not hold (`hf_writer.CARRIED_FIELDS`: the context length, the special
+    token ids)."""
+    source_json = json.loads((Path(source) / CONFIG_JSON).read_text())
+    return save_hf_dir(
+        experts.config, experts.params_for(i), folder, source_config_json=source_json
+    )
 
 
 def _system_label(method: str) -> str:

@@ -132,13 +132,14 @@ def task_spec(c: ml_collections.ConfigDict, path: Path) -> tasks.TaskSpec:
 
 
 def protocol_for(
-    c: ml_collections.ConfigDict, spec: tasks.TaskSpec, model_config: Any = None
+    c: ml_collections.ConfigDict, spec: tasks.TaskSpec, model_config: Any
 ) -> tasks.Protocol:
     """The prompts and answer reading of `config.protocol` for this task. Chat prompts are in
-    the chat format of the base model's family (`tasks.chat_format(model_config)`); without a
-    model config, Gemma's (`make_scorer` puts a protocol into its engine's model's format)."""
+    the chat format of the base model's family (`tasks.chat_format(model_config)`): the model's
+    config is required, so no caller can build prompts in another family's format by leaving
+    it out (`memory_plan.model_shapes` gives it without loading weights)."""
     dataset = spec.name if spec.name in tasks.TASKS else ""
-    fmt = tasks.GEMMA_CHAT if model_config is None else tasks.chat_format(model_config)
+    fmt = tasks.chat_format(model_config)
     if c.protocol == "authors":
         templates = tasks.authors_templates(dataset, chat=c.task.chat_template, chat_format=fmt)
         templates = dataclasses.replace(templates, answer_prefix=c.task.answer_prefix)

@@ -50,7 +50,6 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from scipy import stats as scipy_stats
 
 LEVEL = 0.95
 RESAMPLES = 10_000
@@ -294,9 +293,17 @@ def _within(lo: float, hi: float, by_seed: list[np.ndarray]) -> tuple[float, flo
     return float(max(lo, scores.min())), float(min(hi, scores.max()))
 
 
+def _student_t():
+    """scipy's Student t, imported where it is used: `scipy.stats` takes over a second to import,
+    which every launcher process (all of which import this module) would pay at start."""
+    from scipy import stats as scipy_stats
+
+    return scipy_stats.t
+
+
 def _t_critical(level: float, seeds: int) -> float:
     """The two-sided `level` quantile of Student's t with seeds - 1 degrees of freedom."""
-    return float(scipy_stats.t.ppf((1.0 + level) / 2.0, seeds - 1))
+    return float(_student_t().ppf((1.0 + level) / 2.0, seeds - 1))
 
 
 def estimate_over_seeds(
@@ -398,7 +405,7 @@ def paired_over_seeds(
     if se == 0.0:  # every seed shows the same difference: 1/n after clamping, 1 if it is 0
         p = 1.0 if difference == 0.0 else 0.0
     else:
-        p = float(2.0 * scipy_stats.t.sf(abs(difference) / se, s - 1))
+        p = float(2.0 * _student_t().sf(abs(difference) / se, s - 1))
     p = min(1.0, max(p, 1.0 / n))
     half = _t_critical(level, s) * se
     interval = _within(difference - half, difference + half, d)
