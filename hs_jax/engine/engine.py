@@ -196,10 +196,8 @@ class Engine:
         rows on the device: `stops.build_stop_tables`)."""
         if self._vocab_texts is None:
             size = self.config.vocab_size
-            self._vocab_texts = (
-                text.vocab_texts(self.tokenizer, size),
-                text.vocab_texts_in_context(self.tokenizer, size),
-            )
+            alone = text.vocab_texts(self.tokenizer, size)
+            self._vocab_texts = (alone, text.vocab_texts_in_context(self.tokenizer, size, alone))
         return self._vocab_texts
 
     def encode_prompts(self, prompts: Sequence[str]) -> list[list[int]]:

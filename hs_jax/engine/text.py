@@ -42,13 +42,16 @@ def vocab_texts(tokenizer: Any, vocab_size: int) -> list[str]:
     return decode_batch(tokenizer, [[i] for i in range(vocab_size)])
 
 
-def vocab_texts_in_context(tokenizer: Any, vocab_size: int) -> list[str]:
+def vocab_texts_in_context(
+    tokenizer: Any, vocab_size: int, alone: Sequence[str] | None = None
+) -> list[str]:
     """Decoded text of every token id after other text, as it appears inside a decoded
     continuation: a sentencepiece tokenizer (Llama 2, Mistral) drops a token's leading space
     when it is decoded alone, not after another token. Each id is decoded behind an anchor
     token (the last id of "a") and the anchor's own text removed; an id whose pair does not
-    start with the anchor's text keeps its text alone."""
-    alone = vocab_texts(tokenizer, vocab_size)
+    start with the anchor's text keeps its text alone (`alone`: `vocab_texts`, when the caller
+    has it already)."""
+    alone = list(vocab_texts(tokenizer, vocab_size) if alone is None else alone)
     anchor_ids = encode_batch(tokenizer, ["a"])[0]
     if not anchor_ids:
         return alone
