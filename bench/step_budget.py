@@ -1,12 +1,14 @@
-"""Where a greedy decode step of Gemma 3 270M spends its time on this machine, against the
-machine's own peaks measured in the same run.
+"""Where a greedy decode step spends its time on this machine, against the machine's own peaks
+measured in the same run: Gemma 3 270M's shapes by default, any preset's with --preset (random
+weights of its shapes: Llama-3.2-1B's float32 layers read 3.9 GB a step, so at 8 rows the
+question is how close to the streaming bandwidth the layers' matmuls get).
 
 For 8 and 64 rows (88 cache slots: a 24-token prompt bucket plus 64 new tokens, the
 bench/generate.py setting), float32 weights:
 
-- layer matmuls: the seven projections of all 18 layers, chained as the model chains them, each
+- layer matmuls: the seven projections of every layer, chained as the model chains them, each
   layer with its own weights (so they stream from memory as in a real step);
-- layers: one real decode step of `Gemma.hidden` (norms, rope, cache update, attention and the
+- layers: one real decode step of the model's `hidden` (norms, rope, cache update, attention and the
   matmuls), in a jitted loop of steps as the sampler runs it;
 - head: the screened greedy head (bfloat16 screen, float32 certificate) in the same kind of loop.
 
@@ -16,6 +18,7 @@ peak, bytes / bandwidth) of the part. The table shows how far each part is from 
 hardware allows, and so how much any formulation change inside XLA can still buy.
 
   python -m bench.step_budget --repeats=7   # writes the 'step_budget' section of RESULTS.md
+  python -m bench.step_budget --preset=llama3.2-1b   # section 'step_budget_llama3.2-1b'
 """
 
 from __future__ import annotations
@@ -34,8 +37,12 @@ from hs_jax.models.gemma_config import PRESETS
 
 _REPEATS = flags.DEFINE_integer("repeats", 7, "timed calls per part (best is reported)")
 _WRITE = flags.DEFINE_bool("write", True, "write the section of bench/RESULTS.md")
+_PRESET = flags.DEFINE_enum(
+    "preset", "gemma3-270m", sorted(PRESETS), "the shapes (random weights of them)"
+)
 
-CFG = PRESETS["gemma3-270m"]
+DEFAULT = "gemma3-270m"  # its section keeps the name 'step_budget'
+CFG = PRESETS[DEFAULT]  # set from --preset in main
 SLOTS, PROMPT, STEPS = 88, 24, 16
 
 
@@ -65,7 +72,7 @@ def _layer_weights(key):
 
 
 def layer_matmuls(rows: int) -> tuple[float, float, float]:
-    """(seconds per step, FLOPs, weight bytes) of the 18 layers' projections alone."""
+    """(seconds per step, FLOPs, weight bytes) of every layer's projections alone."""
     weights = [_layer_weights(jax.random.key(i)) for i in range(CFG.n_layers)]
 
     @jax.jit
@@ -82,7 +89,7 @@ def layer_matmuls(rows: int) -> tuple[float, float, float]:
 
 
 def decode_layers(rows: int, params) -> float:
-    """Seconds per step of `Gemma.hidden` for one token per row over SLOTS cache slots."""
+    """Seconds per step of the model's `hidden` for one token per row over SLOTS slots."""
 
     @jax.jit
     def run(params, cache):
@@ -120,11 +127,15 @@ def screened_head_step(rows: int, rng) -> float:
 
 def main(argv):
     del argv
+    global CFG
+    CFG = PRESETS[_PRESET.value]
+    name = _PRESET.value
     rng = np.random.default_rng(0)
     peak = peaks()
     params = init_params(CFG.replace(param_dtype="float32"), seed=0)
     head_flops = 2 * CFG.vocab_size * CFG.d_model
     head_bytes = 2 * CFG.vocab_size * CFG.d_model  # the bfloat16 screen table
+    layers = f"{CFG.n_layers} x 7, float32"
     table = [
         "| rows | part | ms per step | GFLOP | MB read | GFLOP/s | GB/s | floor ms | "
         "time / floor |",
@@ -144,9 +155,9 @@ def main(argv):
         mm_s, mm_flops, mm_bytes = layer_matmuls(rows)
         layers_s = decode_layers(rows, params)
         head_s = screened_head_step(rows, rng)
-        row(rows, "layer matmuls alone (18 x 7, float32)", mm_s, mm_flops, mm_bytes, peak["f32"])
+        row(rows, f"layer matmuls alone ({layers})", mm_s, mm_flops, mm_bytes, peak["f32"])
         floor = row(
-            rows, "decode step without head (`Gemma.hidden`, float32)", layers_s, mm_flops,
+            rows, "decode step without head (`hidden`, float32)", layers_s, mm_flops,
             mm_bytes, peak["f32"],
         )  # fmt: skip
         floor += row(
@@ -159,21 +170,21 @@ def main(argv):
             f"{total / floor:.2f}x |"
         )
     description = (
-        f"Gemma 3 270M shapes, {SLOTS} cache slots ({PROMPT}-token prompt bucket + 64 new "
+        f"{name} shapes, {SLOTS} cache slots ({PROMPT}-token prompt bucket + 64 new "
         "tokens, as in the generation benchmark), float32 weights, random values. Peaks "
         f"measured in the same run: float32 matmul {peak['f32'] / 1e9:.0f} GFLOP/s, bfloat16 "
         f"matmul {peak['bf16'] / 1e9:.0f} GFLOP/s (2048^3), streaming bandwidth "
         f"{peak['bandwidth'] / 1e9:.1f} GB/s (best of a numpy copy, a jitted scale and a jitted "
         "triad over 512 MB). floor = max(FLOPs / matmul peak, bytes / bandwidth); the layers' "
         "floor counts their matmuls only (attention, norms and the cache add little work). The "
-        "head reads the 335 MB bfloat16 screen table; its float32 certificate gathers 16 rows "
-        "per token."
+        f"head reads the {head_bytes / 1e6:.0f} MB bfloat16 screen table; its float32 "
+        "certificate gathers 16 rows per token."
     )
     title = "Decode step budget: each part against this machine's peaks"
     text = "\n".join([_common.header(title, description, "jax", "numpy"), "", *table])
     print(text)
     if _WRITE.value:
-        _common.write_section("step_budget", text)
+        _common.write_section("step_budget" + ("" if name == DEFAULT else f"_{name}"), text)
 
 
 if __name__ == "__main__":
