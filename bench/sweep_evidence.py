@@ -29,6 +29,9 @@ _STUDY = flags.DEFINE_string("study", None, "The study's workdir (bench.study)."
 _TASK = flags.DEFINE_string("task", "nlgraph_gen", "The study's task folder.")
 _WRITE = flags.DEFINE_bool("write", False, "Write the section into bench/RESULTS.md.")
 
+# The study's controls the tuned hs is paired with (seed 0), where their cells exist.
+CONTROLS = ("random_search", "self_consistency", "best_single", "constant_answer")
+
 
 def _chosen(sweep: Path) -> Path:
     """The results.json of the sweep's chosen trial."""
@@ -47,6 +50,11 @@ def _trial_rows(sweep: Path) -> list[dict[str, str]]:
 def _scores(results: Path) -> tuple[list[float], list]:
     r = json.loads(results.read_text())
     return r["best_system"]["test_item_scores"], r["test_ids"]
+
+
+def _spent(sweep: Path) -> int:
+    """Dev evaluations of the whole sweep (every trial, pruned ones included)."""
+    return int(json.loads((sweep / "best.json").read_text())["evaluations"])
 
 
 def _pruning_line(sweep: Path) -> str:
@@ -88,31 +96,37 @@ def evidence(hs: Path, baseline: Path, study: Path, task: str) -> str:
     if _method(hs) != "hs" or base == "hs":
         raise ValueError(f"{hs} must be the hs sweep and {baseline} another method's")
     tuned = {"hs": _scores(_chosen(hs)), base: _scores(_chosen(baseline))}
+    spent = {f"tuned {m}": _spent(sweep) for m, sweep in (("hs", hs), (base, baseline))}
     cells = {}
-    for method in ("hs", base, "random_search", "self_consistency", "best_single"):
+    for method in ("hs", base, *CONTROLS):
         path = study / task / method / "seed_0" / "results.json"
         if path.exists():
             cells[method] = _scores(path)
+            spent[method] = int(json.loads(path.read_text())["evaluations"])
     ids = tuned["hs"][1]
     for name, (_, other) in [*tuned.items(), *cells.items()]:
         if other != ids:
             raise ValueError(f"{name}: not the same test items as the tuned hs trial")
     pairs = [
-        (f"tuned hs - tuned {base}", tuned["hs"][0], tuned[base][0]),
-        ("tuned hs - untuned hs (study, seed 0)", tuned["hs"][0], cells["hs"][0]),
-        (f"tuned {base} - untuned {base} (study, seed 0)", tuned[base][0], cells[base][0]),
+        (f"tuned hs - tuned {base}", "tuned hs", f"tuned {base}"),
+        ("tuned hs - untuned hs (study, seed 0)", "tuned hs", "hs"),
+        (f"tuned {base} - untuned {base} (study, seed 0)", f"tuned {base}", base),
     ]
-    for control in ("random_search", "self_consistency", "best_single"):
-        if control in cells:
-            pairs.append(
-                (f"tuned hs - {control} (study, seed 0)", tuned["hs"][0], cells[control][0])
-            )
-    tests = [stats.paired(a, b) for _, a, b in pairs]
+    pairs += [(f"tuned hs - {c} (study, seed 0)", "tuned hs", c) for c in CONTROLS if c in cells]
+    scores = {
+        **{f"tuned {m}": v[0] for m, v in tuned.items()},
+        **{m: v[0] for m, v in cells.items()},
+    }
+    tests = [stats.paired(scores[a], scores[b]) for _, a, b in pairs]
     adjusted = stats.holm([t.p_value for t in tests])
     table = [
-        "| comparison (same test items) | difference | 95% interval | p | Holm p |",
-        "|---|---|---|---|---|",
-        *(f"| {name} | {_fmt(t, q)} |" for (name, _, _), t, q in zip(pairs, tests, adjusted)),
+        "| comparison (same test items) | dev evaluations | difference | 95% interval | p "
+        "| Holm p |",
+        "|---|---|---|---|---|---|",
+        *(
+            f"| {name} | {spent[a]} / {spent[b]} | {_fmt(t, q)} |"
+            for (name, a, b), t, q in zip(pairs, tests, adjusted, strict=True)
+        ),
     ]
     lines = [
         *_sweep_lines("hs", hs),
@@ -127,7 +141,10 @@ def evidence(hs: Path, baseline: Path, study: Path, task: str) -> str:
         "tunable baseline over its declared space (`sweep/method_spaces.py`). Each sweep "
         "chooses its trial on dev alone; the chosen trials' test outputs are then paired item "
         "by item with each other and with the study's untuned seed-0 cells (paired bootstrap; "
-        "Holm over this table's comparisons). One seed: these are single replicates, not the "
+        "Holm over this table's comparisons). Dev evaluations: the whole sweep's (every trial, "
+        "pruned ones too) for a tuned method, the cell's own for a study cell; where the two "
+        "differ, the row is not a same-budget comparison (the study's random_search control "
+        "had the budget of one untuned hs run). One seed: these are single replicates, not the "
         "study's seed-level statistics."
     )
     title = "Tuning as the paper did: sweeps on the study's pool and task"
